@@ -1,0 +1,1 @@
+"""Pure audio engine: buffers, codecs, resampling, mixing, playout and pacing. No sockets, no asyncio."""
