@@ -1,0 +1,53 @@
+"""Audio format strings of the Speech Engine (``pcm_16000``, ``ulaw_8000`` …) as typed values.
+
+The engine announces its formats in ``conversation_initiation_metadata``; the same seven strings serve both
+directions. An unknown string is a :class:`~core.errors.ConfigError` at session start, never a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from core.codec import pcm16_decode, pcm16_encode, ulaw_decode, ulaw_encode
+from core.errors import ConfigError
+
+__all__ = ["ENGINE_FORMATS", "SUPPORTED_RATES", "AudioFormat", "parse_format"]
+
+Encoding = Literal["pcm", "ulaw"]
+SUPPORTED_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+ENGINE_FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    encoding: Encoding
+    rate: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoding}_{self.rate}"
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self.encoding == "pcm" else 1
+
+    def decode(self, data: bytes) -> npt.NDArray[np.int16]:
+        return pcm16_decode(data) if self.encoding == "pcm" else ulaw_decode(data)
+
+    def encode(self, samples: npt.NDArray[np.int16]) -> bytes:
+        return pcm16_encode(samples) if self.encoding == "pcm" else ulaw_encode(samples)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_format(name: str) -> AudioFormat:
+    """``"pcm_16000"`` → ``AudioFormat("pcm", 16000)``; anything outside :data:`ENGINE_FORMATS` is refused."""
+    if name not in ENGINE_FORMATS:
+        raise ConfigError(f"unknown audio format {name!r}; expected one of {', '.join(ENGINE_FORMATS)}")
+    encoding, rate = name.split("_")
+    return AudioFormat("pcm" if encoding == "pcm" else "ulaw", int(rate))
