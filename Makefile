@@ -1,0 +1,49 @@
+# The two commands of the README: `make demo` and `make test`. Both set up everything they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+IN_NS := scripts/netns.sh exec
+
+.PHONY: demo test venv server chromium bench bench-quick lint clean
+
+demo: venv server
+	$(IN_NS) $(PY) -m scripts.demo $(DEMO_ARGS)
+
+test: venv server chromium
+	$(IN_NS) $(PY) -m pytest $(PYTEST_ARGS)
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python >= 3.11 is needed (found $$($(PYTHON) --version))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The real livekit-server, built from source once and cached under ~/.cache/lk-speech-bridge.
+server: venv
+	$(PY) -m scripts.livekit_server build
+
+# Debian's chromium for the browser test (needs root and apt; elsewhere install it yourself).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's chromium for the browser test..."; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "chromium is missing: install it (e.g. apt-get install chromium) to run the browser test"; fi; }
+
+bench-quick: venv server
+	$(IN_NS) $(PY) -m benchmarks --quick
+
+bench: venv server
+	$(IN_NS) $(PY) -m benchmarks
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

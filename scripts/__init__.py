@@ -1,0 +1,1 @@
+"""Developer tooling: the local LiveKit server test bed, demo and browser helpers."""
