@@ -1,0 +1,279 @@
+"""The LiveKit edge: one ``rtc.Room`` joined as the agent, callers' audio in, the agent's voice out.
+
+What it owns and why:
+
+- Every handler is registered before ``connect`` so no early ``track_subscribed`` is missed.
+- Callers are remote participants that are not agents (participant kind) and not on the ignore list
+  (identity prefixes), so neither this bridge's own track nor another bridge's voice reaches the engine.
+- Each caller's track is read by an ``AudioStream`` at 48 kHz mono; every frame goes to ``on_caller_audio``
+  with its arrival time. That callback must not block: the session writes the samples into a ring buffer.
+- The agent's voice goes out through an ``AudioSource`` whose native queue is kept short (``queue_ms``,
+  a multiple of 10 ms). The native source sends 10 ms from its queue every 10 ms and completes a capture at
+  once while the queue holds at most ``queue_ms`` (livekit rust-sdks ``AudioTrackSource::InternalSource``);
+  so a paced writer that never queues more than that never waits, and :meth:`clear_voice` empties it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from livekit import rtc
+
+from core.clock import Clock, MonotonicClock
+from core.errors import ConfigError, LiveKitError
+from core.redact import redact_url
+
+__all__ = ["RoomLink", "RoomLinkConfig", "RoomStats"]
+
+log = logging.getLogger(__name__)
+
+VOICE_RATE = 48_000
+CallerAudio = Callable[[str, npt.NDArray[np.int16], int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLinkConfig:
+    url: str
+    token: str
+    identity: str = ""
+    # Native AudioSource queue. 30 ms rides out an event-loop hiccup of 20 ms without a gap, and is all that
+    # can still play after an interruption; the SDK's default of 1000 ms would play on for a second.
+    queue_ms: int = 30
+    # Frames from callers' AudioStreams. 20 ms halves the per-frame FFI and Python cost against 10 ms
+    # (it matters at hundreds of sessions) and matches the default uplink chunk.
+    caller_frame_ms: int = 20
+    ignore_identity_prefixes: tuple[str, ...] = ()
+    ignore_agents: bool = True
+    connect_timeout_s: float = 15.0
+    track_name: str = "agent-voice"
+
+    def __post_init__(self) -> None:
+        if self.queue_ms <= 0 or self.queue_ms % 10:
+            raise ConfigError(f"AudioSource queue must be a positive multiple of 10 ms, got {self.queue_ms}")
+        if self.caller_frame_ms <= 0 or self.caller_frame_ms % 10:
+            raise ConfigError(f"caller frame must be a positive multiple of 10 ms, got {self.caller_frame_ms}")
+
+
+@dataclass(slots=True)
+class RoomStats:
+    frames_in: int = 0
+    samples_in: int = 0
+    frames_out: int = 0
+    samples_out: int = 0
+    queue_clears: int = 0
+    capture_errors: int = 0
+    callers_seen: int = 0
+    reconnects: int = 0
+    ignored_tracks: int = 0
+
+
+@dataclass(slots=True)
+class _Caller:
+    identity: str
+    streams: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+
+class RoomLink:
+    """Join a room as the agent; report callers and their audio; publish and pace out the agent voice."""
+
+    def __init__(self, config: RoomLinkConfig, *, on_caller_audio: CallerAudio,
+                 on_caller_joined: Callable[[str], None] = lambda _id: None,
+                 on_caller_left: Callable[[str], None] = lambda _id: None,
+                 on_state: Callable[[str], None] = lambda _state: None,
+                 clock: Clock | None = None) -> None:
+        self.config = config
+        self.stats = RoomStats()
+        self._clock = clock or MonotonicClock()
+        self._on_audio = on_caller_audio
+        self._on_joined = on_caller_joined
+        self._on_left = on_caller_left
+        self._on_state = on_state
+        self._callers: dict[str, _Caller] = {}
+        self._room = rtc.Room()
+        self._source: rtc.AudioSource | None = None
+        self.disconnected = asyncio.Event()
+        self.disconnect_reason: str | None = None
+        room = self._room
+        room.on("track_subscribed", self._track_subscribed)
+        room.on("track_unsubscribed", self._track_unsubscribed)
+        room.on("participant_connected", self._participant_connected)
+        room.on("participant_disconnected", self._participant_disconnected)
+        room.on("reconnecting", self._reconnecting)
+        room.on("reconnected", self._reconnected)
+        room.on("disconnected", self._disconnected)
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    @property
+    def room(self) -> rtc.Room:
+        return self._room
+
+    @property
+    def identity(self) -> str:
+        return self._room.local_participant.identity if self._room.isconnected() else self.config.identity
+
+    @property
+    def callers(self) -> list[str]:
+        return list(self._callers)
+
+    async def connect(self) -> None:
+        url = self.config.url
+        self._on_state("connecting")
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_s):
+                await self._room.connect(url, self.config.token, rtc.RoomOptions(auto_subscribe=True))
+        except TimeoutError as exc:
+            raise LiveKitError(f"no LiveKit server answered at {redact_url(url)} within "
+                               f"{self.config.connect_timeout_s:.0f} s") from exc
+        except rtc.ConnectError as exc:
+            raise LiveKitError(f"could not join the room at {redact_url(url)}: {_explain(str(exc))}") from None
+        self._source = rtc.AudioSource(VOICE_RATE, 1, queue_size_ms=self.config.queue_ms)
+        track = rtc.LocalAudioTrack.create_audio_track(self.config.track_name, self._source)
+        options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        await self._room.local_participant.publish_track(track, options)
+        # Participants already in the room were announced during connect; pick up any we did not see.
+        for participant in self._room.remote_participants.values():
+            self._participant_connected(participant)
+        self._on_state("connected")
+        log.info("joined room %s as %s", self._room.name, self.identity)
+
+    async def close(self) -> None:
+        for caller in list(self._callers.values()):
+            for task in caller.streams.values():
+                task.cancel()
+        tasks = [t for c in self._callers.values() for t in c.streams.values()]
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._callers.clear()
+        with contextlib.suppress(Exception):
+            await self._room.disconnect()
+        if self._source is not None:
+            await self._source.aclose()
+            self._source = None
+
+    # -- the agent's voice -----------------------------------------------------------------------------
+    async def send_voice(self, samples: npt.NDArray[np.int16]) -> None:
+        """Hand 48 kHz samples to the AudioSource.
+
+        The capture request reaches the native queue synchronously, before the first await; so a
+        :meth:`clear_voice` issued after this call has started always removes these samples too. The pacer
+        never queues more than ``queue_ms``, so the native side confirms at once and this returns after one
+        callback round trip.
+        """
+        source = self._source
+        if source is None or samples.size == 0:
+            return
+        self.stats.frames_out += 1
+        self.stats.samples_out += samples.size
+        try:
+            await source.capture_frame(rtc.AudioFrame(samples.tobytes(), VOICE_RATE, 1, samples.size))
+        except Exception as exc:  # the SDK raises a bare Exception when a capture fails
+            self.stats.capture_errors += 1
+            log.warning("capture_frame failed: %s", exc)
+
+    def clear_voice(self) -> None:
+        """Drop everything queued in the AudioSource: what has not been sent yet will never be heard."""
+        if self._source is not None:
+            self._source.clear_queue()
+            self.stats.queue_clears += 1
+
+    # -- room events -----------------------------------------------------------------------------------
+    def _is_caller(self, participant: rtc.RemoteParticipant) -> bool:
+        if participant.identity == self.identity:
+            return False
+        if self.config.ignore_agents and participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            return False
+        return not participant.identity.startswith(self.config.ignore_identity_prefixes)
+
+    def _participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        if self._is_caller(participant) and participant.identity not in self._callers:
+            self._callers[participant.identity] = _Caller(participant.identity)
+            self.stats.callers_seen += 1
+            log.info("caller %s joined", participant.identity)
+            self._on_joined(participant.identity)
+
+    def _participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        caller = self._callers.pop(participant.identity, None)
+        if caller is None:
+            return
+        for task in caller.streams.values():
+            task.cancel()
+        log.info("caller %s left", participant.identity)
+        self._on_left(participant.identity)
+
+    def _track_subscribed(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                          participant: rtc.RemoteParticipant) -> None:
+        if track.kind != rtc.TrackKind.KIND_AUDIO:
+            return
+        if not self._is_caller(participant):
+            self.stats.ignored_tracks += 1
+            log.debug("ignoring audio of %s (agent or ignored identity)", participant.identity)
+            return
+        self._participant_connected(participant)
+        caller = self._callers[participant.identity]
+        stream = rtc.AudioStream(track, sample_rate=VOICE_RATE, num_channels=1,
+                                 frame_size_ms=self.config.caller_frame_ms)
+        task = asyncio.get_running_loop().create_task(self._read_caller(participant.identity, stream),
+                                                      name=f"caller-audio:{participant.identity}")
+        task.add_done_callback(_log_crash)
+        caller.streams[publication.sid] = task
+
+    def _track_unsubscribed(self, _track: rtc.Track, publication: rtc.RemoteTrackPublication,
+                            participant: rtc.RemoteParticipant) -> None:
+        caller = self._callers.get(participant.identity)
+        task = caller.streams.pop(publication.sid, None) if caller else None
+        if task is not None:
+            task.cancel()
+
+    async def _read_caller(self, identity: str, stream: rtc.AudioStream) -> None:
+        stats, on_audio, clock = self.stats, self._on_audio, self._clock
+        try:
+            async for event in stream:
+                samples = np.frombuffer(event.frame.data, dtype=np.int16)
+                stats.frames_in += 1
+                stats.samples_in += samples.size
+                on_audio(identity, samples, clock.now_ns())
+        finally:
+            await stream.aclose()
+
+    def _reconnecting(self) -> None:
+        log.warning("LiveKit connection lost; the SDK is reconnecting")
+        self._on_state("reconnecting")
+
+    def _reconnected(self) -> None:
+        self.stats.reconnects += 1
+        log.info("LiveKit connection restored")
+        self._on_state("connected")
+
+    def _disconnected(self, reason: object) -> None:
+        self.disconnect_reason = _reason_name(reason)
+        log.info("left the room (%s)", self.disconnect_reason)
+        self.disconnected.set()
+        self._on_state("disconnected")
+
+
+def _reason_name(reason: object) -> str:
+    with contextlib.suppress(Exception):
+        return str(rtc.DisconnectReason.Name(reason))  # type: ignore[arg-type]
+    return str(reason)
+
+
+def _explain(error: str) -> str:
+    lowered = error.lower()
+    if "401" in lowered or "unauthorized" in lowered or "invalid token" in lowered or "token" in lowered:
+        return "the server refused the token (check LIVEKIT_API_KEY / LIVEKIT_API_SECRET)"
+    if "connection refused" in lowered or "failed to connect" in lowered or "io error" in lowered:
+        return "nothing is listening there (is livekit-server running?)"
+    return error[:200]
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task %s crashed", task.get_name(), exc_info=task.exception())
+
