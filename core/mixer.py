@@ -19,14 +19,17 @@ Rules of this module:
   gain control, while noise-suppressed room tone and soxr dither (-90 dBFS) stay far below.
 - Callers may join and leave between ticks; audio for a caller who is not (or no longer) in the mix is
   dropped and counted (``unknown_caller_samples``), since frames can race a ``leave``.
+
+Cost: a tick is a fixed number of numpy calls whatever the caller count (rings read into one preallocated
+callers x samples matrix, one sum, one energy reduction), because at 480 samples per tick the per-call
+overhead of numpy, not arithmetic, is what the CPU spends. Totals are kept by the rings and assembled only
+when :attr:`Mixer.stats` is read.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import numpy as np
 import numpy.typing as npt
@@ -41,27 +44,47 @@ SILENCE_DBFS = -100.0  # below one LSB of int16 RMS (-90.3 dBFS), so "no signal"
 _FULL_SCALE_SQUARED = 32768.0 * 32768.0
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class CallerStats:
-    """One caller's figures. ``level_dbfs`` and ``active`` describe the last tick; the rest are totals."""
+    """A snapshot of one caller. ``level_dbfs``/``active`` describe the last tick; the rest are totals."""
 
-    level_dbfs: float = SILENCE_DBFS
-    active: bool = False
-    samples_in: int = 0
-    samples_mixed: int = 0
-    starved_samples: int = 0
-    starved_ticks: int = 0
-    dropped_samples: int = 0  # ring overflow (nobody mixed for capacity_ms)
-    trim_events: int = 0
-    trimmed_samples: int = 0
+    level_dbfs: float
+    active: bool
+    samples_in: int
+    samples_mixed: int
+    starved_samples: int
+    starved_ticks: int
+    dropped_samples: int  # ring overflow: nobody mixed for capacity_ms
+    trim_events: int
+    trimmed_samples: int
+    backlog_samples: int
 
 
 class _Channel:
-    __slots__ = ("ring", "stats")
+    __slots__ = ("active", "level_dbfs", "ring", "starved_samples", "starved_ticks", "trim_events")
 
     def __init__(self, capacity: int) -> None:
         self.ring = RingBuffer(capacity, dtype=np.int16, policy=OverflowPolicy.DROP_OLDEST)
-        self.stats = CallerStats()
+        self.level_dbfs = SILENCE_DBFS
+        self.active = False
+        self.starved_samples = 0
+        self.starved_ticks = 0
+        self.trim_events = 0
+
+    def snapshot(self) -> CallerStats:
+        ring = self.ring
+        return CallerStats(
+            level_dbfs=self.level_dbfs,
+            active=self.active,
+            samples_in=ring.samples_written,
+            samples_mixed=ring.samples_read,
+            starved_samples=self.starved_samples,
+            starved_ticks=self.starved_ticks,
+            dropped_samples=ring.dropped_samples,
+            trim_events=self.trim_events,
+            trimmed_samples=ring.samples_discarded,  # the mixer discards only to trim (leave goes via clear)
+            backlog_samples=ring.available,
+        )
 
 
 class Mixer:
@@ -84,7 +107,7 @@ class Mixer:
         self._trim_to = rate * trim_to_ms // 1000
         self._threshold_dbfs = activity_threshold_dbfs
         self._channels: dict[str, _Channel] = {}
-        self._stats: dict[str, CallerStats] = {}
+        self._scratch = np.zeros((0, 0), dtype=np.int16)
         self.ticks = 0
         self.samples_out = 0
         self.clipped_samples = 0
@@ -92,10 +115,10 @@ class Mixer:
         self.joins = 0
         self.leaves = 0
         self.discarded_on_leave = 0
-        # Totals over every caller ever mixed, so they survive a caller leaving.
-        self.starved_samples = 0
-        self.dropped_samples = 0
-        self.trimmed_samples = 0
+        # Totals of callers who left, so the mixer-wide totals never go backwards.
+        self._gone_starved = 0
+        self._gone_dropped = 0
+        self._gone_trimmed = 0
 
     @property
     def rate(self) -> int:
@@ -106,9 +129,21 @@ class Mixer:
         return tuple(self._channels)
 
     @property
-    def stats(self) -> Mapping[str, CallerStats]:
-        """Live per-caller figures of the callers now in the mix (read them, do not modify them)."""
-        return MappingProxyType(self._stats)
+    def stats(self) -> dict[str, CallerStats]:
+        """A snapshot of every caller now in the mix."""
+        return {caller: channel.snapshot() for caller, channel in self._channels.items()}
+
+    @property
+    def starved_samples(self) -> int:
+        return self._gone_starved + sum(c.starved_samples for c in self._channels.values())
+
+    @property
+    def dropped_samples(self) -> int:
+        return self._gone_dropped + sum(c.ring.dropped_samples for c in self._channels.values())
+
+    @property
+    def trimmed_samples(self) -> int:
+        return self._gone_trimmed + sum(c.ring.samples_discarded for c in self._channels.values())
 
     def backlog(self, caller_id: str) -> int:
         """Samples waiting for ``caller_id`` (0 if unknown)."""
@@ -119,9 +154,7 @@ class Mixer:
         """Add a caller (from the next tick on); False if already in the mix."""
         if caller_id in self._channels:
             return False
-        channel = _Channel(self._capacity)
-        self._channels[caller_id] = channel
-        self._stats[caller_id] = channel.stats
+        self._channels[caller_id] = _Channel(self._capacity)
         self.joins += 1
         return True
 
@@ -130,25 +163,22 @@ class Mixer:
         channel = self._channels.pop(caller_id, None)
         if channel is None:
             return 0
-        del self._stats[caller_id]
         self.leaves += 1
-        dropped = channel.ring.clear()
+        self._gone_starved += channel.starved_samples
+        self._gone_dropped += channel.ring.dropped_samples
+        self._gone_trimmed += channel.ring.samples_discarded
+        dropped = channel.ring.available
         self.discarded_on_leave += dropped
         return dropped
 
     def write(self, caller_id: str, samples: Int16Array) -> int:
         """Queue a caller's 48 kHz samples; returns how many were lost (ring overflow or unknown caller)."""
-        n: int = samples.shape[0]
         channel = self._channels.get(caller_id)
         if channel is None:
+            n: int = samples.shape[0]
             self.unknown_caller_samples += n
             return n
-        channel.stats.samples_in += n
-        dropped = channel.ring.write(samples)
-        if dropped:
-            channel.stats.dropped_samples += dropped
-            self.dropped_samples += dropped
-        return dropped
+        return channel.ring.write(samples)
 
     def mix(self, n_samples: int) -> Int16Array:
         """The next ``n_samples`` of the room: every caller summed, silence where a caller had none."""
@@ -156,46 +186,41 @@ class Mixer:
             return np.zeros(0, dtype=np.int16)
         self.ticks += 1
         self.samples_out += n_samples
-        total: npt.NDArray[np.int32] | None = None
-        for channel in self._channels.values():
-            frame = self._take(channel, n_samples)
-            got = frame.shape[0]
-            if got == 0:
-                continue
-            if total is None:
-                total = np.zeros(n_samples, dtype=np.int32)
-            total[:got] += frame
-        if total is None:
+        channels = tuple(self._channels.values())
+        if not channels:
             return np.zeros(n_samples, dtype=np.int16)
-        if len(self._channels) == 1:
-            return total.astype(np.int16)  # one int16 source cannot exceed int16
-        out = np.clip(total, -32768, 32767)
-        self.clipped_samples += n_samples - int(np.count_nonzero(out == total))
-        return out.astype(np.int16)
-
-    def _take(self, channel: _Channel, n: int) -> Int16Array:
-        ring, stats = channel.ring, channel.stats
-        if ring.available - n > self._max_backlog:
-            trimmed = ring.discard(ring.available - n - self._trim_to)
-            stats.trim_events += 1
-            stats.trimmed_samples += trimmed
-            self.trimmed_samples += trimmed
-        frame = ring.read(n)
-        got = frame.shape[0]
-        stats.samples_mixed += got
-        if got < n:
-            stats.starved_samples += n - got
-            stats.starved_ticks += 1
-            self.starved_samples += n - got
-        if got:
-            as_float = frame.astype(np.float32)
-            energy = float(np.dot(as_float, as_float))
-        else:
-            energy = 0.0
+        if self._scratch.shape != (len(channels), n_samples):
+            self._scratch = np.zeros((len(channels), n_samples), dtype=np.int16)
+        scratch = self._scratch
+        for row, channel in zip(scratch, channels, strict=True):
+            ring = channel.ring
+            if ring.available - n_samples > self._max_backlog:
+                ring.discard(ring.available - n_samples - self._trim_to)
+                channel.trim_events += 1
+            got = ring.read_into(row)
+            if got < n_samples:
+                row[got:] = 0
+                channel.starved_samples += n_samples - got
+                channel.starved_ticks += 1
+        as_float = scratch.astype(np.float32)
+        energies: list[float] = np.vecdot(as_float, as_float).tolist()  # 0.5 µs; einsum is 1.3
         # RMS over the whole tick, so a half-starved tick reads quieter, as it sounded.
-        stats.level_dbfs = (
-            SILENCE_DBFS if energy <= 0.0
-            else max(SILENCE_DBFS, 10.0 * math.log10(energy / (n * _FULL_SCALE_SQUARED)))
-        )
-        stats.active = stats.level_dbfs >= self._threshold_dbfs
-        return frame
+        scale = 1.0 / (n_samples * _FULL_SCALE_SQUARED)
+        for channel, energy in zip(channels, energies, strict=True):
+            level = max(SILENCE_DBFS, 10.0 * math.log10(energy * scale)) if energy > 0.0 else SILENCE_DBFS
+            channel.level_dbfs = level
+            channel.active = level >= self._threshold_dbfs
+        if len(channels) == 1:
+            single: Int16Array = scratch[0].copy()  # one int16 source cannot overflow
+            return single
+        total = scratch.sum(axis=0, dtype=np.int32)
+        # The common case is no overflow: a wrapping cast plus one compare proves it (about 1 µs on 480
+        # samples), where an unconditional np.clip costs 3 µs per tick.
+        out: Int16Array = total.astype(np.int16)
+        over = int(np.count_nonzero(out != total))
+        if over:
+            self.clipped_samples += over
+            np.minimum(total, 32767, out=total)
+            np.maximum(total, -32768, out=total)
+            out = total.astype(np.int16)
+        return out

@@ -145,6 +145,22 @@ class RingBuffer(Generic[SampleT]):
             return self._buf[self._read : end].copy()
         return np.concatenate((self._buf[self._read :], self._buf[: end - self._capacity]))
 
+    def read_into(self, out: npt.NDArray[SampleT]) -> int:
+        """Move up to ``len(out)`` oldest samples into ``out[:k]``; returns ``k``. Allocates nothing."""
+        if out.dtype != self._dtype:
+            raise TypeError(f"ring of {self._dtype} cannot read into {out.dtype}")
+        n: int = min(out.shape[0], self._size)
+        end = self._read + n
+        if end <= self._capacity:
+            out[:n] = self._buf[self._read : end]
+        else:
+            first = self._capacity - self._read
+            out[:first] = self._buf[self._read :]
+            out[first:n] = self._buf[: end - self._capacity]
+        self._consume(n)
+        self.samples_read += n
+        return n
+
     def read(self, n: int) -> npt.NDArray[SampleT]:
         """Remove and return up to ``n`` oldest samples (fewer, possibly none, if fewer are held)."""
         out = self.peek(n)

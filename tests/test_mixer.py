@@ -53,6 +53,8 @@ def test_missing_audio_is_silence_and_counted_per_caller() -> None:
     assert (mixer.stats["a"].starved_samples, mixer.stats["a"].starved_ticks) == (180, 1)
     assert (mixer.stats["b"].starved_samples, mixer.stats["b"].starved_ticks) == (TICK, 1)
     assert mixer.starved_samples == 180 + TICK
+    mixer.leave("a")
+    assert mixer.starved_samples == 180 + TICK  # totals survive a caller leaving
 
 
 def test_join_and_leave_between_ticks() -> None:
@@ -103,7 +105,8 @@ def test_backlog_is_trimmed_to_bound_latency() -> None:
     # A backlog within the limit is left alone.
     mixer.write("a", const(0, 2000))  # 40 + ~42 - 10 ms = 72 ms left after the tick
     mixer.mix(TICK)
-    assert stats.trim_events == 1
+    assert mixer.stats["a"].trim_events == 1
+    assert mixer.trimmed_samples == 14400 - TICK - 1920
 
 
 def test_overflow_drops_oldest_and_counts() -> None:

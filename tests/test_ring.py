@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from core.errors import BufferOverflowError
 from core.ring import OverflowPolicy, RingBuffer
 
-# An operation is ("write", n) | ("read", n) | ("peek", n) | ("discard", n) | ("clear", 0).
+# An operation is ("write", n) | ("read", n) | ("read_into", n) | ("peek", n) | ("discard", n) | ("clear", 0).
 operations = st.lists(
-    st.tuples(st.sampled_from(["write", "write", "read", "peek", "discard", "clear"]), st.integers(0, 40)),
+    st.tuples(
+        st.sampled_from(["write", "write", "read", "read_into", "peek", "discard", "clear"]), st.integers(0, 40)
+    ),
     max_size=60,
 )
 
@@ -45,12 +47,16 @@ def test_drop_oldest_behaves_like_a_bounded_deque(capacity: int, ops: list[tuple
             model.extend(values)
             dropped += expect_drop
             assert ring.write(np.array(values, dtype=dtype)) == expect_drop
-        elif op in ("read", "peek"):
-            got = ring.read(n) if op == "read" else ring.peek(n)
+        elif op in ("read", "read_into", "peek"):
+            if op == "read_into":
+                out = np.full(n, -1, dtype=dtype)
+                got = out[: ring.read_into(out)]
+            else:
+                got = ring.read(n) if op == "read" else ring.peek(n)
             want = list(model)[:n]
             assert got.dtype == dtype
             assert got.tolist() == want
-            if op == "read":
+            if op != "peek":
                 for _ in want:
                     model.popleft()
         elif op == "discard":
@@ -87,7 +93,7 @@ def test_refuse_rejects_whole_writes_and_keeps_contents(capacity: int, ops: list
             else:
                 assert ring.write(values) == 0
                 model.extend(values.tolist())
-        elif op == "read":
+        elif op in ("read", "read_into"):
             got = ring.read(n).tolist()
             assert got == [model.popleft() for _ in range(min(n, len(model)))]
         elif op == "peek":
