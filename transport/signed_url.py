@@ -1,0 +1,79 @@
+"""Where the conversation socket's URL comes from: minted per attempt from the REST API, or given.
+
+A signed URL may only be used to *start* a conversation within 15 minutes (docs ``authentication.mdx``), and
+the emulator makes them single-use, so the client asks its :data:`UrlProvider` again before every attempt.
+
+``GET {base}/v1/convai/conversation/get-signed-url?agent_id=ID`` with header ``xi-api-key`` answers
+``{"signed_url": "wss://…/v1/convai/conversation?agent_id=ID&conversation_signature=…"}``
+(elevenlabs-python ``conversations/raw_client.py`` ``get_signed_url``; its docstrings name the signature
+parameter ``conversation_signature`` and say ``agent_id`` takes an ``agent_…`` or a Speech Engine ``seng_…``
+id). We treat the URL as opaque. The API key stays in the header and never enters a URL, a log line or an
+error message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from core.errors import ConfigError, EngineAuthError, EngineError
+from core.redact import redact_url
+
+__all__ = ["DEFAULT_API_BASE", "UrlProvider", "fetch_signed_url", "signed_url_provider", "static_url"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_API_BASE = "https://api.elevenlabs.io"
+UrlProvider = Callable[[], Awaitable[str]]
+
+
+async def fetch_signed_url(api_key: str, agent_id: str, *, base_url: str = DEFAULT_API_BASE,
+                           timeout: float = 10.0) -> str:
+    """Mint one signed conversation URL. 401/403 → :class:`EngineAuthError`; anything else that fails →
+    :class:`EngineError`. Neither carries the key or the response body (which could echo it)."""
+    if not api_key:
+        raise ConfigError("an API key is needed to mint a signed URL")
+    endpoint = f"{base_url.rstrip('/')}/v1/convai/conversation/get-signed-url"
+    where = redact_url(endpoint)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+                session.get(endpoint, params={"agent_id": agent_id},
+                            headers={"xi-api-key": api_key}) as response:
+            status = response.status
+            body = await response.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        # Only the exception's type: aiohttp messages can quote request details.
+        raise EngineError(f"signed URL request to {where} failed: {type(exc).__name__}") from None
+    if status in (401, 403):
+        raise EngineAuthError(f"signed URL request refused with HTTP {status}: check API key and agent id")
+    if status != 200:
+        raise EngineError(f"signed URL request to {where} answered HTTP {status}")
+    try:
+        url = json.loads(body)["signed_url"]
+    except (ValueError, KeyError, TypeError):
+        raise EngineError("signed URL response has no 'signed_url' field") from None
+    if not isinstance(url, str) or not url.startswith(("ws://", "wss://")):
+        raise EngineError("signed URL response is not a ws(s) URL")
+    log.debug("minted signed URL %s", redact_url(url))
+    return url
+
+
+def signed_url_provider(api_key: str, agent_id: str, *, base_url: str = DEFAULT_API_BASE,
+                        timeout: float = 10.0) -> UrlProvider:
+    """A provider that mints a fresh signed URL on every call."""
+    async def provide() -> str:
+        return await fetch_signed_url(api_key, agent_id, base_url=base_url, timeout=timeout)
+    return provide
+
+
+def static_url(url: str) -> UrlProvider:
+    """A provider that always returns ``url`` (a public agent's URL, or one signed elsewhere)."""
+    if not url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"conversation URL must be ws:// or wss://, got {redact_url(url)}")
+
+    async def provide() -> str:
+        return url
+    return provide
