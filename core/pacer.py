@@ -4,9 +4,9 @@ The pacer never reads a clock: every time-dependent method takes ``now_ns`` and 
 want to be woken?" is a return value (:meth:`Pacer.next_wakeup_ns`). The asyncio shell owns the sleeping.
 
 The model. The sink (LiveKit's ``AudioSource``) plays one frame every ``frame_ns`` from a short queue. The
-pacer keeps that queue at ``lead_frames`` (default 3, i.e. 30 ms: enough to ride out event-loop wakeups that
-are a few ms late, short enough that an interruption silences the voice within 30 ms once the queue is
-cleared; the sink's own queue must hold at least this much). It assumes the sink has played
+pacer keeps that queue at ``lead_frames`` (default 3, i.e. 30 ms: a wakeup up to ``lead - 1`` frames (20 ms)
+late still finds audio queued, and after an interruption clears the pacer's side at most 30 ms is still on
+its way out; the sink's own queue must hold at least the lead). It assumes the sink has played
 ``(now - anchor) // frame_ns`` frames since the anchor, so after ``sent`` frames the sink holds
 ``sent - played`` and frame ``k`` is due at ``anchor + (k - lead + 1) * frame_ns``:
 
@@ -19,10 +19,12 @@ cleared; the sink's own queue must hold at least this much). It assumes the sink
   would only overfill its queue. So once the model says the sink has played more than we sent, the pacer
   re-anchors at ``now`` with an empty queue and asks for ``lead`` frames (``reanchors`` counts the events,
   ``lag_frames`` the frames' worth of time the sink sat dry).
-- **Stop, start and reset**: :meth:`stop` when there is nothing to play (the schedule is kept, since the sink
-  still drains what it holds); :meth:`start` when audio is back (continues the old schedule while the sink
-  is still playing from it, else anchors afresh); :meth:`reset` after the sink's queue was cleared on an
-  interruption (the pacer forgets what it had queued, so it can refill at once).
+- **Starts by itself; stop and reset**: a fresh pacer anchors at the first :meth:`frames_due` call and asks
+  for the full lead, so the shell only consults it when it has audio to send. :meth:`stop` when there is
+  nothing more to play: the schedule is kept, because the sink still drains what it holds, and the next
+  :meth:`frames_due` continues it if the sink is still playing from it, or anchors afresh (not counted as a
+  stall) if it ran empty meanwhile. :meth:`reset` after the sink's queue was cleared on an interruption:
+  the pacer forgets what it had queued, so the next call refills the whole lead at once.
 - **Drift**: our clock and the sink's can disagree by a few ppm. When the shell can see the sink's real
   queue (``AudioSource.queued_duration``) it may call :meth:`resync` to move the anchor to match.
 
@@ -30,7 +32,7 @@ A driver, in outline::
 
     while True:
         if not playout.ready:
-            pacer.stop(); await audio_arrived(); pacer.start(clock.now_ns())
+            pacer.stop(); await audio_arrived()
         now = clock.now_ns()
         for _ in range(pacer.frames_due(now)):
             frame = playout.pop_frame()
@@ -55,7 +57,7 @@ class Pacer:
         "_anchor",
         "_frame_ns",
         "_lead",
-        "_running",
+        "_paused",
         "_sent",
         "frames_sent",
         "lag_frames",
@@ -65,6 +67,7 @@ class Pacer:
         "resets",
         "resyncs",
         "starts",
+        "stops",
     )
 
     def __init__(self, *, frame_ns: int = 10 * MS, lead_frames: int = 3) -> None:
@@ -74,13 +77,14 @@ class Pacer:
             raise ValueError(f"lead_frames must be at least 1 (the sink needs a frame to play), got {lead_frames}")
         self._frame_ns = frame_ns
         self._lead = lead_frames
-        self._running = False
-        self._anchor = 0  # the sink's queue was empty here
+        self._anchor: int | None = None  # the sink's queue was empty here; None: no schedule yet
         self._sent = 0  # frames sent since the anchor
+        self._paused = False
         self.frames_sent = 0
-        self.starts = 0
+        self.starts = 0  # schedules begun: first call, after a reset, or resumed after the sink ran empty
+        self.stops = 0
         self.resets = 0
-        self.reanchors = 0
+        self.reanchors = 0  # stalls: the sink ran dry while we had audio for it
         self.lag_frames = 0
         self.resyncs = 0
         self.late_ns_max = 0  # how long after its due time a frame was reported sent, worst case
@@ -95,43 +99,45 @@ class Pacer:
         return self._lead
 
     @property
-    def running(self) -> bool:
-        return self._running
+    def anchored(self) -> bool:
+        """True while a schedule is in force (not before the first call, not after :meth:`reset`)."""
+        return self._anchor is not None
 
     def depth_frames(self, now_ns: int) -> int:
         """Frames the sink is believed to hold at ``now_ns`` (the one playing included)."""
-        return max(0, self._sent - self._played(now_ns))
-
-    def start(self, now_ns: int) -> None:
-        """Audio is available again: resume the schedule, or anchor a new one if the sink ran empty."""
-        self.starts += 1
-        self._running = True
-        if self._sent - self._played(now_ns) <= 0:
-            self._anchor = now_ns
-            self._sent = 0
+        if self._anchor is None:
+            return 0
+        return max(0, self._sent - self._played(self._anchor, now_ns))
 
     def stop(self) -> None:
-        """Nothing to play: ask for no frames and no wakeups until :meth:`start`."""
-        self._running = False
+        """Nothing more to play for now; the next :meth:`frames_due` picks the schedule up again."""
+        if not self._paused:
+            self.stops += 1
+        self._paused = True
 
-    def reset(self, now_ns: int) -> None:
-        """The sink's queue was cleared (interruption): forget it; if running, the lead is due at once."""
+    def reset(self) -> None:
+        """The sink's queue was cleared (interruption): forget the schedule; the next call refills the lead."""
         self.resets += 1
-        self._anchor = now_ns
-        self._sent = 0
+        self._anchor = None
+        self._paused = False
 
     def frames_due(self, now_ns: int) -> int:
         """How many frames to hand the sink now: 0 ≤ n ≤ ``lead_frames``."""
-        if not self._running:
-            return 0
-        played = self._played(now_ns)
+        anchor = self._anchor
+        if anchor is not None and self._paused and self._sent <= self._played(anchor, now_ns):
+            anchor = None  # the sink drained while we had nothing: a new start, not a stall
+        self._paused = False
+        if anchor is None:
+            self.starts += 1
+            self._begin(now_ns)
+            return self._lead
+        played = self._played(anchor, now_ns)
         lag = played - self._sent
         if lag > 0:
             # The sink has been dry for ``lag`` frames; that time is lost, so start a fresh schedule.
             self.reanchors += 1
             self.lag_frames += lag
-            self._anchor = now_ns
-            self._sent = 0
+            self._begin(now_ns)
             return self._lead
         return min(self._lead, played + self._lead - self._sent)
 
@@ -139,6 +145,9 @@ class Pacer:
         """Record ``n`` frames handed to the sink at ``now_ns`` (after :meth:`frames_due` asked for them)."""
         if n <= 0:
             return
+        if self._anchor is None:
+            self.starts += 1
+            self._begin(now_ns)
         late = now_ns - self._due_ns(self._sent + n - 1)
         if late > 0:
             self.late_ns_total += late
@@ -146,20 +155,33 @@ class Pacer:
         self._sent += n
         self.frames_sent += n
 
-    def next_wakeup_ns(self, now_ns: int) -> int | None:
-        """When the next frame falls due (``now_ns`` if one is due already); None while stopped."""
-        if not self._running:
-            return None
+    def next_wakeup_ns(self, now_ns: int) -> int:
+        """When the next frame falls due: ``now_ns`` if one is due already (or no schedule is in force).
+
+        Ask only while there is audio to send; an idle shell waits for audio, not for the pacer.
+        """
+        if self._anchor is None or self._paused:
+            return now_ns
         return max(now_ns, self._due_ns(self._sent))
 
     def resync(self, queued_ns: int, now_ns: int) -> None:
-        """Align the model with the sink's own report that it holds ``queued_ns`` of audio at ``now_ns``."""
+        """Align the model with the sink's own report that it holds ``queued_ns`` of audio at ``now_ns``.
+
+        Ignored while no schedule is in force: there is nothing of ours in the sink to line up.
+        """
+        if self._anchor is None:
+            return
         self.resyncs += 1
         # Solve ``sent * frame - (now - anchor) == queued`` for the anchor: the queue ends where the sink says.
         self._anchor = now_ns - (self._sent * self._frame_ns - max(0, queued_ns))
 
-    def _played(self, now_ns: int) -> int:
-        return max(0, (now_ns - self._anchor) // self._frame_ns)
+    def _begin(self, now_ns: int) -> None:
+        self._anchor = now_ns
+        self._sent = 0
+
+    def _played(self, anchor: int, now_ns: int) -> int:
+        return max(0, (now_ns - anchor) // self._frame_ns)
 
     def _due_ns(self, k: int) -> int:
-        return self._anchor + (k - self._lead + 1) * self._frame_ns
+        anchor = self._anchor if self._anchor is not None else 0
+        return anchor + (k - self._lead + 1) * self._frame_ns

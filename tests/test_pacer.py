@@ -54,7 +54,7 @@ def drive(pacer: Pacer, sink: Sink, clock: FakeClock, until_ns: int, jitter_ns: 
             pacer.on_frames_sent(n, now)
         assert sink.queued <= (max_queue or pacer.lead_frames)
         wake = pacer.next_wakeup_ns(now)
-        assert wake is not None and wake > now  # nothing left due right after sending
+        assert wake > now  # nothing left due right after sending
         clock.set(wake + rng.randrange(jitter_ns + 1))
     return now
 
@@ -64,7 +64,6 @@ def test_exact_frame_count_under_jittery_wakeups(seed: int) -> None:
     clock = FakeClock(1_000 * SECOND)
     start = clock.now_ns()
     pacer, sink = Pacer(lead_frames=3), Sink()
-    pacer.start(start)
     last = drive(pacer, sink, clock, start + 10 * SECOND, jitter_ns=8 * MS, seed=seed)
     # After every wakeup the pacer has sent exactly what the sink played plus the lead...
     assert pacer.frames_sent == (last - start) // F + 3
@@ -85,7 +84,6 @@ def test_exact_frame_count_under_jittery_wakeups(seed: int) -> None:
 
 def test_first_call_fills_the_lead_then_one_frame_per_period() -> None:
     pacer = Pacer(lead_frames=3)
-    pacer.start(0)
     assert pacer.frames_due(0) == 3
     pacer.on_frames_sent(3, 0)
     assert pacer.frames_due(0) == 0
@@ -104,7 +102,6 @@ def test_first_call_fills_the_lead_then_one_frame_per_period() -> None:
 def test_a_stall_reanchors_instead_of_bursting() -> None:
     clock = FakeClock(0)
     pacer, sink = Pacer(lead_frames=3), Sink()
-    pacer.start(0)
     drive(pacer, sink, clock, 1 * SECOND, jitter_ns=0, seed=0)
     clock.advance(200 * MS)  # the event loop was blocked
     now = clock.now_ns()
@@ -120,48 +117,54 @@ def test_a_stall_reanchors_instead_of_bursting() -> None:
 
 def test_small_lateness_never_reanchors() -> None:
     pacer = Pacer(lead_frames=3)
-    pacer.start(0)
     pacer.on_frames_sent(pacer.frames_due(0), 0)
     # 29 ms without a wakeup: the sink still has a frame, so this is catch-up within the lead.
     assert pacer.frames_due(29 * MS) == 2
     assert pacer.reanchors == 0
     # 31 ms: the sink played all three; it has just gone dry, which is still not lag.
     pacer2 = Pacer(lead_frames=3)
-    pacer2.start(0)
-    pacer2.on_frames_sent(3, 0)
+    pacer2.on_frames_sent(pacer2.frames_due(0), 0)
     assert pacer2.frames_due(31 * MS) == 3 and pacer2.reanchors == 0
     assert pacer2.frames_due(41 * MS) == 3 and pacer2.reanchors == 1
 
 
-def test_stop_asks_for_nothing_and_start_continues_while_the_sink_drains() -> None:
+def test_first_call_anchors_and_asks_for_the_lead() -> None:
     pacer = Pacer(lead_frames=3)
-    pacer.start(0)
-    pacer.on_frames_sent(3, 0)
+    assert not pacer.anchored and pacer.next_wakeup_ns(7) == 7
+    assert pacer.frames_due(7) == 3
+    assert pacer.anchored and pacer.starts == 1 and pacer.reanchors == 0
+
+
+def test_stop_then_resume_continues_while_the_sink_drains() -> None:
+    pacer = Pacer(lead_frames=3)
+    pacer.on_frames_sent(pacer.frames_due(0), 0)
     pacer.stop()
-    assert pacer.frames_due(10 * MS) == 0 and pacer.next_wakeup_ns(10 * MS) is None
-    pacer.start(15 * MS)  # the sink still holds 2 of our frames: keep the grid
+    assert pacer.next_wakeup_ns(12 * MS) == 12 * MS  # asked only when there is audio again: at once
+    # Audio again at 15 ms: the sink still holds 2 of our frames, so keep the grid and top up by one.
     assert pacer.depth_frames(15 * MS) == 2
     assert pacer.frames_due(15 * MS) == 1
+    pacer.on_frames_sent(1, 15 * MS)
     pacer.stop()
-    pacer.start(500 * MS)  # long gone dry: a fresh anchor, lead due at once, no lag counted
-    assert pacer.frames_due(500 * MS) == 3 and pacer.reanchors == 0
+    # Audio again at 500 ms: long drained. A fresh anchor, the lead at once, and no stall counted.
+    assert pacer.frames_due(500 * MS) == 3
+    assert (pacer.starts, pacer.stops, pacer.reanchors, pacer.lag_frames) == (2, 2, 0, 0)
 
 
 def test_reset_after_interruption_refills_at_once() -> None:
     pacer = Pacer(lead_frames=4)
-    pacer.start(0)
-    pacer.on_frames_sent(4, 0)
+    pacer.on_frames_sent(pacer.frames_due(0), 0)
     assert pacer.frames_due(5 * MS) == 0
-    pacer.reset(5 * MS)  # the AudioSource queue was cleared
-    assert pacer.frames_due(5 * MS) == 4
+    pacer.reset()  # the AudioSource queue was cleared
     assert pacer.next_wakeup_ns(5 * MS) == 5 * MS
-    assert (pacer.resets, pacer.reanchors) == (1, 0)
+    assert pacer.frames_due(5 * MS) == 4
+    pacer.on_frames_sent(4, 5 * MS)
+    assert pacer.next_wakeup_ns(5 * MS) == 15 * MS
+    assert (pacer.resets, pacer.reanchors, pacer.starts) == (1, 0, 2)
 
 
 def run_slow_sink(resync: bool) -> Sink:
     clock = FakeClock(0)
     pacer, sink = Pacer(lead_frames=3), Sink(period_ns=F + F // 1000)  # the sink's clock runs 0.1% slow
-    pacer.start(0)
     for second in range(1, 31):
         # The slow sink ticks up to 10 µs after the pacer's grid, so a frame can sit queued for that long.
         drive(pacer, sink, clock, second * SECOND, jitter_ns=0, seed=second, max_queue=10)
