@@ -128,11 +128,17 @@ class RingBuffer(Generic[SampleT]):
                 self._read = (self._read + dropped) % self._capacity
                 self._size -= dropped
             self.dropped_samples += dropped
-        start = (self._read + self._size) % self._capacity
-        first = min(n, self._capacity - start)
-        self._buf[start : start + first] = samples[:first]
-        if first < n:
-            self._buf[: n - first] = samples[first:]
+        capacity = self._capacity
+        start = self._read + self._size
+        if start >= capacity:
+            start -= capacity
+        end = start + n
+        if end <= capacity:
+            self._buf[start:end] = samples
+        else:
+            first = capacity - start
+            self._buf[start:] = samples[:first]
+            self._buf[: end - capacity] = samples[first:]
         self._size += n
         self.samples_written += n_in
         return dropped
@@ -150,14 +156,19 @@ class RingBuffer(Generic[SampleT]):
         if out.dtype != self._dtype:
             raise TypeError(f"ring of {self._dtype} cannot read into {out.dtype}")
         n: int = min(out.shape[0], self._size)
-        end = self._read + n
-        if end <= self._capacity:
-            out[:n] = self._buf[self._read : end]
+        start, capacity = self._read, self._capacity
+        end = start + n
+        if end <= capacity:
+            out[:n] = self._buf[start:end]
         else:
-            first = self._capacity - self._read
-            out[:first] = self._buf[self._read :]
-            out[first:n] = self._buf[: end - self._capacity]
-        self._consume(n)
+            first = capacity - start
+            out[:first] = self._buf[start:]
+            out[first:n] = self._buf[: end - capacity]
+        if end >= capacity:
+            end -= capacity
+        self._size -= n
+        # An emptied ring restarts at index 0, so the next reads stay in one slice more often.
+        self._read = end if self._size else 0
         self.samples_read += n
         return n
 

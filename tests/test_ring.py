@@ -148,3 +148,15 @@ def test_refuse_error_message_carries_the_numbers() -> None:
     with pytest.raises(BufferOverflowError, match=r"capacity 5, requested 4"):
         ring.write(np.zeros(4, dtype=np.int16))
     assert ring.available == 3
+
+
+def test_read_into_exactly_to_the_end_of_storage_wraps_cleanly() -> None:
+    ring = RingBuffer(4, dtype=np.int16, policy=OverflowPolicy.REFUSE)
+    ring.write(np.array([1, 2, 3], dtype=np.int16))
+    ring.discard(2)  # read index 2
+    ring.write(np.array([4, 5], dtype=np.int16))  # storage [5, _, 3, 4]
+    out = np.zeros(2, dtype=np.int16)
+    assert ring.read_into(out) == 2 and out.tolist() == [3, 4]  # ends exactly at the storage's end
+    ring.write(np.array([6, 7], dtype=np.int16))
+    assert ring.peek(3).tolist() == [5, 6, 7]
+    assert ring.free == 1
