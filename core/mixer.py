@@ -209,8 +209,11 @@ class Mixer:
             self._take(channel, row)
         as_matrix = scratch.astype(np.float32)
         energies: list[float] = np.vecdot(as_matrix, as_matrix).tolist()  # 0.5 µs; einsum is 1.3
+        threshold, inv_n = self._threshold_power, 1.0 / n_samples
         for channel, energy in zip(channels, energies, strict=True):
-            self._set_power(channel, energy, n_samples)
+            power = energy * inv_n  # inlined _set_power: a method call per caller costs 0.3 µs a tick
+            channel.tick_power = power
+            channel.active = power >= threshold
         total = scratch.sum(axis=0, dtype=np.int32)
         # The common case is no overflow: a wrapping cast plus one compare proves it (about 1 µs on 480
         # samples), where an unconditional np.clip costs 3 µs per tick.
