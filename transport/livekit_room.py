@@ -42,9 +42,10 @@ class RoomLinkConfig:
     url: str
     token: str
     identity: str = ""
-    # Native AudioSource queue. 30 ms rides out an event-loop hiccup of 20 ms without a gap, and is all that
-    # can still play after an interruption; the SDK's default of 1000 ms would play on for a second.
-    queue_ms: int = 30
+    # Native AudioSource queue. The pacer keeps 30 ms in it; 50 ms leaves room for the two clocks to disagree
+    # by a frame without a capture having to wait. The SDK's default is 1000 ms (and the native side holds up
+    # to twice the setting before a capture blocks).
+    queue_ms: int = 50
     # Frames from callers' AudioStreams. 20 ms halves the per-frame FFI and Python cost against 10 ms
     # (it matters at hundreds of sessions) and matches the default uplink chunk.
     caller_frame_ms: int = 20

@@ -1,0 +1,147 @@
+"""Engine to room: decode, resample to 48 kHz, buffer, and hand out paced 10 ms frames.
+
+The engine sends a reply in bursts far faster than real time; the :class:`~core.playout.PlayoutBuffer` holds
+it and the :class:`~core.pacer.Pacer` decides when the next frames are due, keeping only ``lead_frames`` in
+the AudioSource's own queue. So almost all of a reply waits *here*, where :meth:`Downlink.interrupt` can drop
+it in one call, and at most the lead is already out of reach when a caller barges in.
+
+The soxr stream holds its filter history between chunks (about 21 ms at MQ, see :mod:`core.resample`).
+When a reply's audio stops arriving (``tail_after_ms`` without a chunk while the buffer runs low), the tail is
+flushed into the playout buffer and the reply is marked complete, so its last syllable is not left in the
+filter. Everything is driven by ``now_ns`` passed in; nothing here reads a clock or sleeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from core.clock import MS, Clock
+from core.formats import AudioFormat
+from core.pacer import Pacer
+from core.playout import PlayoutBuffer
+from core.resample import Resampler
+from core.timing import StageTimer
+
+__all__ = ["OUTPUT_RATE", "Downlink", "DownlinkConfig"]
+
+OUTPUT_RATE = 48_000
+Int16Array = npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True, slots=True)
+class DownlinkConfig:
+    frame_ms: int = 10
+    # Frames kept in the AudioSource queue ahead of playout: 3 × 10 ms rides out an event-loop wakeup up to
+    # 20 ms late without a gap. It costs nothing on an interruption: the session clears that queue too.
+    lead_frames: int = 3
+    start_ms: int = 20
+    capacity_ms: int = 30_000
+    idle_after_ms: int = 200
+    tail_after_ms: int = 60
+
+
+class Downlink:
+    def __init__(self, fmt: AudioFormat, clock: Clock, config: DownlinkConfig | None = None, *,
+                 timer: StageTimer | None = None) -> None:
+        self.format = fmt
+        self.config = config = config or DownlinkConfig()
+        self._clock = clock
+        self.timer = timer or StageTimer()
+        self._resampler = Resampler(fmt.rate, OUTPUT_RATE)
+        self.playout = PlayoutBuffer(rate=OUTPUT_RATE, frame_ms=config.frame_ms, capacity_ms=config.capacity_ms,
+                                     start_ms=config.start_ms, idle_after_ms=config.idle_after_ms)
+        self.pacer = Pacer(frame_ns=config.frame_ms * MS, lead_frames=config.lead_frames)
+        self._last_push_ns: int | None = None
+        self._tail_pending = False
+        self.chunks_in = 0
+        self.bytes_in = 0
+        self.interruptions = 0
+        self.first_audio_ns: int | None = None  # first chunk of the current reply, for latency figures
+
+    def push(self, payload: bytes, recv_ns: int) -> None:
+        """One ``audio`` event's bytes. Raises :class:`~core.errors.ProtocolError` on an undecodable payload."""
+        clock, timer = self._clock, self.timer
+        t0 = clock.now_ns()
+        pcm = self.format.decode(payload)
+        t1 = clock.now_ns()
+        resampled = self._resampler.push(pcm)
+        t2 = clock.now_ns()
+        if not self.playout.is_playing and self.first_audio_ns is None:
+            self.first_audio_ns = recv_ns
+        self.playout.push(resampled)
+        t3 = clock.now_ns()
+        timer.add("downlink.decode", t1 - t0)
+        timer.add("downlink.resample", t2 - t1)
+        timer.add("downlink.buffer", t3 - t2)
+        timer.add("downlink.total", t3 - recv_ns)
+        self.chunks_in += 1
+        self.bytes_in += len(payload)
+        self._last_push_ns = recv_ns
+        self._tail_pending = True
+
+    def interrupt(self) -> int:
+        """Drop every buffered sample of the current reply; returns how many (48 kHz samples)."""
+        dropped = self.playout.flush()
+        self._resampler.reset()
+        self.pacer.reset()
+        self._tail_pending = False
+        self.first_audio_ns = None
+        self.interruptions += 1
+        return dropped
+
+    def due(self, now_ns: int) -> Int16Array | None:
+        """Samples to hand to the AudioSource now (whole frames), or None when nothing is due."""
+        self._maybe_flush_tail(now_ns)
+        playout = self.playout
+        if not playout.ready:
+            # The sink still drains what it holds: keep the schedule, so a reply that resumes continues it.
+            self.pacer.stop()
+            self.first_audio_ns = None
+            return None
+        n = self.pacer.frames_due(now_ns)
+        if n <= 0:
+            return None
+        frames = []
+        for _ in range(n):
+            frame = playout.pop_frame()
+            if frame.size == 0:
+                break
+            frames.append(frame)
+        if not frames:
+            self.pacer.stop()
+            return None
+        self.pacer.on_frames_sent(len(frames), now_ns)
+        return frames[0] if len(frames) == 1 else np.concatenate(frames)
+
+    def next_wakeup_ns(self, now_ns: int) -> int | None:
+        """When :meth:`due` may next have something: a pacer deadline, the tail check, or None when idle."""
+        wake: int | None = None
+        if self.playout.ready:
+            wake = self.pacer.next_wakeup_ns(now_ns)
+        if self._tail_pending and self._last_push_ns is not None:
+            tail_at = self._last_push_ns + self.config.tail_after_ms * MS
+            wake = tail_at if wake is None else min(wake, tail_at)
+        return wake
+
+    def _maybe_flush_tail(self, now_ns: int) -> None:
+        if not self._tail_pending or self._last_push_ns is None:
+            return
+        if now_ns - self._last_push_ns < self.config.tail_after_ms * MS:
+            return
+        if self.playout.depth_ms > self.config.tail_after_ms:
+            return  # more may still come; flushing soxr mid-reply would restart its filter audibly
+        self._tail_pending = False
+        tail = self._resampler.flush()
+        if tail.size:
+            self.playout.push(tail)
+        self.playout.mark_end_of_stream()
+
+    def stats(self) -> dict[str, float | int | str]:
+        p = self.playout
+        return {"state": p.state.value, "depth_ms": p.depth_ms, "chunks_in": self.chunks_in,
+                "bytes_in": self.bytes_in, "underruns": p.underruns, "underrun_samples": p.underrun_samples,
+                "refused_samples": p.refused_samples, "flushed_samples": p.flushed_samples,
+                "samples_out": p.samples_out, "interruptions": self.interruptions}

@@ -1,0 +1,78 @@
+"""Publish the conversation's transcripts into the room the way LiveKit clients expect them.
+
+LiveKit's convention (client-sdk-js ``TextStreamReader`` consumers, the Agents framework): a text stream on
+topic ``lk.transcription`` whose sender is the speaker, with attributes ``lk.segment_id`` (one id per
+utterance, repeated for interim updates), ``lk.transcription_final`` ("true"/"false") and
+``lk.transcribed_track_id`` when the track is known. Any LiveKit client can render captions from it.
+
+Publishing awaits the data channel, so it runs in one background task fed by a bounded queue: a transcript
+never delays audio, and a stalled data channel drops the oldest captions (counted) instead of growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from livekit import rtc
+
+__all__ = ["TOPIC", "TranscriptPublisher"]
+
+log = logging.getLogger(__name__)
+
+TOPIC = "lk.transcription"
+_QUEUE = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Caption:
+    sender: str
+    text: str
+    segment_id: str
+    final: bool
+
+
+class TranscriptPublisher:
+    def __init__(self, room: rtc.Room) -> None:
+        self._room = room
+        self._queue: asyncio.Queue[_Caption] = asyncio.Queue(_QUEUE)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bridge:transcripts")
+        self.published = 0
+        self.dropped = 0
+        self.failed = 0
+
+    def user(self, identity: str, text: str, *, event_id: int, final: bool) -> None:
+        self._put(_Caption(identity, text, f"user-{event_id}", final))
+
+    def agent(self, identity: str, text: str, *, event_id: int) -> None:
+        self._put(_Caption(identity, text, f"agent-{event_id}", True))
+
+    def _put(self, caption: _Caption) -> None:
+        if self._queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+                self.dropped += 1
+        self._queue.put_nowait(caption)
+
+    async def _run(self) -> None:
+        participant = self._room.local_participant
+        while True:
+            caption = await self._queue.get()
+            attributes = {"lk.segment_id": caption.segment_id,
+                          "lk.transcription_final": "true" if caption.final else "false"}
+            try:
+                writer = await participant.stream_text(topic=TOPIC, attributes=attributes,
+                                                       sender_identity=caption.sender or None)
+                await writer.write(caption.text)
+                await writer.aclose()
+                self.published += 1
+            except Exception as exc:  # a closed room or data channel; captions are best effort
+                self.failed += 1
+                log.debug("could not publish a transcript: %s", exc)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
