@@ -1,0 +1,505 @@
+"""An explicit-dispatch LiveKit agent worker without the Agents framework: the asyncio shell.
+
+``Worker`` holds a WebSocket to the server's ``/agent`` endpoint (``Authorization: Bearer`` a token with the
+``agent`` grant, minted here from the API key and secret), registers under an agent name, and runs an
+injected :data:`JobRunner` for every job LiveKit assigns to it, many at once up to ``max_jobs``. The protocol
+decisions live in :mod:`transport.worker_protocol`; this module owns the socket, the clock and the tasks.
+
+Lifecycle:
+
+- Socket lost or server restarted → reconnect with backoff (:mod:`transport.backoff`) and register again.
+  Running jobs are not touched: their rooms may well be alive, and a job ends when its runner returns.
+- ``JobTermination`` → the job's :attr:`JobContext.termination` event is set; a runner that has not returned
+  ``stop_timeout_s`` later is cancelled.
+- :meth:`Worker.drain` (the runner's SIGTERM handler calls it) → WS_FULL at once, running jobs get
+  ``grace_s`` to finish, then are asked to stop and finally cancelled; then the socket closes and
+  :meth:`Worker.run` returns.
+
+Secrets: the API secret and every token stay out of logs, errors and ``repr`` (:mod:`core.redact`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import signal
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+import websockets
+from livekit import api
+from websockets.asyncio.client import ClientConnection, connect
+
+from core.errors import ConfigError, LiveKitError, ProtocolError
+from core.redact import Redactor, redact_url
+from transport.backoff import DelayFactory, full_jitter
+from transport.livekit_token import mint_token
+from transport.worker_protocol import (
+    DEFAULT_FULL_LOAD,
+    GoAway,
+    JobAssigned,
+    JobOffer,
+    JobTerminationRequested,
+    Pong,
+    Registered,
+    ServerEvent,
+    WorkerProtocol,
+)
+
+__all__ = [
+    "JobContext",
+    "JobRunner",
+    "Worker",
+    "WorkerConfig",
+    "WorkerStats",
+    "agent_endpoint",
+    "drain_on_signals",
+    "run_worker",
+]
+
+log = logging.getLogger(__name__)
+# websockets logs every handshake header at DEBUG, the Authorization bearer token included: its records go
+# through a logger of ours whose filter masks tokens before any handler sees them.
+_socket_log = logging.getLogger(f"{__name__}.socket")
+_socket_log.addFilter(Redactor())
+
+VERSION: Final = "lk-speech-bridge/0.1"
+DEV_URL, DEV_KEY, DEV_SECRET = "ws://127.0.0.1:7880", "devkey", "secret"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    url: str
+    api_key: str
+    api_secret: str = field(repr=False)
+    agent_name: str
+    max_jobs: int = 4
+    version: str = VERSION
+    # Our WorkerPing cadence (round-trip time only; the WebSocket's own pings detect a dead socket).
+    ping_interval_s: float = 10.0
+    # Periodic UpdateWorkerStatus on top of the ones sent on every change; also frees lapsed reservations.
+    status_interval_s: float = 5.0
+    # A job asked to end (JobTermination, or drain after its grace) is cancelled if still running after this.
+    stop_timeout_s: float = 5.0
+    full_load: float = DEFAULT_FULL_LOAD
+    identity_prefix: str = "agent-"
+    open_timeout_s: float = 10.0
+    # Reconnect attempts per outage before run() gives up; None retries for ever (a worker's normal life).
+    max_reconnects: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.agent_name:
+            raise ConfigError("an agent name is needed for explicit dispatch")
+        if not self.api_key or not self.api_secret:
+            raise ConfigError("LiveKit API key and secret must both be set")
+        agent_endpoint(self.url)  # validates the scheme
+
+    @classmethod
+    def from_env(cls, agent_name: str, **overrides: object) -> WorkerConfig:
+        """LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET, defaulting to a local ``--dev`` server."""
+        values: dict[str, object] = {
+            "url": os.environ.get("LIVEKIT_URL") or DEV_URL,
+            "api_key": os.environ.get("LIVEKIT_API_KEY") or DEV_KEY,
+            "api_secret": os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET,
+            "agent_name": agent_name,
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Everything a job runner needs to join its room; ``termination`` is set when it should end."""
+
+    job_id: str
+    dispatch_id: str
+    room_name: str
+    url: str
+    token: str = field(repr=False)
+    identity: str
+    agent_name: str
+    metadata: str  # the dispatch's metadata (RoomAgentDispatch.metadata)
+    worker_id: str
+    termination: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+
+    @property
+    def termination_requested(self) -> bool:
+        return self.termination.is_set()
+
+
+JobRunner = Callable[[JobContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    registered: bool
+    worker_id: str
+    draining: bool
+    max_jobs: int
+    jobs_running: int
+    jobs_reserved: int
+    load: float
+    jobs_offered: int
+    jobs_declined: int
+    jobs_completed: int
+    jobs_failed: int
+    registrations: int
+    connection_failures: int
+    last_rtt_ms: float | None
+
+
+def agent_endpoint(url: str) -> str:
+    """``ws(s)://host[/prefix]/agent`` for a LiveKit URL given as ws(s):// or http(s)://."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ConfigError(f"LiveKit URL must be ws(s):// or http(s)://, got {redact_url(url)!r}")
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/agent", "", ""))
+
+
+def _worker_token(api_key: str, api_secret: str) -> str:
+    # The agent grant alone: the server's /agent handler checks claims.video.agent and nothing else.
+    token = (api.AccessToken(api_key, api_secret).with_grants(api.VideoGrants(agent=True))
+             .with_ttl(datetime.timedelta(minutes=10)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*HMAC key.*")  # the --dev secret is 6 bytes
+        return token.to_jwt()
+
+
+class Worker:
+    """One registered worker process. ``await worker.run()``; ``await worker.drain(grace_s)`` to stop."""
+
+    def __init__(self, config: WorkerConfig, runner: JobRunner, *,
+                 backoff: DelayFactory = full_jitter) -> None:
+        self.config = config
+        self._runner = runner
+        self._backoff = backoff
+        self._proto = WorkerProtocol(
+            agent_name=config.agent_name, version=config.version, max_jobs=config.max_jobs,
+            ping_interval_s=config.ping_interval_s, identity_prefix=config.identity_prefix,
+            full_load=config.full_load)
+        self._redact = Redactor([config.api_secret])
+        self._jobs: dict[str, tuple[JobContext, asyncio.Task[None]]] = {}
+        # Why a job is being ended by us, so its outcome can be reported right: "terminated" (the server
+        # asked: success), "drained" / "closed" (we cut it short: failed).
+        self._end_reason: dict[str, str] = {}
+        self._ws: ClientConnection | None = None
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._registered = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._drain_task: asyncio.Task[None] | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._offered = self._declined = self._completed = self._failed = 0
+        self._registrations = self._connection_failures = 0
+        self._rtt_ms: float | None = None
+        self._registered_here = False
+
+    # -- public state --------------------------------------------------------------------------------
+    @property
+    def registered(self) -> bool:
+        return self._proto.registered
+
+    @property
+    def worker_id(self) -> str:
+        return self._proto.worker_id
+
+    @property
+    def jobs(self) -> dict[str, JobContext]:
+        return {job_id: ctx for job_id, (ctx, _) in self._jobs.items()}
+
+    def stats(self) -> WorkerStats:
+        slots = self._proto.slots()
+        return WorkerStats(
+            registered=self._proto.registered, worker_id=self._proto.worker_id, draining=slots.draining,
+            max_jobs=slots.max_jobs, jobs_running=len(self._jobs), jobs_reserved=slots.reserved,
+            load=slots.load, jobs_offered=self._offered, jobs_declined=self._declined,
+            jobs_completed=self._completed, jobs_failed=self._failed, registrations=self._registrations,
+            connection_failures=self._connection_failures, last_rtt_ms=self._rtt_ms)
+
+    async def wait_registered(self) -> str:
+        """Until the worker is registered (again); returns its worker id."""
+        await self._registered.wait()
+        return self._proto.worker_id
+
+    # -- main loop -----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, register and serve until drained or closed; reconnects after every loss.
+
+        Raises :class:`LiveKitError` when the server refuses the credentials (retrying cannot help) or
+        ``max_reconnects`` attempts in a row failed.
+        """
+        endpoint = agent_endpoint(self.config.url)
+        delays: Iterator[float] | None = None
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                self._registered_here = False
+                try:
+                    code = await self._connect_and_serve(endpoint)
+                    if not self._stop.is_set():
+                        log.warning("agent endpoint closed the connection (code %s)", code)
+                except websockets.exceptions.InvalidStatus as exc:
+                    status = exc.response.status_code
+                    if status in (401, 403):
+                        raise LiveKitError(f"{redact_url(endpoint)} refused the worker's credentials "
+                                           f"(HTTP {status}): check the API key and secret") from None
+                    self._connection_failures += 1
+                    log.warning("agent endpoint %s answered HTTP %d", redact_url(endpoint), status)
+                except (OSError, TimeoutError, websockets.exceptions.WebSocketException, ProtocolError) as exc:
+                    if self._stop.is_set():
+                        break
+                    self._connection_failures += 1
+                    log.warning("agent worker connection to %s failed: %s: %s", redact_url(endpoint),
+                                type(exc).__name__, self._redact(str(exc)))
+                if self._stop.is_set():
+                    break
+                if self._registered_here:  # that connection worked: this is a fresh outage
+                    delays, failures = None, 0
+                delays = delays or self._backoff()
+                failures += 1
+                delay = next(delays, None)
+                if delay is None or (self.config.max_reconnects is not None
+                                     and failures > self.config.max_reconnects):
+                    raise LiveKitError(f"gave up reconnecting to {redact_url(endpoint)} after "
+                                       f"{failures - 1} attempts")
+                log.info("reconnecting to the agent endpoint in %.2f s (attempt %d)", delay, failures)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+        finally:
+            await self._end_all_jobs("closed")
+
+    async def _connect_and_serve(self, endpoint: str) -> int | None:
+        """One connection's life; returns the close code when the server ended it."""
+        headers = {"Authorization": f"Bearer {_worker_token(self.config.api_key, self.config.api_secret)}"}
+        # proxy=None: never route the worker socket through an environment proxy.
+        async with connect(endpoint, additional_headers=headers, open_timeout=self.config.open_timeout_s,
+                           proxy=None, compression=None, max_size=4 * 1024 * 1024,
+                           logger=_socket_log) as ws:
+            self._ws = ws
+            self._proto.connection_made()
+            sender = asyncio.create_task(self._send_loop(ws), name="worker:send")
+            ticker = asyncio.create_task(self._tick_loop(), name="worker:tick")
+            self._kick()
+            try:
+                # The server drops a worker that has not registered within 10 s; we give up as soon.
+                async with asyncio.timeout(self.config.open_timeout_s) as deadline:
+                    async for frame in ws:
+                        if isinstance(frame, str):
+                            log.debug("ignoring a text frame from the agent endpoint")
+                            continue
+                        for event in self._proto.receive(frame, time.monotonic()):
+                            self._handle(event, ws)
+                        if self._proto.registered:
+                            deadline.reschedule(None)
+                        self._kick()
+            finally:
+                self._ws = None
+                self._registered.clear()
+                self._proto.connection_lost()
+                for task in (sender, ticker):
+                    task.cancel()
+                for task in (sender, ticker):
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            return ws.close_code
+
+    async def _send_loop(self, ws: ClientConnection) -> None:
+        # The only writer of the socket, so frames leave in the order the protocol queued them.
+        while True:
+            frames = self._proto.data_to_send()
+            if not frames:
+                self._flushed.set()
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            for frame in frames:
+                await ws.send(frame)
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_ping = next_status = loop.time()
+        while True:
+            now = loop.time()
+            if now >= next_status:
+                for job_id in self._proto.tick(time.monotonic()):
+                    log.warning("job %s was accepted but never assigned; slot freed", job_id)
+                next_status = now + self.config.status_interval_s
+            if now >= next_ping:
+                self._proto.ping(time.monotonic())
+                next_ping = now + self.config.ping_interval_s
+            self._kick()
+            await asyncio.sleep(max(0.05, min(next_ping, next_status) - loop.time()))
+
+    def _kick(self) -> None:
+        self._flushed.clear()
+        self._wake.set()
+
+    # -- events --------------------------------------------------------------------------------------
+    def _handle(self, event: ServerEvent, ws: ClientConnection) -> None:
+        if isinstance(event, Registered):
+            self._registrations += 1
+            self._registered_here = True
+            self._registered.set()
+            log.info("agent worker %s registered as %r with livekit-server %s (%d jobs still running)",
+                     event.worker_id, self.config.agent_name, event.server_version or "?", len(self._jobs))
+        elif isinstance(event, JobOffer):
+            self._offered += 1
+            if event.accepted:
+                log.info("accepted job %s for room %r", event.job_id, event.room_name)
+            else:
+                self._declined += 1
+                log.info("declined job %s for room %r: %s", event.job_id, event.room_name, event.reason)
+        elif isinstance(event, JobAssigned):
+            if event.expected:
+                self._start_job(event)
+            else:
+                log.warning("ignoring the assignment of job %s: not accepted here, or already running",
+                            event.job.id)
+        elif isinstance(event, JobTerminationRequested):
+            log.info("server asked to end job %s", event.job_id)
+            self._stop_job(event.job_id, "terminated")
+        elif isinstance(event, Pong):
+            self._rtt_ms = event.rtt_ms
+        elif isinstance(event, GoAway):
+            log.info("agent endpoint is going away (%s); reconnecting", event.reason or "no reason given")
+            asyncio.get_running_loop().create_task(ws.close())
+
+    # -- jobs ----------------------------------------------------------------------------------------
+    def _start_job(self, event: JobAssigned) -> None:
+        job = event.job
+        token = event.token or mint_token(self.config.api_key, self.config.api_secret, room=job.room.name,
+                                          identity=event.identity, name=self.config.agent_name, agent=True)
+        ctx = JobContext(job_id=job.id, dispatch_id=job.dispatch_id, room_name=job.room.name,
+                         url=event.url or self.config.url, token=token, identity=event.identity,
+                         agent_name=job.agent_name or self.config.agent_name, metadata=job.metadata,
+                         worker_id=self._proto.worker_id)
+        task = asyncio.get_running_loop().create_task(self._run_job(ctx), name=f"job:{job.id}")
+        self._jobs[job.id] = (ctx, task)
+        task.add_done_callback(lambda t: self._job_done(ctx, t))
+        log.info("job %s started in room %r as %r (%d/%d running)", job.id, ctx.room_name, ctx.identity,
+                 len(self._jobs), self.config.max_jobs)
+
+    async def _run_job(self, ctx: JobContext) -> None:
+        await self._runner(ctx)
+
+    def _stop_job(self, job_id: str, reason: str) -> None:
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            return
+        ctx, task = entry
+        self._end_reason.setdefault(job_id, reason)
+        ctx.termination.set()
+        timer = asyncio.get_running_loop().call_later(self.config.stop_timeout_s, task.cancel)
+        self._timers.add(timer)
+
+        def disarm(_: asyncio.Task[None]) -> None:
+            timer.cancel()
+            self._timers.discard(timer)
+
+        task.add_done_callback(disarm)
+
+    def _job_done(self, ctx: JobContext, task: asyncio.Task[None]) -> None:
+        self._jobs.pop(ctx.job_id, None)
+        reason = self._end_reason.pop(ctx.job_id, "")
+        error = ""
+        if task.cancelled():
+            failed = reason != "terminated"
+            error = "" if not failed else f"job cut short: worker {reason or 'cancelled it'}"
+        elif (exc := task.exception()) is not None:
+            failed = True
+            error = self._redact(f"{type(exc).__name__}: {exc}")
+            log.error("job %s failed: %s", ctx.job_id, error, exc_info=exc if log.isEnabledFor(logging.DEBUG)
+                      else None)
+        else:
+            failed = False
+        if failed:
+            self._failed += 1
+        else:
+            self._completed += 1
+        self._proto.job_ended(ctx.job_id, failed=failed, error=error)
+        self._kick()
+        log.info("job %s ended (%s)%s; %d running", ctx.job_id, "failed" if failed else "success",
+                 f": {error}" if error else "", len(self._jobs))
+
+    async def _end_all_jobs(self, reason: str) -> None:
+        for job_id in list(self._jobs):
+            self._stop_job(job_id, reason)
+        tasks = [task for _, task in self._jobs.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- shutdown ------------------------------------------------------------------------------------
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking jobs, give running ones ``grace_s`` to finish, end the rest, then disconnect.
+
+        Safe to call more than once; a later call with a shorter grace does not extend an earlier one.
+        """
+        if self._drain_task is None:
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain(grace_s), name="worker:drain")
+        elif grace_s <= 0:
+            await self._end_all_jobs("drained")
+        await asyncio.shield(self._drain_task)
+
+    async def _drain(self, grace_s: float) -> None:
+        self._proto.drain()
+        self._kick()
+        tasks = [task for _, task in self._jobs.values()]
+        log.info("draining agent worker: %d job(s) running, grace %.1f s", len(tasks), grace_s)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            if pending:
+                log.warning("grace period over: ending %d job(s)", len(pending))
+                for job_id in list(self._jobs):
+                    self._stop_job(job_id, "drained")
+                await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.sleep(0)  # let the last done-callbacks queue their UpdateJobStatus
+        await self._close_socket()
+
+    async def aclose(self) -> None:
+        """End every job now and disconnect (no grace)."""
+        await self.drain(0.0)
+
+    async def _close_socket(self) -> None:
+        ws = self._ws
+        if ws is not None and self._proto.registered:
+            self._kick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flushed.wait(), 5.0)  # final job updates reach the server
+        self._stop.set()
+        if ws is not None:
+            await ws.close()
+
+
+def drain_on_signals(worker: Worker, grace_s: float,
+                     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """First signal: drain with ``grace_s``; a second one: end the jobs at once."""
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    def on_signal(sig: signal.Signals) -> None:
+        grace = 0.0 if worker.stats().draining else grace_s
+        log.info("%s: draining the worker (grace %.1f s)", sig.name, grace)
+        task = loop.create_task(worker.drain(grace))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+async def run_worker(config: WorkerConfig, runner: JobRunner, *, grace_s: float = 30.0) -> WorkerStats:
+    """The command line's whole worker mode: run until SIGTERM/SIGINT has drained it; return final stats."""
+    worker = Worker(config, runner)
+    drain_on_signals(worker, grace_s)
+    await worker.run()
+    return worker.stats()
