@@ -12,10 +12,14 @@ The public surface, one concept per module:
 - :mod:`core.mixer`    callers at 48 kHz summed into one saturated stream
 - :mod:`core.playout`  the agent voice's buffer: bursts in, fixed frames out
 - :mod:`core.pacer`    when the next frame is due, sans-I/O
+- :mod:`core.timing`   per-stage timings on the injected clock
+- :mod:`core.uplink`   callers → mixer → engine rate → encoded chunks
+- :mod:`core.downlink` engine audio → 48 kHz → playout → paced frames
 """
 
 from core.clock import MS, SECOND, Clock, FakeClock, MonotonicClock
 from core.codec import pcm16_decode, pcm16_encode, ulaw_decode, ulaw_encode
+from core.downlink import OUTPUT_RATE, Downlink, DownlinkConfig
 from core.errors import (
     BridgeError,
     BufferOverflowError,
@@ -32,13 +36,17 @@ from core.playout import PlayoutBuffer, PlayoutState
 from core.redact import MASK, Redactor, redact_url
 from core.resample import DEFAULT_QUALITY, Quality, Resampler
 from core.ring import OverflowPolicy, RingBuffer
+from core.timing import StageSummary, StageTimer
+from core.uplink import DEFAULT_CHUNK_MS, Uplink
 
 __all__ = [
+    "DEFAULT_CHUNK_MS",
     "DEFAULT_QUALITY",
     "ENGINE_FORMATS",
     "MASK",
     "MIXER_RATE",
     "MS",
+    "OUTPUT_RATE",
     "SECOND",
     "SILENCE_DBFS",
     "SUPPORTED_RATES",
@@ -48,6 +56,8 @@ __all__ = [
     "CallerStats",
     "Clock",
     "ConfigError",
+    "Downlink",
+    "DownlinkConfig",
     "EngineAuthError",
     "EngineError",
     "FakeClock",
@@ -63,6 +73,9 @@ __all__ = [
     "Redactor",
     "Resampler",
     "RingBuffer",
+    "StageSummary",
+    "StageTimer",
+    "Uplink",
     "parse_format",
     "pcm16_decode",
     "pcm16_encode",
