@@ -78,6 +78,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_WS_LOG = logging.getLogger("websockets.client")
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # the Python SDK's max_size
 _CLOSE_NORMAL: Final = 1000
@@ -129,6 +130,19 @@ class ClientCounters:
     messages_sent: int = 0  # by the writer, all kinds
     callback_errors: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)  # protocol errors seen by the reader, by kind
+
+
+class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
+    """websockets logs the request line, query string included, at DEBUG: scrub every record it emits."""
+
+    def __init__(self, logger: logging.Logger, redactor: Redactor) -> None:
+        super().__init__(logger, {})
+        self._redactor = redactor
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            text = str(msg) % args if args else str(msg)
+            self.logger.log(level, "%s", self._redactor(text), **kwargs)
 
 
 class _AttemptFailed(Exception):
@@ -345,10 +359,9 @@ class EngineClient:
         delays: Iterator[float] | None = None
         last_reason = "no attempt made"
         ended: _Ended | None = None
+        self._set_state(ConnectionState.CONNECTING)
         try:
             while not self._closing:
-                state = ConnectionState.RECONNECTING if self.counters.connects else ConnectionState.CONNECTING
-                self._set_state(state, reason=last_reason if self._failures else None)
                 try:
                     ended = await self._attempt()
                 except _AttemptFailed as exc:
@@ -375,6 +388,9 @@ class EngineClient:
                 if delay is None:
                     raise EngineError(f"engine unreachable: backoff exhausted after {self._failures} failed "
                                       f"attempts; last: {last_reason}", close_code=self.close_code)
+                # Announced before the wait, so the session flushes the old conversation's audio at once.
+                state = ConnectionState.RECONNECTING if self.counters.connects else ConnectionState.CONNECTING
+                self._set_state(state, close_code=self.close_code, reason=last_reason)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:
@@ -398,6 +414,7 @@ class EngineClient:
                 url, subprotocols=self._subprotocols, compression=None, open_timeout=self._open_timeout,
                 ping_interval=self._keepalive, ping_timeout=self._keepalive,
                 close_timeout=self._close_timeout, max_size=self._max_message_bytes, proxy=self._proxy,
+                logger=_RedactingLogger(_WS_LOG, self.redactor),
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -457,12 +474,16 @@ class EngineClient:
 
     def _ending(self, ws: ClientConnection) -> _Ended:
         """Classify a finished connection: retry, clean end, or final error."""
-        code = ws.close_code
+        received, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+        # When we failed the connection (1009 message too big, 1002 protocol error) the peer may never
+        # answer; our own code then says more than websockets' 1006.
+        close = received or sent
+        code = close.code if close is not None else 1006
         self.close_code = code
         error = self.last_error_event
-        reason = f"close code {code}"
-        if ws.close_reason:
-            reason += f" ({self.redactor(ws.close_reason)})"
+        reason = f"close code {code}" + ("" if received or sent is None else " (sent by us)")
+        if close is not None and close.reason:
+            reason += f" ({self.redactor(close.reason)})"
         if error is not None:
             reason += f", error {error.error_type}: {self.redactor(error.message or '')}"
         if self._fatal is not None:

@@ -1,0 +1,338 @@
+"""The engine client against the emulator: minting, auth, ping/pong, audio both ways, reconnects, closing,
+and secrets kept out of logs and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import traceback
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from core.errors import EngineAuthError, EngineError
+from core.formats import parse_format
+from emulator import Emulator
+from tests.engine_fixtures import Collector, chunks, fast, peak_hz, running, utterance
+from transport.backoff import constant, full_jitter
+from transport.engine_client import ConnectionState, EngineClient, StateChange
+from transport.engine_protocol import (
+    AgentAudio,
+    ConversationMetadata,
+    EngineErrorEvent,
+    Interruption,
+    Ping,
+    UnknownEvent,
+)
+from transport.signed_url import fetch_signed_url, signed_url_provider, static_url
+
+PCM16 = parse_format("pcm_16000")
+FAKE_KEY = "sk_FAKE_key_must_never_be_logged_0123456789"
+
+
+def fast_retries() -> Iterator[float]:
+    return constant(0.01)
+
+
+class TickClock:
+    """A clock that counts calls: proves recv_ns comes from the injected clock, not a hidden time read."""
+
+    def __init__(self) -> None:
+        self.ticks = itertools.count(1_000_000)
+
+    def now_ns(self) -> int:
+        return next(self.ticks)
+
+
+def client_for(emu: Emulator, events: Collector, states: list[StateChange] | None = None,
+               **kwargs: object) -> EngineClient:
+    provider = signed_url_provider(emu.api_key, emu.config.agent_id, base_url=emu.rest_base_url)
+    return EngineClient(provider, events, on_state=states.append if states is not None else None,
+                        backoff=fast_retries, **kwargs)  # type: ignore[arg-type]
+
+
+async def speak(client: EngineClient, ms: float = 300.0, hz: float = 440.0) -> None:
+    for data in chunks(utterance(ms, 250, 16000, hz), PCM16):
+        assert client.send_audio(data)
+        await asyncio.sleep(0)
+
+
+def agent_audio(events: Collector, event_id: int | None = None) -> np.ndarray:
+    parts = [PCM16.decode(e.audio) for e in events.of(AgentAudio) if event_id is None or e.event_id == event_id]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+
+# ------------------------------------------------------------------------------------------ backoff
+
+
+def test_full_jitter_windows_double_up_to_the_cap() -> None:
+    assert list(itertools.islice(full_jitter(0.25, 2.0, rand=lambda: 1.0), 6)) == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert list(itertools.islice(full_jitter(rand=lambda: 0.0), 3)) == [0.0, 0.0, 0.0]
+    draws = list(itertools.islice(full_jitter(0.1, 0.4), 200))
+    assert all(0 <= d <= 0.4 for d in draws) and max(draws[5:]) > 0.2
+
+
+# ------------------------------------------------------------------------------------------ signed URLs
+
+
+async def test_fetch_signed_url_and_refusals() -> None:
+    async with running() as emu:
+        url = await fetch_signed_url(emu.api_key, "agent_emulator", base_url=emu.rest_base_url)
+        assert url.startswith(emu.ws_url) and "conversation_signature=" in url
+        with pytest.raises(EngineAuthError, match="HTTP 401"):
+            await fetch_signed_url(FAKE_KEY, "agent_emulator", base_url=emu.rest_base_url)
+        port = emu.port
+    with pytest.raises(EngineError, match="failed: Client"):
+        await fetch_signed_url(emu.api_key, "agent_emulator", base_url=f"http://127.0.0.1:{port}", timeout=2)
+
+
+# ------------------------------------------------------------------------------------------ conversation
+
+
+async def test_connects_and_echo_round_trip_with_clock_stamps() -> None:
+    events, states, clock = Collector(), list[StateChange](), TickClock()
+    async with running(fast(output_format="pcm_16000")) as emu:
+        client = client_for(emu, events, states, clock=clock)
+        assert not client.send_audio(b"\x00\x00")  # before the conversation: dropped, counted
+        async with client:
+            conversation = await emu.next_conversation()
+            assert client.conversation_id == conversation.conversation_id
+            assert client.input_format == client.output_format == PCM16
+            assert isinstance(events.items[0][0], ConversationMetadata)
+            await speak(client)
+            reply = await conversation.next_reply()
+            await events.until(lambda: agent_audio(events).size >= reply.samples.size)
+        heard = agent_audio(events, reply.event_id)
+        sent = utterance(300, 250)
+        assert np.array_equal(heard, sent[:heard.size]) and heard.size == 4800  # the 300 ms tone, exactly
+        assert np.array_equal(conversation.received_audio(), sent)  # what the emulator decoded
+        stamps = [ns for _, ns in events.items]
+        assert stamps == sorted(stamps) and all(ns >= 1_000_000 for ns in stamps)
+        assert [s.state for s in states] == [ConnectionState.CONNECTING, ConnectionState.CONNECTED,
+                                             ConnectionState.CLOSED]
+        assert client.counters.audio_dropped_not_ready == 1 and client.counters.connects == 1
+        assert conversation.close_code == 1000  # a clean close
+        assert conversation.init is not None and conversation.init.overrides == {}
+
+
+async def test_ping_pong() -> None:
+    events = Collector()
+    async with running(fast(ping_interval_s=0.05)) as emu, client_for(emu, events) as client:
+        conversation = await emu.next_conversation()
+        await conversation.wait_for(lambda: sum(p.pong_ns is not None for p in conversation.pings) >= 3)
+        pings = events.of(Ping)
+        assert [p.event_id for p in pings[:3]] == [1, 2, 3] and pings[0].ping_ms is None
+        assert client.protocol.last_ping_id == pings[-1].event_id
+        assert all(p.rtt_ms is not None and p.rtt_ms < 100 for p in conversation.pings[:3])
+        await events.until(lambda: any(p.ping_ms is not None for p in events.of(Ping)))
+        measured = {round(p.rtt_ms) for p in conversation.pings if p.rtt_ms is not None}
+        assert {p.ping_ms for p in events.of(Ping) if p.ping_ms is not None} <= measured
+
+
+async def test_wrong_api_key_is_an_auth_error_and_not_retried() -> None:
+    async with running() as emu:
+        client = EngineClient(signed_url_provider(FAKE_KEY, "agent_emulator", base_url=emu.rest_base_url),
+                              Collector(), backoff=fast_retries)
+        with pytest.raises(EngineAuthError):
+            await client.start()
+        assert client.counters.failed_attempts == 0 and emu.signed_urls_issued == 0
+
+
+async def test_reused_signed_url_is_refused_at_the_upgrade() -> None:
+    async with running() as emu:
+        url = emu.signed_url()
+        async with EngineClient(static_url(url), Collector(), backoff=fast_retries):
+            pass
+        second = EngineClient(static_url(url), Collector(), backoff=fast_retries)
+        with pytest.raises(EngineAuthError, match="HTTP 403"):
+            await second.start()
+        assert [r.reason for r in emu.rejections] == ["signature already used"]
+
+
+async def test_protocol_garbage_is_dropped_and_counted_without_ending_the_conversation() -> None:
+    events = Collector()
+    async with running(fast(oversize_bytes=1000)) as emu, client_for(emu, events) as client:
+        conversation = await emu.next_conversation()
+        for kind in ("garbage", "bad_base64", "odd_pcm", "unknown_type", "binary"):
+            conversation.inject(kind)
+        conversation.trigger_reply("tone", ms=200)
+        await events.until(lambda: agent_audio(events).size >= 3200)
+        assert client.counters.by_kind == {"not_json": 1, "bad_base64": 1, "odd_length_pcm": 1,
+                                           "binary_frame": 1}
+        assert [e.type for e in events.of(UnknownEvent)] == ["emulator_unknown_event"]
+        assert client.protocol.counters.unknown_events == 1
+        assert client.state is ConnectionState.CONNECTED and abs(peak_hz(agent_audio(events), 16000) - 440) < 5
+
+
+async def test_stale_audio_after_interruption_is_gated_and_a_shared_id_reply_plays() -> None:
+    events = Collector()
+    config = fast(reply_mode="speech", speech_ms=2000, chunk_ms=100, burst_factor=2,
+                  stale_chunks_after_interrupt=3, reply_shares_interrupt_id=True)
+    async with running(config) as emu, client_for(emu, events) as client:
+        conversation = await emu.next_conversation()
+        first = conversation.trigger_reply()
+        await conversation.wait_for(lambda: first.chunks_sent >= 3)
+        assert conversation.interrupt()
+        await conversation.wait_for(lambda: first.stale_chunks_sent == 3)
+        await events.until(lambda: client.protocol.counters.stale_audio_chunks == 3)
+        [interruption] = events.of(Interruption)
+        assert interruption.event_id == first.event_id + 1
+        assert len(events.of(AgentAudio)) == first.chunks_sent  # the stale chunks never reached the callback
+        second = conversation.trigger_reply("tone", ms=200)
+        assert second.event_id == interruption.event_id  # shares the interruption's id ...
+        await events.until(lambda: agent_audio(events, second.event_id).size == 3200)  # ... and still plays
+        after = [e for e in events.of(AgentAudio)][first.chunks_sent:]
+        assert {e.event_id for e in after} == {second.event_id}
+
+
+async def test_reconnect_after_a_drop_mid_reply_starts_a_fresh_conversation_and_gate() -> None:
+    events, states = Collector(), list[StateChange]()
+    async with running(fast(reply_mode="speech", speech_ms=2000)) as emu, \
+            client_for(emu, events, states) as client:
+        first = await emu.next_conversation()
+        reply = first.trigger_reply()
+        await first.wait_for(lambda: reply.chunks_sent >= 2)
+        assert first.interrupt()  # raise the client's gate in the first conversation (to id 2)
+        await events.until(lambda: bool(events.of(Interruption)))
+        emu.faults.drop_after_chunks = 3
+        dropped = first.trigger_reply()  # id 3
+        second = await emu.next_conversation()
+        emu.faults.drop_after_chunks = None
+        await events.until(lambda: client.state is ConnectionState.CONNECTED and
+                           client.conversation_id == second.conversation_id)
+        assert dropped.chunks_sent == 3 and first.close_code == 1006  # aborted, no close frame
+        assert client.protocol.interrupt_floor == 0  # gate reset for the new conversation
+        fresh = second.trigger_reply("tone", ms=200)
+        assert fresh.event_id == 1  # ids start again ...
+        await events.until(lambda: agent_audio(events, 1).size >= 3200 + reply.samples_sent)
+        assert client.counters.connects == 2 and emu.signed_urls_issued == 2  # a fresh signed URL
+        kinds = [s.state for s in states]
+        assert kinds[:2] == [ConnectionState.CONNECTING, ConnectionState.CONNECTED]
+        assert kinds[2:] == [ConnectionState.RECONNECTING, ConnectionState.CONNECTED]
+        assert "1006" in (states[2].reason or "")
+        ids = [m.conversation_id for m in events.of(ConversationMetadata)]
+        assert ids == [first.conversation_id, second.conversation_id]
+
+
+async def test_refused_reconnects_end_with_a_clear_error_after_the_cap() -> None:
+    states: list[StateChange] = []
+    async with running() as emu:
+        client = client_for(emu, Collector(), states, max_attempts=3)
+        await client.start()
+        conversation = await emu.next_conversation()
+        emu.faults.refuse_connections = -1
+        conversation.drop()
+        with pytest.raises(EngineError, match=r"gave up after 3 failed attempts; last: HTTP 503") as info:
+            await asyncio.wait_for(client.wait(), 5)
+        assert not isinstance(info.value, EngineAuthError)
+        assert len(emu.rejections) == 3 and emu.signed_urls_issued == 4
+        assert states[-1].state is ConnectionState.CLOSED and client.state is ConnectionState.CLOSED
+        assert [s.attempt for s in states if s.state is ConnectionState.RECONNECTING] == [0, 1, 2]
+        assert not client.send_audio(b"\x00\x00")
+
+
+async def test_initial_refusals_are_retried_until_accepted() -> None:
+    async with running() as emu:
+        emu.faults.refuse_connections = 2
+        async with client_for(emu, Collector(), max_attempts=3) as client:
+            assert client.counters.failed_attempts == 2 and client.ready
+
+
+@pytest.mark.parametrize(("code", "error_type", "final"), [
+    (1000, "max_duration_exceeded", "clean"),
+    (1008, "invalid_message", "error"),
+    (1011, "unknown_websocket_crash", "retry"),
+    (1002, "llm_error", "retry"),
+])
+async def test_server_close_codes_decide_the_ending(code: int, error_type: str, final: str) -> None:
+    events = Collector()
+    async with running() as emu, client_for(emu, events) as client:
+        conversation = await emu.next_conversation()
+        conversation.end(code, error_type, "test ending")
+        if final == "retry":
+            await emu.next_conversation()
+            await events.until(lambda: client.counters.connects == 2)
+            assert events.of(EngineErrorEvent)[0].code == code
+            return
+        if final == "clean":
+            await asyncio.wait_for(client.wait(), 5)
+        else:
+            with pytest.raises(EngineError, match=error_type) as info:
+                await asyncio.wait_for(client.wait(), 5)
+            assert info.value.close_code == 1008
+        assert client.state is ConnectionState.CLOSED and client.counters.connects == 1
+        assert client.last_error_event is not None and client.last_error_event.error_type == error_type
+
+
+async def test_oversize_message_is_refused_by_the_socket_and_the_client_reconnects() -> None:
+    events = Collector()
+    async with running(fast(oversize_bytes=200_000)) as emu, \
+            client_for(emu, events, max_message_bytes=100_000) as client:
+        conversation = await emu.next_conversation()
+        conversation.inject("oversize")
+        await emu.next_conversation()
+        await events.until(lambda: client.counters.connects == 2)
+        assert client.close_code == 1009
+
+
+async def test_close_during_backoff_is_prompt_and_clean() -> None:
+    states: list[StateChange] = []
+    async with running() as emu:
+        client = EngineClient(signed_url_provider(emu.api_key, "agent_emulator", base_url=emu.rest_base_url),
+                              Collector(), on_state=states.append, backoff=lambda: constant(30.0))
+        await client.start()
+        (await emu.next_conversation()).drop()
+        async with asyncio.timeout(2):
+            while states[-1].state is not ConnectionState.RECONNECTING:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(client.close(), 2)  # the client is in a 30 s backoff wait
+        await asyncio.wait_for(client.wait(), 1)  # closing on purpose is not an error
+        assert [s.state for s in states][-2:] == [ConnectionState.RECONNECTING, ConnectionState.CLOSED]
+
+
+async def test_audio_backpressure_drops_new_chunks() -> None:
+    async with running() as emu, client_for(emu, Collector(), audio_queue_limit=3) as client:
+        results = [client.send_audio(b"\x00\x00" * 160) for _ in range(5)]  # no await: the writer cannot run
+        assert results == [True, True, True, False, False]
+        assert client.counters.audio_dropped_backpressure == 2
+
+
+# ------------------------------------------------------------------------------------------ secrets
+
+
+async def test_key_and_signature_never_reach_logs_or_errors(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    texts: list[str] = []
+    async with running() as emu:
+        signature = emu.signed_url().split("conversation_signature=")[1]  # an unused, recognisable signature
+        # 1: a refused API key.
+        bad = EngineClient(signed_url_provider(FAKE_KEY, "agent_emulator", base_url=emu.rest_base_url),
+                           Collector(), backoff=fast_retries)
+        with pytest.raises(EngineAuthError) as info:
+            await bad.start()
+        texts += [str(info.value), "".join(traceback.format_exception(info.value))]
+        # 2: a good signed URL, then a drop, reconnect refusals and the final error.
+        url = f"{emu.ws_url}?agent_id=agent_emulator&conversation_signature={signature}"
+        urls = iter([url])
+
+        async def provider() -> str:
+            return next(urls, url)  # the second attempt reuses it: refused with 403, and quoted nowhere
+
+        client = EngineClient(provider, Collector(), backoff=fast_retries, secrets=[FAKE_KEY])
+        await client.start()
+        (await emu.next_conversation()).drop()
+        with pytest.raises(EngineError) as final:
+            await asyncio.wait_for(client.wait(), 5)
+        texts += [str(final.value), "".join(traceback.format_exception(final.value))]
+        # 3: a signed-URL request to a dead port.
+        with pytest.raises(EngineError) as dead:
+            await fetch_signed_url(FAKE_KEY, "a", base_url="http://127.0.0.1:9", timeout=1)
+        texts.append(str(dead.value))
+    logged = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+    assert "conversation_signature=…" in logged  # the URLs were logged, redacted
+    for text in [logged, *texts]:
+        assert FAKE_KEY not in text
+        assert signature not in text
+        assert emu.api_key not in text
