@@ -1,0 +1,223 @@
+// The bridge's browser client: join a LiveKit room with the microphone, play the agent, show captions.
+//
+// Captions follow LiveKit's transcription conventions (livekit/client-sdk-js src/room/attribute-typings.ts,
+// livekit/agents voice/room_io/_output.py): text streams on topic "lk.transcription" whose sender is the
+// speaker, with attributes "lk.segment_id" (one id per utterance; interim updates repeat it),
+// "lk.transcription_final" ("true"/"false", possibly only in the stream's trailer) and
+// "lk.transcribed_track_id". Older publishers use transcription packets, surfaced by the SDK as
+// RoomEvent.TranscriptionReceived; both feed the same list, keyed by segment id.
+//
+// Everything the page knows is mirrored in window.bridgeState so tests (and curious users) can read it.
+(() => {
+  'use strict';
+  const LK = window.LivekitClient;
+  const { Room, RoomEvent, Track, ConnectionState } = LK;
+  const TOPIC = 'lk.transcription';
+  const ATTR_SEGMENT = 'lk.segment_id';
+  const ATTR_FINAL = 'lk.transcription_final';
+  const LOUD_RMS = 0.02; // about -34 dBFS: speech or a tone, not comfort noise
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    connection: 'disconnected',
+    room: null,
+    identity: null,
+    agentIdentity: null,
+    micPublished: false,
+    agentAudioPlaying: false,
+    agentAudio: { rms: 0, peakHz: 0, loudMs: 0 },
+    captions: [],
+    error: null,
+  };
+  window.bridgeState = state;
+
+  let room = null;
+  let audioContext = null;
+  let meter = null;
+
+  const randomId = (prefix) => `${prefix}-${Math.random().toString(36).slice(2, 10)}`;
+
+  function render() {
+    $('connection').textContent = state.connection;
+    $('room').textContent = state.room ? `${state.room} (you are ${state.identity})` : '–';
+    $('agent').textContent = state.agentIdentity || 'not in the room';
+    $('agent-audio-state').textContent = state.agentAudioPlaying
+      ? `playing (${Math.round(state.agentAudio.peakHz)} Hz peak)` : 'silent';
+    $('join').disabled = state.connection !== 'disconnected';
+    $('leave').disabled = state.connection === 'disconnected';
+    $('error').hidden = !state.error;
+    $('error').textContent = state.error || '';
+    const list = $('captions');
+    list.replaceChildren(...state.captions.map((c) => {
+      const li = document.createElement('li');
+      li.className = `${c.role}${c.final ? '' : ' interim'}`;
+      li.dataset.segment = c.id;
+      const who = document.createElement('span');
+      who.className = 'who';
+      who.textContent = c.role === 'agent' ? 'Agent' : c.role === 'user' ? 'You' : c.speaker;
+      li.append(who, document.createTextNode(c.text));
+      return li;
+    }));
+  }
+
+  function roleOf(identity) {
+    if (identity && identity === state.identity) return 'user';
+    const p = room && room.remoteParticipants.get(identity);
+    if ((p && p.isAgent) || identity === state.agentIdentity) return 'agent';
+    return 'other';
+  }
+
+  function upsertCaption(id, speaker, text, final, source) {
+    const existing = state.captions.find((c) => c.id === id);
+    if (existing) {
+      Object.assign(existing, { text, final: final || existing.final, source });
+    } else {
+      state.captions.push({ id, speaker, role: roleOf(speaker), text, final, source, at: Date.now() });
+    }
+    render();
+  }
+
+  const isFinal = (attrs) => attrs[ATTR_FINAL] === 'true' || attrs[ATTR_FINAL] === true;
+
+  async function onTranscriptStream(reader, participantInfo) {
+    const speaker = participantInfo.identity;
+    const id = (reader.info.attributes || {})[ATTR_SEGMENT] || reader.info.id;
+    // One stream carries either the growing text of a segment (agent replies, delta chunks) or one full
+    // interim/final version of it (user transcripts): accumulate this stream and replace the segment's text.
+    let text = '';
+    try {
+      for await (const chunk of reader) {
+        text += chunk;
+        upsertCaption(id, speaker, text, false, 'text-stream');
+      }
+    } catch (err) {
+      console.warn('transcription stream ended abnormally', err);
+    }
+    upsertCaption(id, speaker, text, isFinal(reader.info.attributes || {}), 'text-stream');
+  }
+
+  function onLegacyTranscription(segments, participant) {
+    const speaker = participant ? participant.identity : 'unknown';
+    for (const seg of segments) upsertCaption(seg.id, speaker, seg.text, !!seg.final, 'transcription');
+  }
+
+  // Measures what actually plays: level and dominant frequency of the agent's track, through Web Audio.
+  function startMeter(track) {
+    stopMeter();
+    if (!audioContext) return;
+    const source = audioContext.createMediaStreamSource(new MediaStream([track.mediaStreamTrack]));
+    const analyser = audioContext.createAnalyser();
+    analyser.fftSize = 8192;
+    source.connect(analyser);
+    const time = new Float32Array(analyser.fftSize);
+    const freq = new Float32Array(analyser.frequencyBinCount);
+    let last = performance.now();
+    const timer = setInterval(() => {
+      const now = performance.now();
+      analyser.getFloatTimeDomainData(time);
+      let sum = 0;
+      for (const v of time) sum += v * v;
+      const rms = Math.sqrt(sum / time.length);
+      analyser.getFloatFrequencyData(freq);
+      let peak = 0;
+      for (let i = 1; i < freq.length; i += 1) if (freq[i] > freq[peak]) peak = i;
+      const audio = state.agentAudio;
+      audio.rms = rms;
+      audio.peakHz = (peak * audioContext.sampleRate) / analyser.fftSize;
+      if (rms > LOUD_RMS) audio.loudMs += now - last;
+      last = now;
+      state.agentAudioPlaying = rms > LOUD_RMS && !$('agent-audio').paused;
+      render();
+    }, 200);
+    meter = { source, timer };
+  }
+
+  function stopMeter() {
+    if (!meter) return;
+    clearInterval(meter.timer);
+    meter.source.disconnect();
+    meter = null;
+    state.agentAudioPlaying = false;
+  }
+
+  function onTrackSubscribed(track, _publication, participant) {
+    if (track.kind !== Track.Kind.Audio || !participant.isAgent) return;
+    state.agentIdentity = participant.identity;
+    // Chrome only feeds a remote WebRTC track to Web Audio while a media element plays it, so attach first.
+    track.attach($('agent-audio'));
+    startMeter(track);
+    render();
+  }
+
+  function onTrackUnsubscribed(track, _publication, participant) {
+    if (track.kind !== Track.Kind.Audio || !participant.isAgent) return;
+    track.detach($('agent-audio'));
+    stopMeter();
+    render();
+  }
+
+  async function join() {
+    state.error = null;
+    const params = new URLSearchParams(window.location.search);
+    const roomName = params.get('room') || randomId('room');
+    const identity = params.get('identity') || randomId('user');
+    // Created inside the click handler: browsers only let a user gesture start audio.
+    audioContext = audioContext || new AudioContext();
+    await audioContext.resume();
+    state.connection = 'connecting';
+    render();
+    try {
+      const response = await fetch('/token', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ room: roomName, identity }),
+      });
+      const body = await response.json();
+      if (!response.ok) throw new Error(body.error || `token request failed (${response.status})`);
+      Object.assign(state, { room: body.room, identity: body.identity, captions: [] });
+
+      room = new Room({ adaptiveStream: true, dynacast: true });
+      room.on(RoomEvent.ConnectionStateChanged, (s) => { state.connection = s; render(); });
+      room.on(RoomEvent.TrackSubscribed, onTrackSubscribed);
+      room.on(RoomEvent.TrackUnsubscribed, onTrackUnsubscribed);
+      room.on(RoomEvent.ParticipantConnected, (p) => {
+        if (p.isAgent) { state.agentIdentity = p.identity; render(); }
+      });
+      room.on(RoomEvent.ParticipantDisconnected, (p) => {
+        if (p.identity === state.agentIdentity) { state.agentIdentity = null; render(); }
+      });
+      room.on(RoomEvent.TranscriptionReceived, onLegacyTranscription);
+      room.on(RoomEvent.AudioPlaybackStatusChanged, () => {
+        $('unmute-audio').hidden = room.canPlaybackAudio;
+      });
+      room.on(RoomEvent.Disconnected, () => {
+        stopMeter();
+        state.connection = 'disconnected';
+        state.agentIdentity = null;
+        state.micPublished = false;
+        render();
+      });
+      room.registerTextStreamHandler(TOPIC, onTranscriptStream);
+
+      await room.connect(body.url, body.token);
+      await room.localParticipant.setMicrophoneEnabled(true);
+      state.micPublished = true;
+      for (const p of room.remoteParticipants.values()) if (p.isAgent) state.agentIdentity = p.identity;
+    } catch (err) {
+      state.error = err && err.message ? err.message : String(err);
+      if (room) await room.disconnect();
+      state.connection = room ? room.state : 'disconnected';
+    }
+    render();
+  }
+
+  async function leave() {
+    if (room) await room.disconnect();
+  }
+
+  $('join').addEventListener('click', join);
+  $('leave').addEventListener('click', leave);
+  $('unmute-audio').addEventListener('click', () => room && room.startAudio());
+  state.connection = ConnectionState.Disconnected;
+  render();
+})();
