@@ -14,10 +14,10 @@ import pytest
 
 from core.errors import EngineAuthError, EngineError
 from core.formats import parse_format
-from emulator import Emulator
+from emulator import Emulator, wire
 from tests.engine_fixtures import Collector, chunks, fast, peak_hz, running, utterance
 from transport.backoff import constant, full_jitter
-from transport.engine_client import ConnectionState, EngineClient, StateChange
+from transport.engine_client import ConnectionState, EngineClient, InitiationData, StateChange
 from transport.engine_protocol import (
     AgentAudio,
     ConversationMetadata,
@@ -25,6 +25,7 @@ from transport.engine_protocol import (
     Interruption,
     Ping,
     UnknownEvent,
+    UserTranscript,
 )
 from transport.signed_url import fetch_signed_url, signed_url_provider, static_url
 
@@ -129,6 +130,30 @@ async def test_ping_pong() -> None:
         await events.until(lambda: any(p.ping_ms is not None for p in events.of(Ping)))
         measured = {round(p.rtt_ms) for p in conversation.pings if p.rtt_ms is not None}
         assert {p.ping_ms for p in events.of(Ping) if p.ping_ms is not None} <= measured
+
+
+async def test_control_messages_reach_the_engine() -> None:
+    events = Collector()
+    init = InitiationData(overrides={"agent": {"first_message": ""}}, dynamic_variables={"caller": "Ada"},
+                          user_id="user-7")
+    async with running(fast(reply_mode="tone", tone_ms=200)) as emu, \
+            client_for(emu, events, init=init) as client:
+        conversation = await emu.next_conversation()
+        assert conversation.init == wire.ClientInit({"agent": {"first_message": ""}}, {"caller": "Ada"}, {},
+                                                    "user-7")
+        assert client.send_contextual_update("on the pricing page", context_id="page")
+        assert client.send_user_activity()
+        assert client.send_client_tool_result("tc_1", {"ok": True})
+        assert client.send_feedback(1, "like")
+        assert client.send_user_message("hello there")
+        reply = await conversation.next_reply()  # a typed message is a user turn too
+        await conversation.wait_for(lambda: len(conversation.client_messages) == 6)
+        assert conversation.client_messages[1:] == [
+            wire.ContextualUpdate("on the pricing page", "page"), wire.UserActivity(),
+            wire.ClientToolResult("tc_1", '{"ok":true}', False), wire.Feedback(1, "like"),
+            wire.UserMessage("hello there")]
+        await events.until(lambda: bool(events.of(AgentAudio)))
+        assert events.of(UserTranscript) == [UserTranscript("hello there", reply.event_id)]
 
 
 async def test_wrong_api_key_is_an_auth_error_and_not_retried() -> None:

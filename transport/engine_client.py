@@ -6,6 +6,8 @@ synchronous ``on_event(event, recv_ns)`` callback. It never awaits anything but 
 ``interruption`` is seen the moment it arrives whatever audio came before it; the callback must return at
 once too (push audio into a ring buffer, flush on interruption). The **writer** drains two queues, control
 messages first (pongs, text, tool results), then audio, so a pong never waits behind a backlog of audio.
+The reader puts each pong at the head of the control queue rather than writing it itself: a write can wait
+on a full socket buffer, and the reader must never wait on anything but the next message.
 
 Sending audio (:meth:`EngineClient.send_audio`) is synchronous and never blocks: before the conversation's
 metadata has arrived, while reconnecting, or when the audio queue is full, the chunk is **dropped and
@@ -247,6 +249,7 @@ class EngineClient:
         if self._task is not None:
             raise ConfigError("EngineClient.start() called twice")
         self._task = asyncio.create_task(self._run(), name="engine-client")
+        self._task.add_done_callback(self._report_end)
         waiter = asyncio.create_task(self._first_connected.wait())
         try:
             await asyncio.wait({waiter, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -255,6 +258,16 @@ class EngineClient:
         if not self._first_connected.is_set():
             self._task.result()  # raises the final error
             raise EngineError("engine client closed before a conversation was established")
+
+    def _report_end(self, task: asyncio.Task[None]) -> None:
+        # Retrieving the exception here also keeps asyncio from warning when nobody awaits wait().
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, EngineError):
+            log.warning("engine client stopped: %s", self.redactor(str(exc)))
+        elif exc is not None:
+            log.error("engine client crashed: %s", self._describe(exc))
 
     async def wait(self) -> None:
         """Until the client is closed: returns on a clean end, raises the final :class:`EngineError`."""
