@@ -177,7 +177,10 @@ class Conversation:
         self._next_id = 1
         self._ping_id = 0
         self._last_rtt_ms: int | None = None
-        self._last_received_ns = self.started_ns
+        # User input (audio, text, user_activity) resets the idle timer; pongs and feedback do not, as AAPI
+        # describes transport_receive_timeout as "no user input" and the docs tell clients to send
+        # user_activity to keep a quiet conversation open.
+        self._last_input_ns = self.started_ns
         self._last_audio_ns = self.started_ns
         self._utt_start: tuple[int, int] | None = None  # (sample, ns) of the turn being spoken
         self._pending_reply: asyncio.TimerHandle | None = None
@@ -313,7 +316,6 @@ class Conversation:
     async def _receive_loop(self) -> None:
         async for message in self._ws:
             now = time.monotonic_ns()
-            self._last_received_ns = now
             if message.type == WSMsgType.TEXT:
                 self._on_text(message.data, now)
             elif message.type == WSMsgType.BINARY:
@@ -349,6 +351,8 @@ class Conversation:
             else:
                 self._invalid("the first message must be conversation_initiation_client_data")
             return
+        if isinstance(message, wire.UserAudioChunk | wire.UserMessage | wire.UserActivity | wire.ContextualUpdate):
+            self._last_input_ns = now
         if isinstance(message, wire.UserAudioChunk):
             self._on_audio(message.data, now)
         elif isinstance(message, wire.Pong):
@@ -531,7 +535,7 @@ class Conversation:
             waiting = [p for p in self.pings if p.pong_ns is None]
             if config.pong_timeout_s and waiting and now - waiting[0].sent_ns > config.pong_timeout_s * 1e9:
                 self.end(1002, "transport_receive_timeout", f"no pong for {config.pong_timeout_s} s")
-            elif config.idle_timeout_s and now - self._last_received_ns > config.idle_timeout_s * 1e9:
+            elif config.idle_timeout_s and now - self._last_input_ns > config.idle_timeout_s * 1e9:
                 self.end(1002, "transport_receive_timeout", f"no user input for {config.idle_timeout_s} s")
             elif self.max_duration_s and now - self.started_ns > self.max_duration_s * 1e9:
                 self.end(1000, "max_duration_exceeded", f"maximum duration of {self.max_duration_s} s reached")

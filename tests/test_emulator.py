@@ -350,6 +350,28 @@ async def test_server_side_endings(changes: dict[str, Any], code: int, error_typ
         assert client.ws.close_code == code
 
 
+async def test_user_activity_keeps_a_quiet_conversation_open_and_pongs_do_not() -> None:
+    async with running(fast(require_auth=False, idle_timeout_s=0.4, ping_interval_s=0.05)) as emu, \
+            raw(emu.public_url()) as active, raw(emu.public_url()) as quiet:
+        await active.init()
+        await quiet.init()
+        started = time.monotonic()
+        while time.monotonic() - started < 0.8:  # twice the idle timeout
+            await active.send({"type": "user_activity"})
+            for client in (active, quiet):
+                try:
+                    while True:
+                        message = await client.recv(0.02)
+                        if message["type"] == "ping":
+                            await client.send({"type": "pong", "event_id": message["ping_event"]["event_id"]})
+                except (TimeoutError, ConnectionClosed):
+                    pass
+        first, second = emu.conversations
+        assert not first.ended
+        assert second.ended and second.close_code == 1002 and second.pings[0].pong_ns is not None
+        assert second.ended_ns is not None and (second.ended_ns - second.started_ns) / 1e9 < 0.7
+
+
 # ------------------------------------------------------------------------------------------ faults
 
 
