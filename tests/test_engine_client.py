@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from core.errors import EngineAuthError, EngineError
 from core.formats import parse_format
@@ -315,6 +316,24 @@ async def test_close_during_backoff_is_prompt_and_clean() -> None:
         await asyncio.wait_for(client.close(), 2)  # the client is in a 30 s backoff wait
         await asyncio.wait_for(client.wait(), 1)  # closing on purpose is not an error
         assert [s.state for s in states][-2:] == [ConnectionState.RECONNECTING, ConnectionState.CLOSED]
+
+
+async def test_unsupported_format_in_metadata_is_final() -> None:
+    attempts = 0
+
+    async def engine(ws: ServerConnection) -> None:
+        nonlocal attempts
+        attempts += 1
+        await ws.recv()
+        await ws.send(wire.metadata("conv_mp3", "pcm_16000", "mp3_44100"))
+        await ws.wait_closed()
+
+    async with serve(engine, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = EngineClient(static_url(f"ws://127.0.0.1:{port}/"), Collector(), backoff=fast_retries)
+        with pytest.raises(EngineError, match=r"unsupported format.*mp3_44100"):
+            await client.start()
+    assert attempts == 1 and client.counters.by_kind == {"unknown_format": 1}
 
 
 async def test_audio_backpressure_drops_new_chunks() -> None:
