@@ -8,6 +8,11 @@ Start it in-process::
         reply = await conversation.next_reply()
 
 or alone: ``python -m emulator --port 8765``. It listens on loopback only.
+
+Hooks on a :class:`Conversation`: ``trigger_reply()``, ``interrupt()``, ``end(code, error_type, message)``;
+faults: ``stall(seconds)``, ``inject(kind)``, ``drop()``, and the switches of :class:`Faults` (``emu.faults``
+for all conversations, ``conversation.faults_override`` for one). Records: ``records``, ``replies``,
+``utterances``, ``pings``, ``received_audio()``; waiting: ``next_reply()``, ``wait_for(predicate)``.
 """
 
 from emulator.config import EmulatorConfig, Faults, InjectKind, InterruptIdMode, ReplyMode
