@@ -1,0 +1,1 @@
+"""Small runnable examples around the bridge (not part of the installed package)."""
