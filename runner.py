@@ -74,6 +74,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", action="store_true", help="register as an agent worker (explicit dispatch)")
     p.add_argument("--agent-name", default="elevenlabs-bridge", help="agent name for --worker")
     p.add_argument("--max-jobs", type=int, default=50, help="sessions one worker process takes at most")
+    p.add_argument("--drain-grace", type=float, default=30.0,
+                   help="seconds running sessions get to finish after SIGTERM (worker mode)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
@@ -163,17 +165,17 @@ async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.
 
 
 async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event) -> int:
-    from transport.worker import JobContext, Worker
+    from transport.worker import JobContext, Worker, WorkerConfig
 
     livekit = livekit_from_env(env)
     async with engine_settings(args, env) as engine:
 
         async def job(ctx: JobContext) -> None:
-            config = session_config(args, livekit, engine, url=ctx.url, token=ctx.token)
-            session = BridgeSession(config)
+            """One dispatched room: a bridge session until the room ends or the job is terminated."""
+            session = BridgeSession(session_config(args, livekit, engine, url=ctx.url, token=ctx.token))
             await session.start()
             ended = asyncio.ensure_future(session.wait())
-            terminated = asyncio.ensure_future(ctx.terminate.wait())
+            terminated = asyncio.ensure_future(ctx.termination.wait())
             try:
                 await asyncio.wait({ended, terminated}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -181,13 +183,20 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
                 await session.stop()
             if ended.done():
                 ended.result()
+            else:
+                ended.cancel()
 
-        worker = Worker(url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret,
-                        agent_name=args.agent_name, job_runner=job, max_jobs=args.max_jobs)
-        await worker.start()
-        log.info("worker registered as %r on %s; SIGTERM drains", args.agent_name, livekit.url)
-        await stop.wait()
-        await worker.drain(grace_s=30.0)
+        worker = Worker(WorkerConfig(url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret,
+                                     agent_name=args.agent_name, max_jobs=args.max_jobs), job)
+        serving = asyncio.ensure_future(worker.run())
+        stopping = asyncio.ensure_future(stop.wait())
+        log.info("worker for agent %r on %s; SIGTERM drains (%.0f s grace)", args.agent_name, livekit.url,
+                 args.drain_grace)
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.done():
+            await worker.drain(grace_s=args.drain_grace)
+        stopping.cancel()
+        await serving
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from core.formats import parse_format
 from emulator import Emulator, EmulatorConfig
-from scripts.caller import RATE, Caller, Heard
+from scripts.caller import RATE, Caller, Heard, tone
 from scripts.livekit_server import LiveKitServer
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
 from transport.livekit_token import mint_token
@@ -157,3 +157,126 @@ async def test_barge_in_silences_the_agent_and_late_stale_audio_stays_out(
     assert last_old is not None
     assert last_old - interrupted["recv_ns"] < 250_000_000, (last_old - interrupted["recv_ns"]) / 1e6
     assert gap.size > 0
+
+
+def band_level(samples: np.ndarray, rate: int, freq: float) -> float:
+    """Magnitude of the spectrum near ``freq`` (±15 Hz), normalised by length."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.size))) / samples.size
+    freqs = np.fft.rfftfreq(samples.size, 1 / rate)
+    return float(spectrum[(freqs > freq - 15) & (freqs < freq + 15)].max())
+
+
+async def test_two_callers_reach_the_engine_mixed_never_interleaved(
+        livekit_server: LiveKitServer, bridge: Bridge) -> None:
+    session, emu = await bridge("duo", reply_mode="tone", barge_in=False, think_time_ms=60_000)
+    conversation = await emu.next_conversation()
+    async with caller(livekit_server, "duo", "ann") as ann, caller(livekit_server, "duo", "ben") as ben:
+        await until(lambda: len(session.room.callers) == 2)
+        await agent_heard(ann)
+        await agent_heard(ben)
+        assert session.uplink is not None
+        mixer = session.uplink.mixer
+        # Both callers' tracks are subscribed and their (silent) audio flows before the test window opens.
+        await until(lambda: all(c in mixer.stats and mixer.stats[c].samples_in > RATE for c in ("ann", "ben")))
+        mark = conversation.received_audio().size
+        starved_before = {c: session.uplink.mixer.stats[c].starved_samples for c in ("ann", "ben")}
+        ann.say(tone(300.0, 2.0, amplitude=0.2))
+        ben.say(tone(700.0, 2.0, amplitude=0.2))
+        await ann.wait_said()
+        await ben.wait_said()
+        await asyncio.sleep(0.5)
+        starved = {c: session.uplink.mixer.stats[c].starved_samples - starved_before[c] for c in ("ann", "ben")}
+
+    rate = parse_format(emu.config.input_format).rate
+    got = conversation.received_audio()[mark:]
+    loud = np.flatnonzero(np.abs(got.astype(np.int32)) > LOUD)
+    assert loud.size > rate
+    middle = got[loud[0] + rate // 4: loud[-1] - rate // 4]
+    # Windows of half a chunk, every quarter chunk: if chunks alternated between the callers, some window
+    # would lie inside a one-caller chunk and lose the other tone. A mix keeps both tones in every window.
+    chunk = rate * session.config.chunk_ms // 1000
+    win, step = chunk // 2, chunk // 4
+    starts = range(0, middle.size - win, step)
+    ann_level = np.array([band_level(middle[i:i + win], rate, 300.0) for i in starts])
+    ben_level = np.array([band_level(middle[i:i + win], rate, 700.0) for i in starts])
+    assert ann_level.size > 100
+    assert ann_level.min() > 0.3 * np.median(ann_level), sorted(ann_level)[:5]
+    assert ben_level.min() > 0.3 * np.median(ben_level), sorted(ben_level)[:5]
+    # And the mixer's own account: while both talked, neither caller's share was replaced by silence.
+    assert max(starved.values()) < RATE // 10, starved
+    assert session.metrics()["uplink"]["chunks"] > 0
+
+
+@pytest.mark.parametrize(("input_format", "output_format"),
+                         [("ulaw_8000", "pcm_44100"), ("pcm_16000", "pcm_24000"), ("pcm_48000", "ulaw_8000")])
+async def test_formats_end_to_end(livekit_server: LiveKitServer, bridge: Bridge,
+                                  input_format: str, output_format: str) -> None:
+    room = f"fmt-{input_format}-{output_format}"
+    session, emu = await bridge(room, reply_mode="echo", input_format=input_format, output_format=output_format)
+    conversation = await emu.next_conversation()
+    async with caller(livekit_server, room, "fay") as fay:
+        heard = await agent_heard(fay)
+        fay.say(voice(1.0, 440.0))
+        await fay.wait_said()
+        stopped_ns = time.monotonic_ns()
+        await conversation.next_reply(timeout=10)
+        await until(lambda: heard.first_loud_after(stopped_ns, LOUD) is not None, 10)
+        await asyncio.sleep(1.3)
+
+    assert session.uplink is not None and session.uplink.format.name == input_format
+    assert session.downlink is not None and session.downlink.format.name == output_format
+    rate = parse_format(input_format).rate
+    got = conversation.received_audio()
+    loud = np.flatnonzero(np.abs(got.astype(np.int32)) > LOUD)
+    assert loud.size > 0.6 * rate
+    assert abs(dominant_hz(got[loud[0] + rate // 5: loud[-1] - rate // 5], rate) - 440.0) < 10
+    echo = heard.since(stopped_ns)
+    loud_echo = np.flatnonzero(np.abs(echo.astype(np.int32)) > LOUD)
+    assert loud_echo.size > 0.6 * RATE
+    assert abs(dominant_hz(echo[loud_echo[0] + RATE // 5: loud_echo[-1] - RATE // 5], RATE) - 440.0) < 10
+
+
+async def test_engine_socket_drop_reconnects_and_the_call_goes_on(
+        livekit_server: LiveKitServer, bridge: Bridge) -> None:
+    session, emu = await bridge("drop", reply_mode="echo")
+    first = await emu.next_conversation()
+    async with caller(livekit_server, "drop", "dan") as dan:
+        heard = await agent_heard(dan)
+        first.drop()
+        second = await emu.next_conversation(timeout=15)
+        assert second.conversation_id != first.conversation_id
+        await until(lambda: session.engine is not None and session.engine.ready, 15)
+        dan.say(voice(1.0, 350.0))
+        await dan.wait_said()
+        stopped_ns = time.monotonic_ns()
+        await second.next_reply(timeout=10)
+        await until(lambda: heard.first_loud_after(stopped_ns, LOUD) is not None, 10)
+        assert AGENT in dan.room.remote_participants  # the room never saw the agent leave
+
+    got = second.received_audio()
+    rate = parse_format(emu.config.input_format).rate
+    loud = np.flatnonzero(np.abs(got.astype(np.int32)) > LOUD)
+    assert loud.size > 0.6 * rate
+    assert abs(dominant_hz(got[loud[0] + rate // 5: loud[-1] - rate // 5], rate) - 350.0) < 8
+    assert session.metrics()["engine"]["connects"] == 2
+
+
+async def test_the_bridge_never_sends_its_own_voice_or_another_agents_to_the_engine(
+        livekit_server: LiveKitServer, bridge: Bridge) -> None:
+    session, emu = await bridge("self", reply_mode="tone", tone_hz=1000.0, tone_ms=3000.0)
+    conversation = await emu.next_conversation()
+    other_agent_token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="self", identity="other-bot", agent=True)
+    async with caller(livekit_server, "self", "eve") as eve, \
+            Caller(livekit_server.url, other_agent_token, identity="other-bot") as other_bot:
+        heard = await agent_heard(eve)
+        await until(lambda: "other-bot" in session.room.room.remote_participants)
+        mark = conversation.received_audio().size
+        other_bot.say(voice(3.0, 1500.0))  # another agent talks: not a caller
+        conversation.trigger_reply("tone")  # our agent talks: never fed back
+        await until(lambda: heard.first_loud_after(0, LOUD) is not None, 10)
+        await asyncio.sleep(3.0)
+
+    assert session.room.callers == ["eve"]
+    got = conversation.received_audio()[mark:]
+    assert got.size > 0
+    assert int(np.max(np.abs(got.astype(np.int32)))) < 300, "the engine heard the agent's or the bot's voice"

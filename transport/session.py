@@ -355,8 +355,8 @@ class BridgeSession:
         up, engine = self.uplink, self.engine
         if up is None or engine is None:
             return
-        up.write(identity, samples)
-        while up.ready():
+        up.write(identity, samples, recv_ns)
+        while up.ready(recv_ns):
             chunk = up.next_chunk()
             if not chunk:
                 continue

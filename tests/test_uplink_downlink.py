@@ -1,0 +1,132 @@
+"""The two pipelines of a session, driven by literal times: no clock, no network."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.clock import MS, FakeClock
+from core.downlink import Downlink, DownlinkConfig
+from core.formats import parse_format
+from core.uplink import Uplink
+
+RATE = 48_000
+FRAME20 = RATE // 50
+
+
+def tone(freq: float, n: int, rate: int = RATE, amp: float = 8000.0, phase: int = 0) -> np.ndarray:
+    t = (np.arange(n) + phase) / rate
+    return (np.sin(2 * np.pi * freq * t) * amp).astype(np.int16)
+
+
+def test_offset_callers_are_mixed_chunk_by_chunk() -> None:
+    clock = FakeClock()
+    up = Uplink(parse_format("pcm_48000"), clock)
+    up.join("a")
+    up.join("b")
+    chunks = []
+    for k in range(20):
+        # a's frame arrives 10 ms before b's, every 20 ms, as LiveKit delivers two tracks out of phase.
+        now = k * 20 * MS
+        up.write("a", tone(300, FRAME20, phase=k * FRAME20), now)
+        while up.ready(now):
+            chunks.append(up.next_chunk())
+        up.write("b", tone(700, FRAME20, phase=k * FRAME20), now + 10 * MS)
+        while up.ready(now + 10 * MS):
+            chunks.append(up.next_chunk())
+    assert len(chunks) >= 18
+    stats = up.mixer.stats
+    # b is waited for from its first frame on; only the very first chunk, cut before b had ever sent, lacks b.
+    assert stats["a"].starved_samples == 0
+    assert stats["b"].starved_samples == FRAME20
+
+
+def test_a_silent_caller_is_not_waited_for() -> None:
+    clock = FakeClock()
+    up = Uplink(parse_format("pcm_16000"), clock, inactive_ms=100)
+    up.join("talker")
+    up.join("muted")  # joined, never sends a frame
+    up.write("talker", tone(300, FRAME20), 0)
+    assert up.ready(0)  # the muted caller is inactive: no need to wait for them
+    payload = up.next_chunk()
+    assert len(payload) % 2 == 0
+
+
+def test_a_late_caller_is_waited_for_up_to_the_slack() -> None:
+    up = Uplink(parse_format("pcm_16000"), FakeClock(), slack_chunks=2)
+    up.join("a")
+    up.join("b")
+    up.write("a", tone(300, FRAME20), 0)
+    up.write("b", tone(700, FRAME20), 0)
+    assert up.ready(0)
+    up.next_chunk()
+    # b falls behind: a's next two chunks wait for b, the third is cut without b.
+    up.write("a", tone(300, FRAME20), 20 * MS)
+    assert not up.ready(20 * MS)
+    up.write("a", tone(300, FRAME20), 40 * MS)
+    assert not up.ready(40 * MS)
+    up.write("a", tone(300, FRAME20), 60 * MS)
+    assert up.ready(60 * MS)
+
+
+def test_uplink_chunk_is_the_engine_format_and_length() -> None:
+    up = Uplink(parse_format("ulaw_8000"), FakeClock(), chunk_ms=20)
+    up.join("a")
+    total = 0
+    for k in range(50):
+        up.write("a", tone(440, FRAME20, phase=k * FRAME20), k * 20 * MS)
+        while up.ready(k * 20 * MS):
+            total += len(up.next_chunk())
+    # one byte per sample at 8 kHz; the resampler keeps its ~43 ms of history
+    assert 8000 - 8 * 60 < total <= 8000
+
+
+def burst(fmt_name: str, seconds: float) -> bytes:
+    fmt = parse_format(fmt_name)
+    return fmt.encode(tone(440, int(seconds * fmt.rate), rate=fmt.rate))
+
+
+def drain(down: Downlink, start_ns: int, until_ns: int, step_ns: int = 10 * MS) -> list[tuple[int, np.ndarray]]:
+    out = []
+    for now in range(start_ns, until_ns, step_ns):
+        samples = down.due(now)
+        if samples is not None:
+            out.append((now, samples))
+    return out
+
+
+def test_a_burst_is_played_at_real_time_with_a_bounded_lead() -> None:
+    clock = FakeClock()
+    down = Downlink(parse_format("pcm_24000"), clock, DownlinkConfig(lead_frames=3))
+    down.push(burst("pcm_24000", 2.0), 0)  # two seconds arrive at once
+    sent = drain(down, 0, 3_000 * MS)
+    total = sum(s.size for _, s in sent)
+    assert abs(total - 2 * RATE) < 0.05 * RATE  # all of it, once (tail flushed at the end)
+    # Never more than the lead ahead of real time.
+    played = 0
+    for now, samples in sent:
+        played += samples.size
+        assert played <= (now // (10 * MS) + 3) * 480 + 480
+    assert down.playout.underruns == 0
+
+
+def test_interrupt_drops_everything_and_nothing_more_is_due() -> None:
+    clock = FakeClock()
+    down = Downlink(parse_format("pcm_16000"), clock)
+    down.push(burst("pcm_16000", 5.0), 0)
+    drain(down, 0, 500 * MS)
+    dropped = down.interrupt()
+    assert dropped > 4 * RATE
+    assert down.due(510 * MS) is None
+    assert down.next_wakeup_ns(510 * MS) is None  # idle: the driver may sleep until audio arrives
+    down.push(burst("pcm_16000", 0.5), 600 * MS)  # the next reply plays again
+    assert down.due(600 * MS) is not None
+
+
+def test_the_reply_tail_leaves_the_resampler_when_audio_stops() -> None:
+    clock = FakeClock()
+    down = Downlink(parse_format("pcm_16000"), clock, DownlinkConfig(tail_after_ms=60))
+    down.push(burst("pcm_16000", 0.1), 0)
+    sent = drain(down, 0, 400 * MS)
+    total = sum(s.size for _, s in sent)
+    assert total >= int(0.1 * RATE)  # the ~21 ms still in soxr came out too
+    assert not down.playout.is_playing
