@@ -256,6 +256,10 @@ class Conversation:
         self._interrupt(reply, reason)
         return True
 
+    def send(self, text: str, type_: str = "custom", event_id: int | None = None) -> None:
+        """Send any server message (e.g. ``wire.client_tool_call(...)``), in order with everything else."""
+        self._enqueue(text, type_, event_id)
+
     def stall(self, seconds: float) -> None:
         """Hold every send (queued or new) for ``seconds`` from now; order is kept."""
         self._stall_until = max(self._stall_until, asyncio.get_running_loop().time() + seconds)

@@ -21,6 +21,7 @@ from transport.backoff import constant, full_jitter
 from transport.engine_client import ConnectionState, EngineClient, InitiationData, StateChange
 from transport.engine_protocol import (
     AgentAudio,
+    ClientToolCall,
     ConversationMetadata,
     EngineErrorEvent,
     Interruption,
@@ -155,6 +156,9 @@ async def test_control_messages_reach_the_engine() -> None:
             wire.UserMessage("hello there")]
         await events.until(lambda: bool(events.of(AgentAudio)))
         assert events.of(UserTranscript) == [UserTranscript("hello there", reply.event_id)]
+        conversation.send(wire.client_tool_call("lookup", "tc_9", {"q": "x"}, 5), "client_tool_call", 5)
+        await events.until(lambda: bool(events.of(ClientToolCall)))
+        assert events.of(ClientToolCall) == [ClientToolCall("lookup", "tc_9", {"q": "x"}, 5)]
 
 
 async def test_wrong_api_key_is_an_auth_error_and_not_retried() -> None:
