@@ -1,0 +1,117 @@
+"""``runner.py`` as a user runs it: one-line errors, the embedded emulator, a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scripts.caller import Caller, tone
+from scripts.livekit_server import LiveKitServer
+from tests.conftest import TEST_API_KEY, TEST_API_SECRET
+from transport.livekit_token import mint_token
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_XI_KEY = "sk_runnertest_0123456789abcdef"
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("LIVEKIT_", "ELEVENLABS_", "SPEECH_ENGINE"))}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(ROOT / "runner.py"), *args], env=full_env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def last_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines, result.stderr[-2000:]
+    return lines[-1]
+
+
+def test_no_livekit_server_is_one_clear_line() -> None:
+    result = run("--room", "x", env={"LIVEKIT_URL": "ws://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert "nothing is listening" in last_line(result)
+
+
+def test_unknown_format_is_refused_before_anything_starts() -> None:
+    result = run("--room", "x", "--input-format", "pcm_11025")
+    assert result.returncode == 2
+    assert "invalid choice: 'pcm_11025'" in result.stderr
+
+
+def test_half_the_engine_credentials_is_a_clear_error_without_the_key() -> None:
+    result = run("--room", "x", env={"ELEVENLABS_API_KEY": FAKE_XI_KEY})
+    assert result.returncode == 1
+    assert "SPEECH_ENGINE_ID" in last_line(result)
+    assert FAKE_XI_KEY not in result.stderr + result.stdout
+
+
+@pytest.mark.livekit
+def test_bad_livekit_credentials_say_so_and_leak_nothing(livekit_server: LiveKitServer) -> None:
+    wrong_secret = "not-the-secret-0123456789abcdefghijklmn"
+    result = run("--room", "x", env={"LIVEKIT_URL": livekit_server.url, "LIVEKIT_API_KEY": TEST_API_KEY,
+                                     "LIVEKIT_API_SECRET": wrong_secret})
+    assert result.returncode == 1
+    assert "refused the token" in last_line(result)
+    assert wrong_secret not in result.stderr + result.stdout
+
+
+@pytest.mark.livekit
+def test_unreachable_engine_is_a_clear_error_with_the_url_redacted(livekit_server: LiveKitServer) -> None:
+    signature = "sigRUNNERTEST0123456789"
+    result = run("--room", "unreachable", "--start", "immediately",
+                 "--engine-url", f"ws://127.0.0.1:9/v1/convai/conversation?agent_id=a&token={signature}",
+                 env={"LIVEKIT_URL": livekit_server.url, "LIVEKIT_API_KEY": TEST_API_KEY,
+                      "LIVEKIT_API_SECRET": TEST_API_SECRET}, timeout=120)
+    assert result.returncode == 1
+    line = last_line(result)
+    assert "engine" in line.lower()
+    assert signature not in result.stderr + result.stdout
+
+
+@pytest.mark.livekit
+async def test_runner_bridges_a_room_with_the_embedded_emulator_and_stops_on_sigterm(
+        livekit_server: LiveKitServer) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ELEVENLABS_", "SPEECH_ENGINE"))}
+    env.update(LIVEKIT_URL=livekit_server.url, LIVEKIT_API_KEY=TEST_API_KEY, LIVEKIT_API_SECRET=TEST_API_SECRET)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "runner.py"), "--room", "runner-e2e", "--reply", "echo", "--json-logs",
+        env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
+    token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="runner-e2e", identity="rita")
+    try:
+        async with Caller(livekit_server.url, token, identity="rita") as rita:
+            async with asyncio.timeout(20):
+                while "elevenlabs-agent" not in rita.heard:
+                    await asyncio.sleep(0.05)
+            heard = rita.heard["elevenlabs-agent"]
+            rita.say(tone(520.0, 1.0))
+            await rita.wait_said()
+            said_ns = time.monotonic_ns()
+            async with asyncio.timeout(15):
+                while heard.first_loud_after(said_ns, 1000) is None:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(1.2)
+            echo = heard.since(said_ns)
+            loud = echo[np.abs(echo.astype(np.int32)) > 1000]
+            assert loud.size > 0.5 * 48_000
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(20):
+            code = await proc.wait()
+        assert code == 0
+        assert proc.stderr is not None
+        logs = (await proc.stderr.read()).decode()
+        assert "embedded Speech Engine emulator" in logs
+        assert '"level"' in logs.splitlines()[0]  # JSON lines
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
