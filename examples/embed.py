@@ -1,0 +1,64 @@
+"""Embedding the bridge in your own supervisor: two rooms, one event loop, your logging, your signals.
+
+    LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret \
+    ELEVENLABS_API_KEY=... SPEECH_ENGINE_ID=... python examples/embed.py room-a room-b
+
+Without ELEVENLABS_API_KEY it starts the local emulator and bridges to that instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+
+from transport import BridgeSession, EngineSettings, SessionConfig, SessionEvent, mint_token
+
+
+@contextlib.asynccontextmanager
+async def engine() -> AsyncIterator[EngineSettings]:
+    key, engine_id = os.environ.get("ELEVENLABS_API_KEY"), os.environ.get("SPEECH_ENGINE_ID")
+    if key and engine_id:
+        yield EngineSettings(api_key=key, agent_id=engine_id)
+        return
+    from emulator import Emulator, EmulatorConfig
+
+    async with Emulator(EmulatorConfig(reply_mode="echo")) as emu:
+        yield EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
+
+
+async def watch(room: str, session: BridgeSession) -> None:
+    event: SessionEvent
+    async for event in session.events():
+        if event.kind in ("caller_joined", "caller_left", "user_transcript", "agent_response", "interruption",
+                          "engine_state", "error"):
+            logging.info("[%s] %s %s", room, event.kind, event.data)
+
+
+async def main(rooms: list[str], run_for: float | None = None) -> None:
+    url = os.environ.get("LIVEKIT_URL", "ws://127.0.0.1:7880")
+    key, secret = os.environ.get("LIVEKIT_API_KEY", "devkey"), os.environ.get("LIVEKIT_API_SECRET", "secret")
+    async with engine() as settings:
+        sessions = {room: BridgeSession(SessionConfig(
+            livekit_url=url, engine=settings, identity="agent", end_when_empty=False,
+            livekit_token=mint_token(key, secret, room=room, identity="agent", agent=True))) for room in rooms}
+        await asyncio.gather(*(s.start() for s in sessions.values()))
+        watchers = [asyncio.ensure_future(watch(room, s)) for room, s in sessions.items()]
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(s.wait() for s in sessions.values())), run_for)
+        finally:
+            for room, session in sessions.items():
+                logging.info("[%s] metrics: %s", room, session.metrics()["session"])
+            await asyncio.gather(*(s.stop() for s in sessions.values()))
+            for w in watchers:
+                w.cancel()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(sys.argv[1:] or ["room-a", "room-b"]))
