@@ -49,6 +49,7 @@ from transport.engine_protocol import (
     UserTranscript,
 )
 from transport.livekit_room import RoomLink, RoomLinkConfig
+from transport.log_context import LogContext, bound, new_session_id
 from transport.signed_url import DEFAULT_API_BASE, UrlProvider, signed_url_provider, static_url
 from transport.transcripts import TranscriptPublisher
 
@@ -134,6 +135,7 @@ class BridgeSession:
         self.clock = clock or MonotonicClock()
         self.timer = StageTimer()
         self.state = SessionState.CREATED
+        self.log_context = LogContext(session=new_session_id())  # ids on every log record of this session
         self._client_factory = client_factory
         self.room = RoomLink(
             RoomLinkConfig(url=config.livekit_url, token=config.livekit_token, identity=config.identity,
@@ -161,11 +163,16 @@ class BridgeSession:
     # ------------------------------------------------------------------ public API
     async def start(self) -> None:
         """Join the room and (per ``start_when``) open the conversation; raise if either edge fails."""
+        with bound(self.log_context):  # every task started from here on logs with this session's ids
+            await self._start()
+
+    async def _start(self) -> None:
         if self.state is not SessionState.CREATED:
             raise ConfigError("a session starts once")
         self._set_state(SessionState.STARTING)
         try:
             await self.room.connect()
+            self.log_context.room = self.room.room.name
             if self.config.publish_transcripts:
                 self.transcripts = TranscriptPublisher(self.room.room)
             if self.config.start_when == "immediately" or self.room.callers:
@@ -190,7 +197,8 @@ class BridgeSession:
         if self.state in (SessionState.STOPPING, SessionState.STOPPED):
             await self._done.wait()
             return
-        await self._teardown()
+        with bound(self.log_context):
+            await self._teardown()
 
     async def events(self) -> AsyncIterator[SessionEvent]:
         """Every event from now until the session stops. Slow consumers lose the oldest events."""
@@ -236,6 +244,7 @@ class BridgeSession:
 
     def _configure_formats(self, metadata: ConversationMetadata) -> None:
         """(Re)build both directions for the formats this conversation announced."""
+        self.log_context.conversation_id = metadata.conversation_id
         up, down = self.uplink, self.downlink
         if up is None or up.format != metadata.input_format:
             self.uplink = Uplink(metadata.input_format, self.clock, chunk_ms=self.config.chunk_ms, timer=self.timer)
