@@ -1,0 +1,388 @@
+"""Prometheus metrics for every bridge session of this process, read when scraped.
+
+Nothing here runs per frame. The hot paths already keep plain counters (session, engine client, protocol,
+room, playout); a custom collector reads them when Prometheus scrapes, so a process that is never scraped
+pays nothing and one that is pays only on the scrape. The collector reads the counters directly rather than
+through :meth:`BridgeSession.metrics`, which also computes per-stage percentiles (numpy over 2048-sample
+windows, about 0.4 ms a session): at a few hundred sessions that would block the event loop for longer than
+the agent voice's 30 ms lead.
+
+Names (``bridge_`` prefix). Per session, labels ``room`` and ``session`` (the id in the structured logs);
+the same name without ``session_`` is the process total, which also keeps the counts of sessions that have
+ended (their final values are folded in when they stop), so totals never go backwards:
+
+==========================================  =========  ======================================================
+``sessions_active``                         gauge      sessions started and not yet stopped
+``[session_]callers``                       gauge      callers in the room
+``[session_]engine_connected``              gauge      1 while a conversation is established
+``[session_]engine_chunks_total{direction}``  counter  ``sent`` (user audio queued) / ``received`` (agent audio)
+``[session_]engine_bytes_total{direction}``   counter  raw audio bytes, before base64
+``[session_]livekit_frames_total{direction}`` counter  ``in`` (callers' frames) / ``out`` (agent voice)
+``[session_]uplink_dropped_chunks_total{reason}``  c.  ``not_ready`` (no conversation) / ``backpressure``
+``[session_]stale_chunks_dropped_total``    counter    agent audio older than the last interruption
+``[session_]interruptions_total``           counter
+``[session_]interruption_to_silence_seconds``  hist.   interruption received → playout flushed and queue cleared
+``[session_]playout_underruns_total``       counter    the engine's audio came late mid-reply
+``[session_]playout_depth_seconds``         gauge      agent audio buffered, not yet played
+``[session_]playout_refused_seconds_total`` counter    agent audio refused by the 30 s playout cap
+``[session_]engine_reconnects_total``       counter    conversations re-established after a loss
+``[session_]engine_failed_attempts_total``  counter    connection attempts that failed
+``[session_]livekit_reconnects_total``      counter    room connection restored by the SDK
+``[session_]protocol_errors_total{kind}``   counter    engine messages dropped, by ProtocolError kind
+``event_loop_lag_seconds``                  histogram  how late a 100 ms sleep wakes up
+``event_loop_lag_max_seconds``              gauge      worst lag since the previous scrape
+==========================================  =========  ======================================================
+
+Labels never carry secrets: room names and session ids only (no URLs, no tokens, no conversation ids).
+
+Serving: :meth:`BridgeMetrics.serve` runs an aiohttp endpoint (``GET /metrics``) on the event loop itself,
+so the collector reads counters between callbacks, never while one is half-way through an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from core.clock import SECOND
+
+if TYPE_CHECKING:
+    from transport.session import BridgeSession
+
+__all__ = ["INTERRUPTION_BUCKETS", "LAG_BUCKETS", "BridgeMetrics", "LoopLagMonitor"]
+
+log = logging.getLogger(__name__)
+
+# The flush itself takes microseconds; a slow one means the loop was busy. Upper buckets catch pathologies.
+INTERRUPTION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+# The agent voice has 30 ms of lead: lag beyond that is an audible gap.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_VOICE_RATE = 48_000
+
+
+class _Histogram:
+    """Bucket counts (not cumulative), sum and count; rendered cumulatively."""
+
+    __slots__ = ("bounds", "count", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def merge(self, other: _Histogram) -> None:
+        for i, n in enumerate(other.counts):
+            self.counts[i] += n
+        self.total += other.total
+        self.count += other.count
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append((_float(bound), float(running)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+
+def _float(value: float) -> str:
+    return "+Inf" if math.isinf(value) else repr(float(value))
+
+
+# Counters summed into the totals (and kept for sessions that ended). Keys of _Snapshot.counters.
+_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("engine_chunks_total", "Audio chunks exchanged with the Speech Engine.", ("direction",)),
+    ("engine_bytes_total", "Raw audio bytes exchanged with the Speech Engine (before base64).", ("direction",)),
+    ("livekit_frames_total", "Audio frames exchanged with the LiveKit room.", ("direction",)),
+    ("uplink_dropped_chunks_total", "Caller audio chunks not sent to the engine.", ("reason",)),
+    ("stale_chunks_dropped_total", "Agent audio chunks dropped as older than the last interruption.", ()),
+    ("interruptions_total", "Interruptions (barge-ins) handled.", ()),
+    ("playout_underruns_total", "Agent audio arrived late mid-reply (silence was played).", ()),
+    ("playout_refused_seconds_total", "Agent audio refused by the playout buffer's cap.", ()),
+    ("engine_reconnects_total", "Engine conversations re-established after a loss.", ()),
+    ("engine_failed_attempts_total", "Engine connection attempts that failed.", ()),
+    ("livekit_reconnects_total", "LiveKit room connections restored by the SDK.", ()),
+    ("protocol_errors_total", "Engine messages dropped as malformed, by kind.", ("kind",)),
+)
+_GAUGES: tuple[tuple[str, str], ...] = (
+    ("callers", "Callers in the room."),
+    ("engine_connected", "1 while an engine conversation is established."),
+    ("playout_depth_seconds", "Agent audio buffered and not yet played."),
+)
+
+_Key = tuple[str, tuple[str, ...]]  # (metric name, label values beyond room/session)
+
+
+def _add(into: dict[_Key, float], values: dict[_Key, float]) -> None:
+    for key, value in values.items():
+        into[key] = into.get(key, 0.0) + value
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    counters: dict[_Key, float] = field(default_factory=dict)
+    gauges: dict[str, float] = field(default_factory=dict)
+    running: bool = False
+
+
+def _snapshot(session: BridgeSession) -> _Snapshot:
+    """Plain attribute reads; no percentiles, no copies of audio."""
+    snap = _Snapshot()
+    c = snap.counters
+    engine, down, room = session.engine, session.downlink, session.room.stats
+    c["livekit_frames_total", ("in",)] = room.frames_in
+    c["livekit_frames_total", ("out",)] = room.frames_out
+    c["livekit_reconnects_total", ()] = room.reconnects
+    c["interruptions_total", ()] = session.counters.get("interruptions", len(session.interruptions))
+    if engine is not None:
+        ec, pc = engine.counters, engine.protocol.counters
+        c["engine_chunks_total", ("sent",)] = ec.audio_chunks_queued
+        c["engine_bytes_total", ("sent",)] = ec.audio_bytes_queued
+        c["engine_chunks_total", ("received",)] = pc.audio_chunks
+        c["engine_bytes_total", ("received",)] = pc.audio_bytes
+        c["uplink_dropped_chunks_total", ("not_ready",)] = ec.audio_dropped_not_ready
+        c["uplink_dropped_chunks_total", ("backpressure",)] = ec.audio_dropped_backpressure
+        c["stale_chunks_dropped_total", ()] = pc.stale_audio_chunks
+        c["engine_reconnects_total", ()] = max(0, ec.connects - 1)
+        c["engine_failed_attempts_total", ()] = ec.failed_attempts
+        for kind, n in pc.errors.items():
+            c["protocol_errors_total", (kind,)] = n
+    if down is not None:
+        p = down.playout
+        c["playout_underruns_total", ()] = p.underruns
+        c["playout_refused_seconds_total", ()] = p.refused_samples / _VOICE_RATE
+    snap.gauges["callers"] = len(session.room.callers)
+    snap.gauges["engine_connected"] = 1.0 if engine is not None and engine.ready else 0.0
+    snap.gauges["playout_depth_seconds"] = down.playout.depth_ms / 1000 if down is not None else 0.0
+    snap.running = session.state.value not in ("stopping", "stopped")
+    return snap
+
+
+class _Tracked:
+    """One session and what the collector has already taken from it."""
+
+    __slots__ = ("flush_seen", "interruptions", "session")
+
+    def __init__(self, session: BridgeSession) -> None:
+        self.session = session
+        self.interruptions = _Histogram(INTERRUPTION_BUCKETS)
+        self.flush_seen = 0
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        context = self.session.log_context
+        return context.room or "", context.session
+
+    def update_histogram(self) -> None:
+        """Observe the interruption flushes timed since the previous scrape (the session's own count says
+        how many; its stage timer keeps the most recent 2048 durations)."""
+        session = self.session
+        count = session.counters.get("interruptions", len(session.interruptions))
+        new = count - self.flush_seen
+        if new <= 0:
+            return
+        self.flush_seen = count
+        recent = session.timer.recent("interrupt.flush")
+        for ns in recent[max(0, recent.size - new):]:
+            self.interruptions.observe(int(ns) / SECOND)
+
+
+class LoopLagMonitor:
+    """Sleeps ``interval_s`` over and over and records how late each wakeup is."""
+
+    def __init__(self, interval_s: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.histogram = _Histogram(LAG_BUCKETS)
+        self.max_since_read = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics:loop-lag")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def take_max(self) -> float:
+        worst, self.max_since_read = self.max_since_read, 0.0
+        return worst
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.interval_s)
+            lag = max(0.0, loop.time() - t0 - self.interval_s)
+            self.histogram.observe(lag)
+            self.max_since_read = max(self.max_since_read, lag)
+
+
+class BridgeMetrics:
+    """``metrics = BridgeMetrics(); metrics.track(session); await metrics.serve(port)``.
+
+    Sessions that stop are retired (their final counts go into the totals) when :meth:`untrack` is called
+    or at the next scrape, whichever comes first.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, lag: LoopLagMonitor | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=False)
+        self.lag = lag or LoopLagMonitor()
+        self._tracked: dict[int, _Tracked] = {}
+        self._retired: dict[_Key, float] = {}
+        self._retired_interruptions = _Histogram(INTERRUPTION_BUCKETS)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+        self.registry.register(_Collector(self))
+
+    # -- sessions
+    def track(self, session: BridgeSession) -> None:
+        self._tracked.setdefault(id(session), _Tracked(session))
+
+    def untrack(self, session: BridgeSession) -> None:
+        tracked = self._tracked.pop(id(session), None)
+        if tracked is not None:
+            self._retire(tracked)
+
+    def _retire(self, tracked: _Tracked) -> None:
+        tracked.update_histogram()
+        _add(self._retired, _snapshot(tracked.session).counters)
+        self._retired_interruptions.merge(tracked.interruptions)
+
+    @property
+    def sessions(self) -> list[BridgeSession]:
+        return [t.session for t in self._tracked.values()]
+
+    # -- exposition
+    def render(self) -> bytes:
+        """The text exposition format, as served on ``/metrics``."""
+        return generate_latest(self.registry)
+
+    async def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve ``GET /metrics`` on the running loop; returns the port (pass 0 for any free one)."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._handle)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        self.lag.start()
+        log.info("metrics on http://%s:%d/metrics", host, self.port)
+        return self.port
+
+    async def close(self) -> None:
+        await self.lag.stop()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _handle(self, _request: web.Request) -> web.Response:
+        response = web.Response(body=self.render())
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        response.charset = "utf-8"
+        return response
+
+    # -- collection
+    def collect(self) -> Iterator[Metric]:
+        for key, tracked in list(self._tracked.items()):
+            if tracked.session.state.value == "stopped":
+                del self._tracked[key]
+                self._retire(tracked)
+        live = [(t, _snapshot(t.session)) for t in self._tracked.values()]
+        for t, _ in live:
+            t.update_histogram()
+
+        yield GaugeMetricFamily("bridge_sessions_active", "Bridge sessions started and not yet stopped.",
+                                value=sum(1 for _, s in live if s.running))
+        for name, doc in _GAUGES:
+            total = GaugeMetricFamily(f"bridge_{name}", f"{doc} (all sessions)",
+                                      value=sum(s.gauges[name] for _, s in live))
+            per = GaugeMetricFamily(f"bridge_session_{name}", doc, labels=("room", "session"))
+            for t, s in live:
+                per.add_metric(t.labels, s.gauges[name])
+            yield total
+            yield per
+
+        totals = dict(self._retired)
+        for _, s in live:
+            _add(totals, s.counters)
+        for name, doc, extra in _COUNTERS:
+            base = name.removesuffix("_total")
+            all_sessions = CounterMetricFamily(f"bridge_{base}", f"{doc} (all sessions, ended ones included)",
+                                               labels=extra)
+            for values in _label_values(totals, name, extra):
+                all_sessions.add_metric(values, totals.get((name, values), 0.0))
+            each = CounterMetricFamily(f"bridge_session_{base}", doc, labels=("room", "session", *extra))
+            for t, s in live:
+                for values in _label_values(s.counters, name, extra):
+                    each.add_metric((*t.labels, *values), s.counters.get((name, values), 0.0))
+            yield all_sessions
+            yield each
+
+        everything = _Histogram(INTERRUPTION_BUCKETS)
+        everything.merge(self._retired_interruptions)
+        per_hist = HistogramMetricFamily("bridge_session_interruption_to_silence_seconds",
+                                         "Interruption received until the agent's queued voice was dropped.",
+                                         labels=("room", "session"))
+        for t, _ in live:
+            everything.merge(t.interruptions)
+            per_hist.add_metric(t.labels, t.interruptions.buckets(), t.interruptions.total)
+        total_hist = HistogramMetricFamily("bridge_interruption_to_silence_seconds",
+                                           "Interruption received until the agent's queued voice was dropped "
+                                           "(all sessions).", labels=())
+        total_hist.add_metric((), everything.buckets(), everything.total)
+        yield total_hist
+        yield per_hist
+
+        lag = HistogramMetricFamily("bridge_event_loop_lag_seconds",
+                                    f"How late a {self.lag.interval_s * 1000:.0f} ms sleep on the event loop "
+                                    "wakes up.", labels=())
+        lag.add_metric((), self.lag.histogram.buckets(), self.lag.histogram.total)
+        yield lag
+        yield GaugeMetricFamily("bridge_event_loop_lag_max_seconds",
+                                "Worst event-loop lag since the previous scrape.", value=self.lag.take_max())
+
+
+def _label_values(counters: dict[_Key, float], name: str, extra: tuple[str, ...]) -> Iterable[tuple[str, ...]]:
+    values = sorted(v for n, v in counters if n == name)
+    if not values and not extra:
+        return [()]
+    return values
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: BridgeMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics.collect()
+
+    def describe(self) -> Iterable[Metric]:
+        return []
