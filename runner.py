@@ -23,15 +23,19 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.downlink import DownlinkConfig
 from core.errors import BridgeError, ConfigError
 from core.formats import ENGINE_FORMATS, parse_format
 from core.redact import Redactor
 from transport.livekit_token import mint_token
+from transport.log_context import ContextFilter
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 from transport.signed_url import DEFAULT_API_BASE
+
+if TYPE_CHECKING:
+    from transport.metrics import BridgeMetrics
 
 log = logging.getLogger("runner")
 
@@ -102,6 +106,7 @@ def setup_logging(level: str, json_logs: bool, redactor: Redactor) -> None:
     handler.setFormatter(JsonFormatter() if json_logs else
                          logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     redactor.install(handler)
+    ContextFilter().install(handler)  # session / room / conversation_id on every record (JSON fields)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -144,10 +149,13 @@ def session_config(args: argparse.Namespace, livekit: LiveKitTarget, engine: Eng
                          start_when=args.start, end_when_empty=not args.stay, linger_s=args.linger)
 
 
-async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event) -> int:
+async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event,
+                   metrics: BridgeMetrics | None = None) -> int:
     livekit = livekit_from_env(env)
     async with engine_settings(args, env) as engine:
         session = BridgeSession(session_config(args, livekit, engine))
+        if metrics is not None:
+            metrics.track(session)
         await session.start()
         log.info("bridging room %r on %s as %s; Ctrl-C stops", args.room, livekit.url, args.identity)
         waiter = asyncio.ensure_future(session.wait())
@@ -157,6 +165,8 @@ async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.
         finally:
             stopper.cancel()
             await session.stop()
+            if metrics is not None:
+                metrics.untrack(session)
         if not waiter.done():
             waiter.cancel()
             return 0
@@ -164,7 +174,8 @@ async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.
     return 0
 
 
-async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event) -> int:
+async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event,
+                     metrics: BridgeMetrics | None = None) -> int:
     from transport.worker import JobContext, Worker, WorkerConfig
 
     livekit = livekit_from_env(env)
@@ -173,6 +184,8 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
         async def job(ctx: JobContext) -> None:
             """One dispatched room: a bridge session until the room ends or the job is terminated."""
             session = BridgeSession(session_config(args, livekit, engine, url=ctx.url, token=ctx.token))
+            if metrics is not None:
+                metrics.track(session)
             await session.start()
             ended = asyncio.ensure_future(session.wait())
             terminated = asyncio.ensure_future(ctx.termination.wait())
@@ -181,6 +194,8 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
             finally:
                 terminated.cancel()
                 await session.stop()
+                if metrics is not None:
+                    metrics.untrack(session)
             if ended.done():
                 ended.result()
             else:
@@ -213,11 +228,20 @@ async def amain(argv: Sequence[str] | None = None, env: dict[str, str] | None = 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    metrics = None
+    if args.metrics_port is not None:
+        from transport.metrics import BridgeMetrics  # prometheus-client: the optional `metrics` extra
+
+        metrics = BridgeMetrics()
+        await metrics.serve(args.metrics_port)
     try:
-        return await (run_worker(args, env, stop) if args.worker else run_room(args, env, stop))
+        return await (run_worker(args, env, stop, metrics) if args.worker else run_room(args, env, stop, metrics))
     except BridgeError as exc:
         print(f"error: {redactor(str(exc))}", file=sys.stderr)
         return 1
+    finally:
+        if metrics is not None:
+            await metrics.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
