@@ -53,6 +53,7 @@ class JobRecord:
     ctx: JobContext
     joined: asyncio.Event = field(default_factory=asyncio.Event)
     heard_user: asyncio.Event = field(default_factory=asyncio.Event)
+    voice_sid: str = ""
     ended_by: str = ""
 
 
@@ -60,8 +61,10 @@ class ToneAgent:
     """A job runner: ``Worker(config, ToneAgent())``. ``ignore_termination`` makes a stubborn job."""
 
     def __init__(self, freq: float = 660.0, *, caption: str = "Hello from the tone agent.",
-                 ignore_termination: bool = False, user_caption: str = "[speech heard]") -> None:
+                 ignore_termination: bool = False, user_caption: str = "[speech heard]",
+                 legacy_caption: str | None = None) -> None:
         self.freq, self.caption, self.user_caption = freq, caption, user_caption
+        self.legacy_caption = legacy_caption
         self.ignore_termination = ignore_termination
         self.jobs: dict[str, JobRecord] = {}
 
@@ -89,6 +92,7 @@ class ToneAgent:
             speaker = asyncio.get_running_loop().create_task(self._speak(source))
             tasks.add(speaker)
             await self._caption(room, room.local_participant.identity, self.caption, pub.sid, "agent-1")
+            record.voice_sid = pub.sid
             stop = asyncio.ensure_future(gone.wait() if self.ignore_termination else
                                          _first(gone.wait(), ctx.termination.wait()))
             await stop
@@ -124,8 +128,21 @@ class ToneAgent:
                 if loud_frames == 20 and not record.heard_user.is_set():  # 200 ms of sound: someone speaks
                     record.heard_user.set()
                     await self._caption(room, who.identity, self.user_caption, pub.sid, "user-1")
+                    if self.legacy_caption:
+                        await self._legacy_caption(room, record.voice_sid, self.legacy_caption)
         finally:
             await stream.aclose()
+
+    @staticmethod
+    async def _legacy_caption(room: rtc.Room, track_sid: str, text: str) -> None:
+        """The older transcription packet (RoomEvent.TranscriptionReceived in the JS SDK).
+
+        Sent only once the user has been heard: a client that does not know the sender yet cannot place it.
+        """
+        await room.local_participant.publish_transcription(rtc.Transcription(
+            participant_identity=room.local_participant.identity, track_sid=track_sid,
+            segments=[rtc.TranscriptionSegment(id="legacy-1", text=text, start_time=0, end_time=0,
+                                               language="en", final=True)]))
 
     @staticmethod
     async def _caption(room: rtc.Room, sender: str, text: str, track_sid: str, segment: str) -> None:

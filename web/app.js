@@ -67,10 +67,16 @@
     return 'other';
   }
 
+  // A caption can arrive before its sender's participant info, so roles are settled again as people join.
+  function refreshRoles() {
+    for (const c of state.captions) c.role = roleOf(c.speaker);
+    render();
+  }
+
   function upsertCaption(id, speaker, text, final, source) {
     const existing = state.captions.find((c) => c.id === id);
     if (existing) {
-      Object.assign(existing, { text, final: final || existing.final, source });
+      Object.assign(existing, { text, final: final || existing.final, source, role: roleOf(speaker) });
     } else {
       state.captions.push({ id, speaker, role: roleOf(speaker), text, final, source, at: Date.now() });
     }
@@ -143,6 +149,7 @@
   function onTrackSubscribed(track, _publication, participant) {
     if (track.kind !== Track.Kind.Audio || !participant.isAgent) return;
     state.agentIdentity = participant.identity;
+    refreshRoles();
     // Chrome only feeds a remote WebRTC track to Web Audio while a media element plays it, so attach first.
     track.attach($('agent-audio'));
     startMeter(track);
@@ -181,7 +188,8 @@
       room.on(RoomEvent.TrackSubscribed, onTrackSubscribed);
       room.on(RoomEvent.TrackUnsubscribed, onTrackUnsubscribed);
       room.on(RoomEvent.ParticipantConnected, (p) => {
-        if (p.isAgent) { state.agentIdentity = p.identity; render(); }
+        if (p.isAgent) state.agentIdentity = p.identity;
+        refreshRoles();
       });
       room.on(RoomEvent.ParticipantDisconnected, (p) => {
         if (p.identity === state.agentIdentity) { state.agentIdentity = null; render(); }

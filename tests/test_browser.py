@@ -1,0 +1,156 @@
+"""The browser path end to end: Debian's chromium (fake microphone from a WAV) loads the page from the token
+server, joins, LiveKit dispatches the worker, the job joins the room, the page plays the agent and shows
+captions. A screenshot of the page is saved under ``artifacts/browser/``.
+
+The job runner here is the test's :class:`ToneAgent` (a steady 660 Hz voice, an agent caption, and a user
+caption once it hears the page's microphone), so the test checks the production path without depending on
+the engine. The page measures what it plays through Web Audio, so "the page hears the agent" is a measured
+level and frequency, not just a subscribed track.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from scripts.livekit_server import LiveKitServer
+from tests.bridge_fixtures import ToneAgent, running_worker, unique, wait_for
+from tests.cdp import Chromium, Page, find_chromium
+from tests.conftest import need
+from transport.token_server import SDK_PATH, WEB_ROOT, TokenServer, TokenServerConfig
+from transport.worker import JobRunner, WorkerConfig
+
+pytestmark = [pytest.mark.livekit, pytest.mark.browser]
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "browser"
+RATE = 48_000
+
+
+def speech_like_wav(path: Path, seconds_on: float = 1.2, seconds_off: float = 1.3) -> Path:
+    """A voiced burst (110 Hz fundamental, decaying harmonics, syllable-rate wobble), then silence.
+
+    Chromium loops the file, so the fake microphone "speaks" every ``seconds_on + seconds_off`` seconds;
+    the silence is longer than a VAD's end-of-turn hangover.
+    """
+    t = np.arange(int(seconds_on * RATE)) / RATE
+    voice = sum(np.sin(2 * np.pi * 110 * k * t) / k for k in range(1, 12))
+    voice *= 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)  # ~4 syllables a second
+    ramp = np.minimum(1.0, np.minimum(t, t[-1] - t) / 0.02)
+    burst = voice / np.max(np.abs(voice)) * 0.35 * ramp
+    samples = np.concatenate([burst, np.zeros(int(seconds_off * RATE))])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes((samples * 32767).astype(np.int16).tobytes())
+    return path
+
+
+@pytest.fixture
+def chromium_binary() -> str:
+    binary = find_chromium()
+    if binary is None:
+        need("Debian's chromium is not installed (apt-get install chromium; `make chromium`)")
+    if not (WEB_ROOT / SDK_PATH).is_file():
+        need("livekit-client is not installed for the page (npm ci --prefix web)")
+    assert binary is not None
+    return binary
+
+
+@contextlib.asynccontextmanager
+async def browser_page(binary: str, tmp_path: Path) -> AsyncIterator[Page]:
+    wav = speech_like_wav(tmp_path / "mic.wav")
+    async with Chromium(binary, tmp_path / "profile", fake_audio=wav) as browser:
+        yield await browser.new_page()
+
+
+@contextlib.asynccontextmanager
+async def production_path(server: LiveKitServer, runner: JobRunner, agent_name: str) -> AsyncIterator[str]:
+    """A worker registered under ``agent_name`` and a token server dispatching it; yields the page URL."""
+    worker_config = WorkerConfig(url=server.url, api_key=server.api_key, api_secret=server.api_secret,
+                                 agent_name=agent_name, max_jobs=2)
+    token_config = TokenServerConfig(livekit_url=server.url, api_key=server.api_key,
+                                     api_secret=server.api_secret, agent_name=agent_name)
+    async with running_worker(worker_config, runner), TokenServer(token_config) as tokens:
+        yield tokens.url
+
+
+async def state(page: Page) -> dict[str, Any]:
+    value = await page.evaluate("JSON.parse(JSON.stringify(window.bridgeState))")
+    assert isinstance(value, dict)
+    return value
+
+
+async def test_page_joins_gets_the_agent_and_shows_captions(livekit_server: LiveKitServer, chromium_binary: str,
+                                                            tmp_path: Path) -> None:
+    started = time.monotonic()
+    agent = ToneAgent(660.0, caption="Hello from the tone agent.", legacy_caption="Also as a packet.")
+    name, room = unique("web"), unique("web-room")
+    async with production_path(livekit_server, agent, name) as site, \
+            browser_page(chromium_binary, tmp_path) as page:
+        try:
+            await page.navigate(f"{site}/?room={room}&identity=web-user")
+            assert await page.evaluate("window.bridgeState.connection") == "disconnected"
+            await page.evaluate("document.getElementById('join').click()", user_gesture=True)
+            await page.wait_for("window.bridgeState.connection === 'connected' && window.bridgeState.micPublished",
+                                timeout=30)
+
+            # LiveKit dispatched the worker into the page's room, and the job joined it.
+            await wait_for(lambda: any(r.ctx.room_name == room and r.joined.is_set() for r in agent.jobs.values()),
+                           timeout=30)
+            (record,) = agent.jobs.values()
+            await page.wait_for(f"window.bridgeState.agentIdentity === {record.ctx.identity!r}", timeout=20)
+
+            # The page plays the agent's voice: a measured 660 Hz for more than two seconds.
+            await page.wait_for("window.bridgeState.agentAudio.loudMs > 2000", timeout=30)
+            s = await state(page)
+            assert s["agentAudioPlaying"], s["agentAudio"]
+            assert abs(s["agentAudio"]["peakHz"] - 660.0) < 15.0, s["agentAudio"]
+
+            # The fake microphone's speech reached the job, which captioned it on the user's behalf, and the
+            # agent's own caption arrived: both through lk.transcription text streams.
+            await asyncio.wait_for(record.heard_user.wait(), 30)
+            await page.wait_for("window.bridgeState.captions.filter(c => c.final).length >= 3", timeout=20)
+            captions = {(c["role"], c["source"]): c for c in (await state(page))["captions"]}
+            assert set(captions) == {("agent", "text-stream"), ("agent", "transcription"), ("user", "text-stream")}, captions
+            agent_caption = captions["agent", "text-stream"]
+            assert agent_caption["text"] == "Hello from the tone agent."
+            assert agent_caption["speaker"] == record.ctx.identity
+            assert captions["agent", "transcription"]["text"] == "Also as a packet."
+            user_caption = captions["user", "text-stream"]
+            assert user_caption["text"] == "[speech heard]" and user_caption["speaker"] == "web-user"
+            await page.wait_for("document.querySelectorAll('#captions li').length >= 3")
+            assert "Hello from the tone agent." in await page.evaluate("document.getElementById('captions').innerText")
+
+            shot = await page.screenshot(ARTIFACTS / "tone-agent.png")
+            assert shot.stat().st_size > 5000
+
+            await page.evaluate("document.getElementById('leave').click()")
+            await page.wait_for("window.bridgeState.connection === 'disconnected'", timeout=20)
+            assert page.exceptions == []
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await page.screenshot(ARTIFACTS / "tone-agent-failure.png")
+            print(page.diagnostics())
+            raise
+    print(f"browser test took {time.monotonic() - started:.1f} s")
+
+
+async def test_a_bad_name_in_the_url_shows_the_servers_message(livekit_server: LiveKitServer,
+                                                               chromium_binary: str, tmp_path: Path) -> None:
+    async with production_path(livekit_server, ToneAgent(), unique("web-bad")) as site, \
+            browser_page(chromium_binary, tmp_path) as page:
+        await page.navigate(f"{site}/?room=bad%20room&identity=web-user")
+        await page.evaluate("document.getElementById('join').click()", user_gesture=True)
+        message = await page.wait_for("window.bridgeState.error", timeout=20)
+        assert "'room' must be 1-64 characters" in message
+        assert await page.evaluate("window.bridgeState.connection") == "disconnected"
+        assert await page.evaluate("document.getElementById('error').hidden") is False
