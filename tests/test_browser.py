@@ -120,7 +120,8 @@ async def test_page_joins_gets_the_agent_and_shows_captions(livekit_server: Live
             await asyncio.wait_for(record.heard_user.wait(), 30)
             await page.wait_for("window.bridgeState.captions.filter(c => c.final).length >= 3", timeout=20)
             captions = {(c["role"], c["source"]): c for c in (await state(page))["captions"]}
-            assert set(captions) == {("agent", "text-stream"), ("agent", "transcription"), ("user", "text-stream")}, captions
+            expected = {("agent", "text-stream"), ("agent", "transcription"), ("user", "text-stream")}
+            assert set(captions) == expected, captions
             agent_caption = captions["agent", "text-stream"]
             assert agent_caption["text"] == "Hello from the tone agent."
             assert agent_caption["speaker"] == record.ctx.identity
