@@ -280,3 +280,32 @@ async def test_the_bridge_never_sends_its_own_voice_or_another_agents_to_the_eng
     got = conversation.received_audio()[mark:]
     assert got.size > 0
     assert int(np.max(np.abs(got.astype(np.int32)))) < 300, "the engine heard the agent's or the bot's voice"
+
+
+async def test_the_session_ends_when_the_room_empties_after_the_linger(livekit_server: LiveKitServer) -> None:
+    async with Emulator(EmulatorConfig(reply_mode="echo")) as emu:
+        engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
+        token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="linger", identity=AGENT, agent=True)
+        session = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=token, engine=engine,
+                                              identity=AGENT, linger_s=0.5))
+        await session.start()
+        async with caller(livekit_server, "linger", "lou"):
+            await until(lambda: session.engine is not None and session.engine.ready)
+            conversation = await emu.next_conversation()
+        left_ns = time.monotonic_ns()
+        await asyncio.wait_for(session.wait(), 10)
+        assert time.monotonic_ns() - left_ns >= 400_000_000  # it lingered
+        await conversation.wait_closed(5)
+        assert conversation.close_code == 1000  # the bridge ended the conversation politely
+
+
+async def test_the_session_ends_when_the_engine_ends_the_conversation(
+        livekit_server: LiveKitServer, bridge: Bridge) -> None:
+    session, emu = await bridge("engine-ends", reply_mode="echo")
+    conversation = await emu.next_conversation()
+    async with caller(livekit_server, "engine-ends", "max") as mia:
+        await agent_heard(mia)
+        conversation.end(1000, "max_duration_exceeded", "Conversation exceeded the maximum duration")
+        await asyncio.wait_for(session.wait(), 10)
+        await until(lambda: AGENT not in mia.room.remote_participants, 10)
+    assert session.state.value == "stopped"
