@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from emulator import Emulator, EmulatorConfig
 from scripts.livekit_server import LiveKitServer
 from tests.bridge_fixtures import ToneAgent, running_worker, unique, wait_for
 from tests.cdp import Chromium, Page, find_chromium
 from tests.conftest import need
+from transport.session import BridgeSession, EngineSettings, SessionConfig
 from transport.token_server import SDK_PATH, WEB_ROOT, TokenServer, TokenServerConfig
-from transport.worker import JobRunner, WorkerConfig
+from transport.worker import JobContext, JobRunner, WorkerConfig
 
 pytestmark = [pytest.mark.livekit, pytest.mark.browser]
 
@@ -66,8 +68,8 @@ def chromium_binary() -> str:
 
 
 @contextlib.asynccontextmanager
-async def browser_page(binary: str, tmp_path: Path) -> AsyncIterator[Page]:
-    wav = speech_like_wav(tmp_path / "mic.wav")
+async def browser_page(binary: str, tmp_path: Path, *, seconds_off: float = 1.3) -> AsyncIterator[Page]:
+    wav = speech_like_wav(tmp_path / "mic.wav", seconds_off=seconds_off)
     async with Chromium(binary, tmp_path / "profile", fake_audio=wav) as browser:
         yield await browser.new_page()
 
@@ -155,3 +157,84 @@ async def test_a_bad_name_in_the_url_shows_the_servers_message(livekit_server: L
         assert "'room' must be 1-64 characters" in message
         assert await page.evaluate("window.bridgeState.connection") == "disconnected"
         assert await page.evaluate("document.getElementById('error').hidden") is False
+
+
+def bridge_job_runner(engine: EngineSettings, sessions: list[BridgeSession]) -> JobRunner:
+    """The production job: one BridgeSession in the job's room, until it ends or the server ends the job."""
+
+    async def run(ctx: JobContext) -> None:
+        session = BridgeSession(SessionConfig(livekit_url=ctx.url, livekit_token=ctx.token, engine=engine,
+                                              identity=ctx.identity, linger_s=2.0))
+        sessions.append(session)
+        await session.start()
+        ended = asyncio.ensure_future(session.wait())
+        terminated = asyncio.ensure_future(ctx.termination.wait())
+        try:
+            await asyncio.wait({ended, terminated}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            terminated.cancel()
+            await session.stop()
+        if ended.done():
+            ended.result()
+
+    return run
+
+
+async def test_the_page_talks_to_the_engine_through_the_bridge(livekit_server: LiveKitServer,
+                                                               chromium_binary: str, tmp_path: Path) -> None:
+    """Page joins → worker dispatched → the fake microphone's speech reaches the emulator → its reply (a
+    660 Hz tone) plays in the page → user and agent captions appear."""
+    started = time.monotonic()
+    name, room = unique("web-bridge"), unique("bridge-room")
+    sessions: list[BridgeSession] = []
+    emulator_config = EmulatorConfig(reply_mode="tone", tone_hz=660.0, tone_ms=1500.0)
+    async with Emulator(emulator_config) as emu:
+        engine = EngineSettings(api_key=emu.api_key, agent_id=emulator_config.agent_id, api_base=emu.rest_base_url)
+        # Long pauses in the fake microphone, so a reply is never barged in on by the next loop of the file.
+        async with production_path(livekit_server, bridge_job_runner(engine, sessions), name) as site, \
+                browser_page(chromium_binary, tmp_path, seconds_off=4.8) as page:
+            try:
+                await page.navigate(f"{site}/?room={room}&identity=web-user")
+                await page.evaluate("document.getElementById('join').click()", user_gesture=True)
+                await page.wait_for("window.bridgeState.connection === 'connected'", timeout=30)
+                await wait_for(lambda: len(sessions) == 1, timeout=30)
+                identity = sessions[0].config.identity
+                await page.wait_for(f"window.bridgeState.agentIdentity === {identity!r}", timeout=20)
+
+                # The microphone's speech reached the engine: the emulator's VAD found a user turn in it.
+                conversation = await emu.next_conversation(timeout=30)
+                await conversation.wait_for(lambda: len(conversation.utterances) >= 1, timeout=30)
+                heard_ms = [(u.end_sample - u.start_sample) * 1000 // conversation.input_format.rate
+                            for u in conversation.utterances]
+                assert 800 <= heard_ms[0] <= 2000, heard_ms  # the WAV speaks for 1.2 s at a time
+
+                # Its reply plays in the page, measured there: 660 Hz for more than a second.
+                reply = await conversation.next_reply(timeout=20)
+                assert reply.mode == "tone"
+                await page.wait_for("window.bridgeState.agentAudio.loudMs > 1000", timeout=20)
+                peaks = []
+                for _ in range(3):
+                    peaks.append(await page.evaluate("window.bridgeState.agentAudio.peakHz"))
+                    if abs(peaks[-1] - 660.0) < 15.0:
+                        break
+                    await asyncio.sleep(0.3)
+                assert any(abs(p - 660.0) < 15.0 for p in peaks), peaks
+
+                # Captions: what the engine heard (user) and what it answered (agent), as LiveKit text streams.
+                await page.wait_for("window.bridgeState.captions.some(c => c.role === 'user' && c.final) && "
+                                    "window.bridgeState.captions.some(c => c.role === 'agent')", timeout=20)
+                captions = (await state(page))["captions"]
+                user = next(c for c in captions if c["role"] == "user")
+                agent = next(c for c in captions if c["role"] == "agent")
+                assert user["speaker"] == "web-user" and "ms of user speech" in user["text"], captions
+                assert agent["speaker"] == identity and agent["text"] == reply.text, captions
+                await page.screenshot(ARTIFACTS / "bridge.png")
+                await page.evaluate("document.getElementById('leave').click()")
+                await page.wait_for("window.bridgeState.connection === 'disconnected'", timeout=20)
+                assert page.exceptions == []
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await page.screenshot(ARTIFACTS / "bridge-failure.png")
+                print(page.diagnostics())
+                raise
+    print(f"full browser test took {time.monotonic() - started:.1f} s")
