@@ -9,19 +9,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 
-import numpy as np
 import pytest
 from livekit import api, rtc
 
-from core.errors import LiveKitError
+from core.errors import ConfigError, LiveKitError
 from scripts.caller import Caller
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
 from tests.bridge_fixtures import RATE, ToneAgent, dominant_hz, running_worker, unique, wait_for
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET, need
 from transport.livekit_token import mint_token
-from transport.worker import WorkerConfig
+from transport.worker import WorkerConfig, agent_endpoint, drain_on_signals
 
 pytestmark = pytest.mark.livekit
 
@@ -229,6 +230,31 @@ async def test_reregisters_after_the_server_restarts(own_server: LiveKitServer) 
         assert worker.stats().connection_failures >= 0
 
 
-def test_tone_helper_is_a_tone() -> None:
-    t = np.sin(2 * np.pi * 660 * np.arange(RATE) / RATE)
-    assert abs(dominant_hz(t) - 660) < 2
+async def test_sigterm_drains_the_worker(livekit_server: LiveKitServer) -> None:
+    name = unique("sigterm")
+    agent = ToneAgent()
+    async with running_worker(config(livekit_server, name), agent) as (worker, run_task), \
+            caller(livekit_server, unique("room"), name) as c:
+        uninstall = drain_on_signals(worker, grace_s=0.5)
+        try:
+            await wait_for(lambda: len(agents_in(c)) == 1)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(run_task, 20)
+        finally:
+            uninstall()
+        (record,) = agent.jobs.values()
+        assert record.ended_by == "termination"
+        assert worker.stats().draining and not worker.registered
+        await wait_for(lambda: agents_in(c) == [])
+
+
+def test_agent_endpoint_and_config() -> None:
+    assert agent_endpoint("ws://127.0.0.1:7880") == "ws://127.0.0.1:7880/agent"
+    assert agent_endpoint("https://lk.example.com/prefix/") == "wss://lk.example.com/prefix/agent"
+    with pytest.raises(ConfigError):
+        agent_endpoint("ftp://x")
+    with pytest.raises(ConfigError):
+        WorkerConfig(url="ws://h", api_key="k", api_secret="", agent_name="a")
+    cfg = WorkerConfig.from_env("bridge", max_jobs=7, api_secret="a-long-test-secret-xyz")
+    assert (cfg.agent_name, cfg.max_jobs) == ("bridge", 7)
+    assert cfg.api_secret not in repr(cfg)

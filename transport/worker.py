@@ -481,8 +481,8 @@ class Worker:
 
 
 def drain_on_signals(worker: Worker, grace_s: float,
-                     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
-    """First signal: drain with ``grace_s``; a second one: end the jobs at once."""
+                     signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> Callable[[], None]:
+    """First signal: drain with ``grace_s``; a second one: end the jobs at once. Returns an uninstaller."""
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
 
@@ -496,10 +496,19 @@ def drain_on_signals(worker: Worker, grace_s: float,
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
 
+    def uninstall() -> None:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+    return uninstall
+
 
 async def run_worker(config: WorkerConfig, runner: JobRunner, *, grace_s: float = 30.0) -> WorkerStats:
     """The command line's whole worker mode: run until SIGTERM/SIGINT has drained it; return final stats."""
     worker = Worker(config, runner)
-    drain_on_signals(worker, grace_s)
-    await worker.run()
+    uninstall = drain_on_signals(worker, grace_s)
+    try:
+        await worker.run()
+    finally:
+        uninstall()
     return worker.stats()
