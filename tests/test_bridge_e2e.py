@@ -200,8 +200,10 @@ async def test_two_callers_reach_the_engine_mixed_never_interleaved(
     ann_level = np.array([band_level(middle[i:i + win], rate, 300.0) for i in starts])
     ben_level = np.array([band_level(middle[i:i + win], rate, 700.0) for i in starts])
     assert ann_level.size > 100
-    assert ann_level.min() > 0.3 * np.median(ann_level), sorted(ann_level)[:5]
-    assert ben_level.min() > 0.3 * np.median(ben_level), sorted(ben_level)[:5]
+    # Interleaving would empty a quarter to a half of the windows; a busy machine can still make a caller's
+    # own WebRTC stream conceal a packet or two (a dip in a few windows), which is not the bridge's doing.
+    lacking = (ann_level < 0.3 * np.median(ann_level)) | (ben_level < 0.3 * np.median(ben_level))
+    assert lacking.mean() < 0.03, f"{lacking.sum()} of {lacking.size} windows lack a caller"
     # And the mixer's own account: while both talked, neither caller's share was replaced by silence.
     assert max(starved.values()) < RATE // 10, starved
     assert session.metrics()["uplink"]["chunks"] > 0
