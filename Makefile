@@ -6,12 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 IN_NS := scripts/netns.sh exec
 
-.PHONY: demo test venv server chromium bench bench-quick lint clean
+.PHONY: demo test venv server chromium web bench bench-quick lint clean
 
-demo: venv server
+demo: venv server web
 	$(IN_NS) $(PY) -m scripts.demo $(DEMO_ARGS)
 
-test: venv server chromium
+test: venv server chromium web
 	$(IN_NS) $(PY) -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -34,6 +34,12 @@ chromium:
 			echo "installing Debian's chromium for the browser test..."; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium is missing: install it (e.g. apt-get install chromium) to run the browser test"; fi; }
+
+# The browser page's livekit-client, pinned by web/package-lock.json.
+web: web/node_modules/livekit-client/package.json
+web/node_modules/livekit-client/package.json: web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+	touch $@
 
 bench-quick: venv server
 	$(IN_NS) $(PY) -m benchmarks --quick
