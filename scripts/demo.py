@@ -4,6 +4,10 @@ Starts the real livekit-server (on 127.0.0.1:7880 when free), then ``runner.py -
 embedded Speech Engine emulator, then a synthetic caller that joins the room, speaks, listens to the agent's
 reply and talks over a long reply, printing one line per turn. Stops everything it started after
 ``--turns`` turns, ``--seconds`` seconds, or Ctrl-C.
+
+It also starts the browser path: ``runner.py --worker`` (explicit dispatch, agent ``elevenlabs-bridge``) and
+the token server, and prints the page's URL. With ``--browser`` it keeps them running after the scripted
+turns, until Ctrl-C, so you can talk to the emulated agent from a browser on this machine.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
 from transport.livekit_token import mint_token
+from transport.token_server import TokenServer, TokenServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 LOUD = 800  # int16 peak that counts as "the agent is speaking" (about -32 dBFS)
@@ -114,22 +119,37 @@ async def main_async(args: argparse.Namespace) -> int:
     bridge = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "runner.py"), "--room", "demo", "--reply", "speech", "--stay",
         "--log-level", args.log_level, env=env, cwd=ROOT)
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "runner.py"), "--worker", "--agent-name", "elevenlabs-bridge", "--reply", "echo",
+        "--log-level", args.log_level, env=env, cwd=ROOT)
     print("runner.py --room demo started (embedded Speech Engine emulator)", flush=True)
     token = mint_token(server.api_key, server.api_secret, room="demo", identity="demo-caller")
+    page = TokenServer(TokenServerConfig(livekit_url=server.url, api_key=server.api_key,
+                                         api_secret=server.api_secret, agent_name="elevenlabs-bridge"),
+                       port=args.page_port if port_free(args.page_port) else 0)
     try:
+        await page.start()
+        print(f"browser path: open {page.url}/ — a worker (runner.py --worker) is dispatched into your room",
+              flush=True)
         async with asyncio.timeout(args.seconds):
             await converse(server.url, token, args.turns)
+            if args.browser:
+                print("demo: scripted turns done; the page stays up until Ctrl-C", flush=True)
+                await asyncio.Event().wait()
     except TimeoutError:
         print(f"demo: {args.seconds:.0f} s are up", flush=True)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            bridge.send_signal(signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(bridge.wait(), 15)
-        if bridge.returncode is None:
-            bridge.kill()
+        await page.stop()
+        for proc in (bridge, worker):
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in (bridge, worker):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 15)
+            if proc.returncode is None:
+                proc.kill()
         server.stop()
-        print("demo: stopped the bridge and the server", flush=True)
+        print("demo: stopped the bridge, the worker and the server", flush=True)
     return 0
 
 
@@ -138,6 +158,8 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--browser", action="store_true", help="keep the page and the worker up until Ctrl-C")
+    parser.add_argument("--page-port", type=int, default=8080)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(main_async(args))
