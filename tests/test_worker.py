@@ -15,14 +15,17 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from livekit import api, rtc
+from livekit.protocol import agent as pb
+from websockets.asyncio.server import ServerConnection, serve
 
 from core.errors import ConfigError, LiveKitError
 from scripts.caller import Caller
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
 from tests.bridge_fixtures import RATE, ToneAgent, dominant_hz, running_worker, unique, wait_for
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET, need
+from transport.backoff import constant
 from transport.livekit_token import mint_token
-from transport.worker import WorkerConfig, agent_endpoint, drain_on_signals
+from transport.worker import JobContext, Worker, WorkerConfig, agent_endpoint, drain_on_signals
 
 pytestmark = pytest.mark.livekit
 
@@ -258,3 +261,57 @@ def test_agent_endpoint_and_config() -> None:
     cfg = WorkerConfig.from_env("bridge", max_jobs=7, api_secret="a-long-test-secret-xyz")
     assert (cfg.agent_name, cfg.max_jobs) == ("bridge", 7)
     assert cfg.api_secret not in repr(cfg)
+
+
+async def test_fake_server_assignment_without_token_and_go_away() -> None:
+    """Behaviour a real server rarely shows: no token or a URL of its own in the assignment, and GoAway."""
+    registrations: list[pb.RegisterWorkerRequest] = []
+    answers: list[pb.AvailabilityResponse] = []
+    got_job: asyncio.Queue[JobContext] = asyncio.Queue()
+
+    async def runner(ctx: JobContext) -> None:
+        await got_job.put(ctx)
+        await ctx.termination.wait()
+
+    async def agent_endpoint_handler(ws: ServerConnection) -> None:
+        assert ws.request is not None and ws.request.path == "/agent"
+        bearer = ws.request.headers["Authorization"].removeprefix("Bearer ")
+        assert api.TokenVerifier(TEST_API_KEY, TEST_API_SECRET).verify(bearer).video.agent  # type: ignore[union-attr]
+        first = pb.WorkerMessage.FromString(await ws.recv())  # type: ignore[arg-type]
+        registrations.append(first.register)
+        await ws.send(pb.ServerMessage(register=pb.RegisterWorkerResponse(worker_id=f"AW_{len(registrations)}"))
+                      .SerializeToString())
+        if len(registrations) > 1:
+            await ws.wait_closed()
+            return
+        job = pb.Job(id="AJ_1", room={"name": "room-x"}, agent_name="fake", metadata="m")
+        await ws.send(pb.ServerMessage(availability=pb.AvailabilityRequest(job=job)).SerializeToString())
+        async for frame in ws:
+            message = pb.WorkerMessage.FromString(frame)  # type: ignore[arg-type]
+            if message.WhichOneof("message") == "availability":
+                answers.append(message.availability)
+                await ws.send(pb.ServerMessage(assignment=pb.JobAssignment(
+                    job=job, url="ws://127.0.0.1:1/elsewhere")).SerializeToString())
+                await asyncio.sleep(0.2)
+                await ws.send(pb.ServerMessage(go_away=pb.AgentHttp.GoAway(reason="test")).SerializeToString())
+
+    async with serve(agent_endpoint_handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        cfg = WorkerConfig(url=f"http://127.0.0.1:{port}", api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,
+                           agent_name="fake", version="test-1")
+        worker = Worker(cfg, runner, backoff=lambda: constant(0.05))
+        run_task = asyncio.ensure_future(worker.run())
+        try:
+            ctx = await asyncio.wait_for(got_job.get(), 10)
+            assert (ctx.url, ctx.room_name, ctx.metadata, ctx.identity) == \
+                ("ws://127.0.0.1:1/elsewhere", "room-x", "m", "agent-AJ_1")
+            minted = api.TokenVerifier(TEST_API_KEY, TEST_API_SECRET).verify(ctx.token)
+            assert (minted.identity, minted.kind, minted.video.room) == ("agent-AJ_1", "agent", "room-x")  # type: ignore[union-attr]
+            assert answers[0].available and answers[0].participant_identity == "agent-AJ_1"
+            assert registrations[0].agent_name == "fake" and registrations[0].version == "test-1"
+            # GoAway: the worker reconnects and registers again; the job keeps running meanwhile.
+            await wait_for(lambda: worker.stats().registrations == 2, timeout=10)
+            assert worker.worker_id == "AW_2" and worker.stats().jobs_running == 1
+        finally:
+            await worker.aclose()
+            await asyncio.wait_for(run_task, 10)

@@ -197,6 +197,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._offered = self._declined = self._completed = self._failed = 0
         self._registrations = self._connection_failures = 0
         self._rtt_ms: float | None = None
@@ -370,7 +371,9 @@ class Worker:
             self._rtt_ms = event.rtt_ms
         elif isinstance(event, GoAway):
             log.info("agent endpoint is going away (%s); reconnecting", event.reason or "no reason given")
-            asyncio.get_running_loop().create_task(ws.close())
+            closing = asyncio.get_running_loop().create_task(ws.close())
+            self._background.add(closing)
+            closing.add_done_callback(self._background.discard)
 
     # -- jobs ----------------------------------------------------------------------------------------
     def _start_job(self, event: JobAssigned) -> None:
