@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from core.clock import MS, SECOND, Clock, MonotonicClock
 from core.downlink import Downlink, DownlinkConfig
-from core.errors import BridgeError, ConfigError, EngineError
+from core.errors import BridgeError, ConfigError, EngineError, LiveKitError
 from core.formats import AudioFormat
 from core.timing import StageTimer
 from core.uplink import DEFAULT_CHUNK_MS, Uplink
@@ -383,7 +383,7 @@ class BridgeSession:
         await self.room.disconnected.wait()
         if self.state not in (SessionState.STOPPING, SessionState.STOPPED):
             self._finish(None if self.room.disconnect_reason == "CLIENT_INITIATED" else
-                         BridgeError(f"removed from the room ({self.room.disconnect_reason})"))
+                         LiveKitError(f"removed from the room ({self.room.disconnect_reason})"))
 
     # ------------------------------------------------------------------ playout and keepalive
     async def _play(self) -> None:
