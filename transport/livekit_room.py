@@ -27,11 +27,15 @@ from livekit import rtc
 
 from core.clock import Clock, MonotonicClock
 from core.errors import ConfigError, LiveKitError
-from core.redact import redact_url
+from core.redact import Redactor, redact_url
 
 __all__ = ["RoomLink", "RoomLinkConfig", "RoomStats"]
 
 log = logging.getLogger(__name__)
+# The SDK's native layer logs the server's refusal verbatim ("401 Unauthorized - invalid token: eyJ…", at
+# WARNING and ERROR), access token included. A filter on the SDK's logger (it logs everything on "livekit")
+# masks JWTs and URL query values in its records before any handler sees them.
+_SDK_LOG_SCRUBBER = Redactor()
 
 VOICE_RATE = 48_000
 CallerAudio = Callable[[str, npt.NDArray[np.int16], int], None]
@@ -88,6 +92,9 @@ class RoomLink:
                  on_caller_left: Callable[[str], None] = lambda _id: None,
                  on_state: Callable[[str], None] = lambda _state: None,
                  clock: Clock | None = None) -> None:
+        sdk_log = logging.getLogger("livekit")
+        if _SDK_LOG_SCRUBBER not in sdk_log.filters:
+            sdk_log.addFilter(_SDK_LOG_SCRUBBER)
         self.config = config
         self.stats = RoomStats()
         self._clock = clock or MonotonicClock()
