@@ -58,6 +58,7 @@ from core.formats import AudioFormat, parse_format
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_CHARS",
+    "UNKNOWN_TYPE_KEY",
     "AgentAudio",
     "AgentChatResponsePart",
     "AgentResponse",
@@ -84,6 +85,9 @@ __all__ = [
 # measure characters, which never exceed the UTF-8 byte count, so this check is never stricter than the
 # socket's own limit for the same number.
 DEFAULT_MAX_MESSAGE_CHARS: Final = 16 * 1024 * 1024
+
+# counters.received key for every type no source documents (their count is also counters.unknown_events).
+UNKNOWN_TYPE_KEY: Final = "<unknown>"
 
 # Fallback for a metadata event without user_input_audio_format, as the JS SDK does (WebSocketConnection.ts).
 _DEFAULT_INPUT_FORMAT: Final = "pcm_16000"
@@ -255,7 +259,7 @@ _DOCUMENTED_UNMODELLED: Final = frozenset({
 class EngineCounters:
     """What the protocol saw; plain ints and Counters so a metrics exporter can read them directly."""
 
-    received: Counter[str] = field(default_factory=Counter)  # well-formed messages by type
+    received: Counter[str] = field(default_factory=Counter)  # well-formed messages by type (see UNKNOWN_TYPE_KEY)
     sent: Counter[str] = field(default_factory=Counter)  # messages built, by type (audio: user_audio_chunk)
     errors: Counter[str] = field(default_factory=Counter)  # ProtocolError by kind
     audio_chunks: int = 0  # audio events handed out
@@ -444,7 +448,8 @@ class EngineProtocol:
         handler = _HANDLERS.get(kind)
         if handler is None:
             documented = kind in _DOCUMENTED_UNMODELLED
-            self.counters.received[kind] += 1
+            # Undocumented names share one key: a peer inventing a name per message must not grow this table.
+            self.counters.received[kind if documented else UNKNOWN_TYPE_KEY] += 1
             if not documented:
                 self.counters.unknown_events += 1
             return [UnknownEvent(kind, message, documented)]
