@@ -4,10 +4,10 @@ Per connection there are two tasks. The **reader** takes each text message off t
 the injected clock, lets the protocol parse it, queues any pong *before* handing events on, and calls the
 synchronous ``on_event(event, recv_ns)`` callback. It never awaits anything but the socket, so an
 ``interruption`` is seen the moment it arrives whatever audio came before it; the callback must return at
-once too (push audio into a ring buffer, flush on interruption). The **writer** drains two queues, control
-messages first (pongs, text, tool results), then audio, so a pong never waits behind a backlog of audio.
-The reader puts each pong at the head of the control queue rather than writing it itself: a write can wait
-on a full socket buffer, and the reader must never wait on anything but the next message.
+once too (push audio into a ring buffer, flush on interruption). The **writer** drains three queues, pongs
+first, then control messages (text, tool results), then audio, so a pong never waits behind a backlog of
+audio. The reader queues each pong rather than writing it itself: a write can wait on a full socket buffer,
+and the reader must never wait on anything but the next message. At most the newest 32 pongs wait.
 
 Sending audio (:meth:`EngineClient.send_audio`) is synchronous and never blocks: before the conversation's
 metadata has arrived, while reconnecting, or when the audio queue is full, the chunk is **dropped and
@@ -85,6 +85,9 @@ _WS_LOG = logging.getLogger("websockets.client")
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # the Python SDK's max_size
 _CLOSE_NORMAL: Final = 1000
 _CLOSE_POLICY: Final = 1008
+# Pongs waiting for a stalled socket: only the newest are worth sending, and an engine that keeps pinging while
+# it reads nothing must not grow the queue without bound.
+_MAX_QUEUED_PONGS: Final = 32
 _PROTOCOL_ERROR_LOG_FIRST: Final = 10  # per kind; afterwards every 1000th, so a flood cannot flood the log
 
 
@@ -129,6 +132,7 @@ class ClientCounters:
     audio_dropped_not_ready: int = 0  # no conversation (connecting, reconnecting, closed)
     audio_dropped_backpressure: int = 0  # audio queue full: the socket is not keeping up
     control_dropped_not_ready: int = 0
+    pongs_dropped: int = 0  # oldest unsent pongs given up (more than _MAX_QUEUED_PONGS waiting)
     messages_sent: int = 0  # by the writer, all kinds
     callback_errors: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)  # protocol errors seen by the reader, by kind
@@ -221,6 +225,7 @@ class EngineClient:
         self._closing = False
         self._fatal: EngineError | None = None
         self._failures = 0
+        self._pongs: deque[str] = deque()
         self._control: deque[str] = deque()
         self._audio: deque[str] = deque()
         self._wake = asyncio.Event()
@@ -445,6 +450,7 @@ class EngineClient:
     async def _converse(self, ws: ClientConnection) -> _Ended:
         self._ws = ws
         self.protocol.reset()
+        self._pongs.clear()
         self._control.clear()
         self._audio.clear()
         self._conn_ready.clear()
@@ -528,9 +534,11 @@ class EngineClient:
                         self._fatal = EngineError(f"engine announced an unsupported format: {exc}")
                         return
                     continue
-                pongs = self.protocol.data_to_send()
-                if pongs:
-                    self._control.extendleft(reversed(pongs))  # ahead of anything queued
+                for pong in self.protocol.data_to_send():  # sent ahead of anything else queued
+                    if len(self._pongs) >= _MAX_QUEUED_PONGS:
+                        self._pongs.popleft()
+                        self.counters.pongs_dropped += 1
+                    self._pongs.append(pong)
                     self._wake.set()
                 for event in events:
                     if isinstance(event, ConversationMetadata):
@@ -568,7 +576,9 @@ class EngineClient:
     async def _writer(self, ws: ClientConnection) -> None:
         try:
             while True:
-                if self._control:
+                if self._pongs:
+                    text = self._pongs.popleft()
+                elif self._control:
                     text = self._control.popleft()
                 elif self._audio:
                     text = self._audio.popleft()
