@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 # conversation after 60 s (transport_receive_timeout): a quarter second of silence every quarter second,
 # the documented chunk size, costs 4 messages a second.
 _KEEPALIVE_NS = 250 * MS
+_KEEP_INTERRUPTIONS = 1000
 
 
 class SessionState(enum.Enum):
@@ -156,9 +158,10 @@ class BridgeSession:
         self._teardown_task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._last_uplink_ns = 0
-        self.interruptions: list[dict[str, int]] = []
+        # The most recent interruptions (an engine can send any number of them); the count is in counters.
+        self.interruptions: deque[dict[str, int]] = deque(maxlen=_KEEP_INTERRUPTIONS)
         self.counters: dict[str, int] = {"chunks_sent": 0, "chunks_dropped": 0, "audio_events": 0,
-                                         "bad_audio": 0, "keepalive_chunks": 0}
+                                         "bad_audio": 0, "keepalive_chunks": 0, "interruptions": 0}
 
     # ------------------------------------------------------------------ public API
     async def start(self) -> None:
@@ -225,7 +228,7 @@ class BridgeSession:
                        "starved_samples": up.mixer.starved_samples,
                        "trimmed_samples": up.mixer.trimmed_samples} if up else {},
             "downlink": down.stats() if down else {},
-            "interruptions": len(self.interruptions),
+            "interruptions": self.counters["interruptions"],
             "stages": {k: vars_of(v) for k, v in self.timer.summary().items()},
         }
 
@@ -301,6 +304,7 @@ class BridgeSession:
         self._wake.set()
         done_ns = self.clock.now_ns()
         self.timer.add("interrupt.flush", done_ns - recv_ns)
+        self.counters["interruptions"] += 1
         self.interruptions.append({"event_id": event.event_id, "recv_ns": recv_ns, "silenced_ns": done_ns,
                                    "dropped_samples": dropped})
         self._emit("interruption", event_id=event.event_id, dropped_ms=dropped * 1000 // 48_000)
