@@ -1,0 +1,142 @@
+"""``python -m benchmarks [--quick] [--only interrupt|latency|scaling]``: the bridge measured end to end.
+
+Everything goes through a real livekit-server on loopback (started here) and the Speech Engine emulator;
+run it inside the private network namespace (``make bench`` / ``make bench-quick`` do), since WebRTC needs an
+interface that is not ``lo``. Three benchmarks, each its own module with the details of what it measures:
+
+- ``interrupt`` (:mod:`benchmarks.interrupt`): interruption → silence at the bridge output and at a remote
+  subscriber, ours against the naive bridge (:mod:`benchmarks.naive`), same emulator, same run.
+- ``latency`` (:mod:`benchmarks.latency`): uplink, downlink, round trip, ours and the naive bridge, and our
+  per-stage processing times from ``session.timer``.
+- ``scaling`` (:mod:`benchmarks.scaling`): N sessions in one process, N stepped up until it breaks.
+
+Progress goes to stderr; the table to stdout; JSON with every raw sample and the machine description to
+``benchmarks/results/<name>.json`` (``--quick``: ``benchmarks/results/quick/``) with ``summary.json`` beside
+them; PNG plots next to them. Full mode takes about 15–20 minutes on a 2-core machine, ``--quick`` 3–5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks import interrupt, latency, scaling
+from benchmarks.common import RESULTS, Progress, machine, run_loop, write_json
+from benchmarks.report import render, targets
+from scripts.livekit_server import LiveKitServer, LiveKitServerError
+
+NAMES = ("interrupt", "latency", "scaling")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer trials and smaller N: a few minutes")
+    parser.add_argument("--only", action="append", choices=NAMES, help="run only this benchmark (repeatable)")
+    parser.add_argument("--out", type=Path, help="results directory (default benchmarks/results[/quick])")
+    parser.add_argument("--trials", type=int, help="interruption trials per bridge (hook-triggered)")
+    parser.add_argument("--speech-trials", type=int, help="interruption trials per bridge by caller speech")
+    parser.add_argument("--latency-trials", type=int, help="latency trials per bridge")
+    parser.add_argument("--steps", help="scaling N values, comma-separated (e.g. 1,10,50)")
+    parser.add_argument("--window", type=float, help="scaling measurement window per step, seconds")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser.parse_args(argv)
+
+
+def configs(opts: argparse.Namespace) -> tuple[interrupt.InterruptConfig, latency.LatencyConfig,
+                                               scaling.ScalingConfig]:
+    if opts.quick:
+        i_cfg = interrupt.InterruptConfig(trials=10, speech_trials=2)
+        l_cfg = latency.LatencyConfig(trials=10)
+        s_cfg = scaling.ScalingConfig(steps=(1, 10, 50), warmup_s=3.0, window_s=10.0, time_budget_s=150.0)
+    else:
+        i_cfg, l_cfg, s_cfg = interrupt.InterruptConfig(), latency.LatencyConfig(), scaling.ScalingConfig()
+    if opts.trials is not None:
+        i_cfg = replace(i_cfg, trials=opts.trials)
+    if opts.speech_trials is not None:
+        i_cfg = replace(i_cfg, speech_trials=opts.speech_trials)
+    if opts.latency_trials is not None:
+        l_cfg = replace(l_cfg, trials=opts.latency_trials)
+    if opts.steps:
+        s_cfg = replace(s_cfg, steps=tuple(int(x) for x in opts.steps.split(",")))
+    if opts.window is not None:
+        s_cfg = replace(s_cfg, window_s=opts.window)
+    return i_cfg, l_cfg, s_cfg
+
+
+def _strip_raw(result: dict[str, Any]) -> dict[str, Any]:
+    """The summary part of a benchmark's result (no per-trial samples)."""
+    keep = {k: v for k, v in result.items() if k not in ("trials", "stages_ns", "interrupt_flush_ns", "machine")}
+    if "steps" in keep:
+        keep["steps"] = [{k: v for k, v in s.items() if k not in ("lags_ms", "interruption_samples_ms")}
+                         for s in keep["steps"]]
+    return keep
+
+
+async def run(opts: argparse.Namespace, server: LiveKitServer | None = None) -> dict[str, Any]:
+    """Run the selected benchmarks; write JSON (and plots); return every result. ``server``: reuse one."""
+    out: Path = opts.out or (RESULTS / "quick" if opts.quick else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    if opts.quick and out == RESULTS / "quick":
+        (out / ".gitignore").write_text("# quick runs are for trying things; the committed figures are full runs\n*\n")
+    selected = opts.only or list(NAMES)
+    i_cfg, l_cfg, s_cfg = configs(opts)
+    log_dir = Path(tempfile.mkdtemp(prefix="lk-bench-logs-"))
+    top = Progress("benchmarks", quiet=opts.quiet)
+    desc = machine()
+    mode = "quick" if opts.quick else "full"
+    results: dict[str, Any] = {"machine": desc, "mode": mode, "benchmarks": selected}
+    own_server = server is None
+    if server is None:
+        server = LiveKitServer(log_dir=log_dir)
+        server.start()
+    top(f"{mode} run of {', '.join(selected)}; livekit-server on {server.url}; logs in {log_dir}")
+    try:
+        for name in selected:
+            progress = Progress(name, quiet=opts.quiet)
+            t0 = time.monotonic()
+            if name == "interrupt":
+                res = await interrupt.run(server, i_cfg, progress, log_dir=log_dir)
+            elif name == "latency":
+                res = await latency.run(server, l_cfg, progress, log_dir=log_dir)
+            else:
+                res = await scaling.run(server, s_cfg, progress, log_dir=log_dir)
+            res["elapsed_s"] = time.monotonic() - t0
+            res["mode"] = mode
+            res["machine"] = desc
+            write_json(out / f"{name}.json", res)
+            results[name] = res
+            top(f"{name} done in {res['elapsed_s']:.0f} s → {out / (name + '.json')}")
+    finally:
+        if own_server:
+            server.stop()
+    summary = {"machine": desc, "mode": mode, "benchmarks": selected, "targets": targets(results),
+               **{name: _strip_raw(results[name]) for name in selected if name in results}}
+    write_json(out / "summary.json", summary)
+    if not opts.no_plots:
+        from benchmarks.plots import plot_all
+        for path in plot_all(results, out):
+            top(f"plot → {path}")
+    results["table"] = render(results)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    try:
+        results = run_loop(run(opts))
+    except LiveKitServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(results["table"])
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

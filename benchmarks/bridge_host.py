@@ -1,0 +1,226 @@
+"""The process being measured in the scaling benchmark: N bridge sessions, nothing else but probes.
+
+``python -m benchmarks.bridge_host``, driven over JSON lines (as :mod:`benchmarks.caller_host`):
+
+- ``start``: ``{"livekit_url", "api_key", "api_secret", "engine": {"api_base", "api_key", "agent_id"},
+  "rooms": [...], "concurrency": 8}`` starts one :class:`~transport.session.BridgeSession` per room (the
+  same configuration ``runner.py`` uses, engine started at once) → ``{"started", "failed", "rss_idle_mb"}``.
+- ``measure_start`` / ``measure_stop``: a measurement window. Over it: CPU time of this process (all its
+  threads: Python's loop and the LiveKit SDK's native ones, split by thread name), RSS at the end, event-loop
+  lag (a task sleeping 20 ms and recording the overshoot), playout underruns and pacer re-anchors (deltas,
+  summed over sessions), the interruptions the sessions handled (receive and flush times, for the parent to
+  join with the emulator's send times), and how many FFI events the SDK dispatched and how many
+  subscriptions it scanned for each (``livekit.rtc``'s ``FfiQueue.put`` loops over every subscriber).
+- ``stop``.
+
+Before any session exists, ``rss_idle_mb`` is taken with the SDK's native library loaded, so the per-session
+figure is (RSS − idle) / N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import run_loop
+from transport.livekit_token import mint_token
+from transport.session import BridgeSession, EngineSettings, SessionConfig
+
+log = logging.getLogger("benchmarks.bridge_host")
+AGENT = "bridge-agent"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread name ("main" for the thread running the event loop), this process."""
+    out: dict[str, float] = {}
+    pid = os.getpid()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = "main" if task.name == str(pid) else stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+        # Group numbered worker threads ("tokio-runtime-w", "worker-12") by their stem.
+        stem = name.rstrip("0123456789-_ ") or name
+        out[stem] = out.get(stem, 0.0) + seconds
+    return out
+
+
+class FfiCounter:
+    """Counts ``FfiQueue.put`` calls and the subscriptions each one scans (a wrapper, ~0.3 µs a call)."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.scanned = 0
+        from livekit.rtc._ffi_client import FfiClient
+        queue = FfiClient.instance.queue
+        original = queue.put
+
+        def put(item: Any) -> None:
+            self.events += 1
+            self.scanned += len(queue._subscribers)
+            original(item)
+
+        queue.put = put  # type: ignore[method-assign]
+
+
+class Host:
+    def __init__(self) -> None:
+        self.sessions: list[BridgeSession] = []
+        self.failed: dict[str, str] = {}
+        self.lags: list[float] = []
+        self.measuring = False
+        self._probe: asyncio.Task[None] | None = None
+        self._mark: dict[str, Any] = {}
+        self.ffi = FfiCounter()  # touching FfiClient.instance loads the native library
+        self.rss_idle = rss_mb()
+
+    async def start(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        engine = EngineSettings(api_key=cmd["engine"]["api_key"], agent_id=cmd["engine"]["agent_id"],
+                                api_base=cmd["engine"]["api_base"])
+        gate = asyncio.Semaphore(int(cmd.get("concurrency", 8)))
+
+        async def one(room: str) -> None:
+            token = mint_token(cmd["api_key"], cmd["api_secret"], room=room, identity=AGENT, agent=True)
+            session = BridgeSession(SessionConfig(livekit_url=cmd["livekit_url"], livekit_token=token, engine=engine,
+                                                  identity=AGENT, start_when="immediately", end_when_empty=False))
+            async with gate:
+                try:
+                    async with asyncio.timeout(60):
+                        await session.start()
+                except Exception as exc:
+                    self.failed[room] = f"{type(exc).__name__}: {exc}"
+                    with contextlib.suppress(Exception):
+                        await session.stop()
+                    return
+            self.sessions.append(session)
+
+        await asyncio.gather(*(one(room) for room in cmd["rooms"]))
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self._lag_probe())
+        return {"started": len(self.sessions), "failed": self.failed, "rss_idle_mb": self.rss_idle,
+                "rss_mb": rss_mb()}
+
+    async def _lag_probe(self) -> None:
+        period = 0.02
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(period)
+            if self.measuring:
+                self.lags.append((time.monotonic() - t0 - period) * 1000)
+
+    def _counters(self) -> dict[str, int]:
+        c = {"underruns": 0, "underrun_samples": 0, "reanchors": 0, "lag_frames": 0, "frames_out": 0,
+             "chunks_sent": 0, "chunks_dropped": 0, "audio_events": 0, "interruptions": 0, "refused_samples": 0}
+        for s in self.sessions:
+            down = s.downlink
+            if down is not None:
+                c["underruns"] += down.playout.underruns
+                c["underrun_samples"] += down.playout.underrun_samples
+                c["refused_samples"] += down.playout.refused_samples
+                c["reanchors"] += down.pacer.reanchors
+                c["lag_frames"] += down.pacer.lag_frames
+            c["frames_out"] += s.room.stats.frames_out
+            c["chunks_sent"] += s.counters["chunks_sent"]
+            c["chunks_dropped"] += s.counters["chunks_dropped"]
+            c["audio_events"] += s.counters["audio_events"]
+            c["interruptions"] += len(s.interruptions)
+        return c
+
+    def measure_start(self) -> dict[str, Any]:
+        self.lags.clear()
+        self._mark = {"wall": time.monotonic_ns(), "cpu": time.process_time(), "threads": thread_cpu(),
+                      "counters": self._counters(), "ffi_events": self.ffi.events, "ffi_scanned": self.ffi.scanned}
+        self.measuring = True
+        return {}
+
+    def measure_stop(self) -> dict[str, Any]:
+        self.measuring = False
+        mark = self._mark
+        now = time.monotonic_ns()
+        wall = (now - mark["wall"]) / 1e9
+        threads = thread_cpu()
+        by_thread = {k: v - mark["threads"].get(k, 0.0) for k, v in threads.items()}
+        counters = self._counters()
+        delta = {k: counters[k] - mark["counters"][k] for k in counters}
+        interruptions = []
+        for s in self.sessions:
+            cid = s.engine.conversation_id if s.engine is not None else None
+            for rec in s.interruptions:
+                if mark["wall"] <= rec["recv_ns"] <= now:
+                    interruptions.append([cid, rec["event_id"], rec["recv_ns"], rec["silenced_ns"]])
+        states: dict[str, int] = {}
+        for s in self.sessions:
+            states[s.state.value] = states.get(s.state.value, 0) + 1
+        return {"wall_s": wall, "cpu_s": time.process_time() - mark["cpu"],
+                "thread_cpu_s": {k: round(v, 3) for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1]) if v > 0},
+                "rss_mb": rss_mb(), "rss_idle_mb": self.rss_idle, "sessions": len(self.sessions),
+                "session_states": states, "counters": delta, "lags_ms": self.lags[:],
+                "interruptions": interruptions, "ffi_events": self.ffi.events - mark["ffi_events"],
+                "ffi_subscriptions_scanned": self.ffi.scanned - mark["ffi_scanned"]}
+
+    async def stop(self) -> dict[str, Any]:
+        if self._probe is not None:
+            self._probe.cancel()
+        await asyncio.gather(*(s.stop() for s in self.sessions), return_exceptions=True)
+        return {}
+
+
+async def serve() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    host = Host()
+    out = sys.stdout
+
+    def answer(msg: dict[str, Any]) -> None:
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
+
+    answer({"event": "ready", "rss_idle_mb": host.rss_idle})
+    while line := await reader.readline():
+        cmd = json.loads(line)
+        op, ident = cmd.get("op"), cmd.get("id")
+        try:
+            if op == "start":
+                result = await host.start(cmd)
+            elif op == "measure_start":
+                result = host.measure_start()
+            elif op == "measure_stop":
+                result = host.measure_stop()
+            elif op == "stop":
+                result = await host.stop()
+                answer({"id": ident, "ok": True, **result})
+                break
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            answer({"id": ident, "ok": True, **result})
+        except Exception as exc:
+            log.exception("command %s failed", op)
+            answer({"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="bridge_host %(levelname)s %(message)s")
+    run_loop(serve())
+
+
+if __name__ == "__main__":
+    main()

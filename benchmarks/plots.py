@@ -1,0 +1,191 @@
+"""PNG plots of the benchmark results (matplotlib, the ``bench`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["plot_all"]
+
+OURS, BASE = "#1f77b4", "#d62728"
+
+
+def _plt() -> Any:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _cdf(ax: Any, values: list[float], label: str, color: str, style: str = "-") -> None:
+    v = np.sort(np.asarray([x for x in values if x is not None], dtype=float))
+    if v.size:
+        ax.step(v, np.arange(1, v.size + 1) / v.size, where="post", label=f"{label} (n={v.size})", color=color,
+                linestyle=style)
+
+
+def plot_latency(latency: dict[str, Any], path: Path, machine: str) -> None:
+    plt = _plt()
+    trials = latency["trials"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, metric, title in zip(axes, ("uplink_ms", "downlink_ms", "round_trip_ms"),
+                                 ("Uplink: caller track → engine", "Downlink: engine → caller hears",
+                                  "Round trip (echo, no VAD, no think time)"), strict=True):
+        for bridge, color, style in (("ours", OURS, "-"), ("baseline", BASE, "--")):
+            _cdf(ax, [t[metric] for t in trials if t["bridge"] == bridge], bridge, color, style)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("ms")
+        ax.set_ylabel("fraction of trials")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Latency CDFs, through livekit-server and the emulator — {machine}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_interrupt(interrupt: dict[str, Any], path: Path, machine: str) -> None:
+    plt = _plt()
+    trials = interrupt["trials"]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, metric, title in zip(axes, ("bridge_ms", "remote_ms"),
+                                 ("At the bridge output (engine send → AudioSource silent)",
+                                  "At a remote subscriber (engine send → caller's audio stays silent)"), strict=True):
+        values = [t[metric] for t in trials if t[metric] is not None]
+        lo = max(0.01, min(values) * 0.7) if values else 0.01
+        hi = max(values) * 1.4 if values else 10
+        bins = np.logspace(np.log10(lo), np.log10(hi), 60)
+        for bridge, color in (("ours", OURS), ("baseline", BASE)):
+            v = [max(t[metric], lo) for t in trials if t["bridge"] == bridge and t[metric] is not None]
+            if v:
+                p99 = float(np.percentile(v, 99))
+                ax.hist(v, bins=bins, alpha=0.75, color=color, label=f"{bridge}: median {np.median(v):.3g} ms, "
+                        f"p99 {p99:.3g} ms (n={len(v)})")
+        ax.set_xscale("log")
+        ax.set_xlabel("ms (log scale)")
+        ax.set_ylabel("trials")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Interruption to silence, ours vs the naive bridge, same emulator — {machine}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scaling(scaling: dict[str, Any], path: Path, machine: str) -> None:
+    plt = _plt()
+    steps = [s for s in scaling["steps"] if s.get("sessions")]
+    if not steps:
+        return
+    n = [s["n"] for s in steps]
+    broken = [s["broken"] for s in steps]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+
+    def mark(ax: Any, ys: list[float | None]) -> None:
+        for x, y, b in zip(n, ys, broken, strict=True):
+            if b and y is not None:
+                ax.annotate("broken", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=BASE)
+
+    ax = axes[0][0]
+    cpu = [s.get("cpu_cores") for s in steps]
+    ax.plot(n, cpu, "o-", color=OURS, label="bridge process (all threads)")
+    main = [s.get("thread_cores", {}).get("main") for s in steps]
+    ax.plot(n, main, "s--", color="#2ca02c", label="  of which the Python loop thread")
+    ax.plot(n, [s.get("machine_busy", 0) * s.get("machine_cores", 1) for s in steps], "^:", color="gray",
+            label="whole machine (callers, server, emulator, others)")
+    ax.axhline(steps[0].get("machine_cores", 2), color="k", linewidth=0.8)
+    ax.set_ylabel("cores")
+    ax.set_title("CPU", fontsize=10)
+    mark(ax, cpu)
+    ax.legend(fontsize=8)
+
+    ax = axes[0][1]
+    rss = [s.get("rss_per_session_mb") for s in steps]
+    ax.plot(n, rss, "o-", color=OURS, label="(RSS − RSS before sessions) / N")
+    ax.axhline(2.0, color=BASE, linestyle="--", linewidth=0.8, label="target: 2 MB per extra session")
+    ax.set_ylabel("MB per session")
+    ax.set_title("Memory", fontsize=10)
+    ax.legend(fontsize=8)
+
+    ax = axes[1][0]
+    for key, style, label in (("p50", "o-", "p50"), ("p99", "s--", "p99")):
+        ax.plot(n, [s.get("loop_lag_ms", {}).get(key) for s in steps], style, label=f"event-loop lag {label}")
+    ax.set_ylabel("ms")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_title("Event-loop lag (20 ms sleep overshoot) and underruns", fontsize=10)
+    ax2 = ax.twinx()
+    ax2.bar(n, [s.get("underruns", 0) for s in steps], width=[max(0.5, x * 0.15) for x in n], alpha=0.25,
+            color=BASE, label="playout underruns in the window")
+    ax2.set_ylabel("underruns")
+    ax.legend(fontsize=8, loc="upper left")
+    ax2.legend(fontsize=8, loc="upper right")
+
+    ax = axes[1][1]
+    p99 = [s.get("interruption_bridge_ms", {}).get("p99") for s in steps]
+    ax.plot(n, p99, "o-", color=OURS, label="p99")
+    ax.plot(n, [s.get("interruption_bridge_ms", {}).get("p50") for s in steps], "s--", color=OURS, alpha=0.6,
+            label="p50")
+    ax.axhline(10, color=BASE, linestyle="--", linewidth=0.8, label="target p99 10 ms")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms")
+    ax.set_title("Interruption → silence at the bridge output, under load", fontsize=10)
+    mark(ax, p99)
+    ax.legend(fontsize=8)
+
+    for row in axes:
+        for a in row:
+            a.set_xscale("log")
+            a.set_xticks(n)
+            a.set_xticklabels([str(x) for x in n])
+            a.set_xlabel("sessions in one process (N)")
+            a.grid(alpha=0.3)
+    fig.suptitle(f"Scaling: N bridge sessions in one process, callers and emulator in others — {machine}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_stages(latency: dict[str, Any], interrupt: dict[str, Any] | None, path: Path, machine: str) -> None:
+    plt = _plt()
+    stages = dict(latency.get("stages_ns", {}))
+    if interrupt and interrupt.get("interrupt_flush_ns"):
+        stages["interrupt.flush"] = interrupt["interrupt_flush_ns"]
+    if not stages:
+        return
+    names = list(stages)
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    data = [np.asarray(stages[k], dtype=float) / 1e6 for k in names]
+    ax.boxplot(data, whis=(5, 95), showfliers=False)
+    for i, d in enumerate(data, start=1):
+        if d.size:
+            ax.plot([i], [np.percentile(d, 99)], "v", color=BASE, markersize=5)
+    ax.set_xticks(range(1, len(names) + 1))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (box: p25–p75, whiskers p5–p95, ▼ p99)")
+    ax.axhline(5, color=BASE, linestyle="--", linewidth=0.8)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Bridge stage timings (session.timer) — {machine}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
+    m = results.get("machine", {})
+    machine = f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, {str(m.get('date', ''))[:10]}"
+    written: list[Path] = []
+    if "latency" in results:
+        plot_latency(results["latency"], out / "latency_cdf.png", machine)
+        plot_stages(results["latency"], results.get("interrupt"), out / "stages.png", machine)
+        written += [out / "latency_cdf.png", out / "stages.png"]
+    if "interrupt" in results:
+        plot_interrupt(results["interrupt"], out / "interrupt_hist.png", machine)
+        written.append(out / "interrupt_hist.png")
+    if "scaling" in results and results["scaling"].get("steps"):
+        plot_scaling(results["scaling"], out / "scaling.png", machine)
+        written.append(out / "scaling.png")
+    return [p for p in written if p.exists()]

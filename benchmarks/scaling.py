@@ -1,0 +1,243 @@
+"""Scaling: N sessions (rooms) in one bridge process, each with one synthetic caller, N stepped up until it
+breaks or the time budget is spent.
+
+Four kinds of process per step, so that the one measured holds the bridge only:
+
+- :mod:`benchmarks.bridge_host` (measured): N :class:`~transport.session.BridgeSession`, as ``runner.py``
+  would run them, plus an event-loop lag probe.
+- :mod:`benchmarks.emulator_host`: the emulator, scripting every conversation: 3 s replies sent 4× faster
+  than real time, 70 % of them interrupted 0.5–2 s into playback, with 0.3–1.5 s pauses between.
+- :mod:`benchmarks.caller_host` (one per ``callers_per_host`` callers): the callers publish quiet noise
+  (-60 dBFS, under the emulator's VAD threshold, so only the script decides turns) and do not subscribe to
+  the agent (no decode in the load generator; the bridge still encodes and sends). They hand their source
+  100 ms at a time: the bridge still gets 20 ms frames from its AudioStream, and the load generator makes
+  fewer FFI calls, whose cost in ``livekit.rtc`` grows with the rooms in the process (see the report).
+- the shared livekit-server.
+
+Per step, over a ``window_s`` measurement window after ``warmup_s``: the bridge process's CPU (all threads,
+as cores), RSS per session ((RSS − RSS before any session) / N), playout underruns and pacer re-anchors,
+event-loop lag, interruption-to-silence at the bridge output (the emulator's send time of each
+``interruption`` → the session's flush, joined on conversation id and event id), and, to show where the
+machine is the limit, the CPU of the other processes and of the whole machine over the same window.
+
+A step is *broken* when sessions fail to start, a session ends, or the bridge's event-loop lag p99
+exceeds ``break_lag_p99_ms`` (audio can no longer be paced: a 30 ms lead rides out 20 ms); the next N is
+not tried after a broken step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import Progress, summarize
+from benchmarks.procs import JsonLinesProcess
+from scripts.livekit_server import LiveKitServer
+from transport.livekit_token import mint_token
+
+__all__ = ["ScalingConfig", "run"]
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    steps: tuple[int, ...] = (1, 10, 25, 50, 100, 200)
+    warmup_s: float = 5.0
+    window_s: float = 20.0
+    callers_per_host: int = 25
+    caller_frame_ms: int = 100
+    break_lag_p99_ms: float = 100.0
+    time_budget_s: float = 540.0
+    seed: int = 8
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / _TICKS  # incl. children
+
+
+def _machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies over all CPUs since boot."""
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in parts[:8]]
+    idle = values[3] + values[4]
+    return float(sum(values) - idle), float(sum(values))
+
+
+async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Progress,
+                log_dir: Path | None) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    t_setup = time.monotonic()
+    result: dict[str, Any] = {"n": n, "broken": False, "why": []}
+    emu = JsonLinesProcess("benchmarks.emulator_host", "--seed", str(cfg.seed + n),
+                           log_path=log_dir / "emulator_host.log" if log_dir else None)
+    bridge = JsonLinesProcess("benchmarks.bridge_host", log_path=log_dir / "bridge_host.log" if log_dir else None)
+    hosts = [JsonLinesProcess("benchmarks.caller_host", log_path=log_dir / "caller_host.log" if log_dir else None)
+             for _ in range(math.ceil(n / cfg.callers_per_host))]
+    try:
+        await asyncio.gather(emu.start(), bridge.start(), *(h.start() for h in hosts))
+        ready = await emu.next_event(30)
+        bridge_ready = await bridge.next_event(60)
+        result["rss_idle_mb"] = bridge_ready["rss_idle_mb"]
+        rooms = [f"scale-{tag}-{i}" for i in range(n)]
+        progress(f"N={n}: starting {n} bridge sessions")
+        started = await bridge.call("start", timeout=120 + 2 * n, livekit_url=server.url, api_key=server.api_key,
+                                    api_secret=server.api_secret, rooms=rooms, concurrency=8,
+                                    engine={"api_base": ready["rest"], "api_key": ready["api_key"],
+                                            "agent_id": ready["agent_id"]})
+        result["started"] = started["started"]
+        result["start_failures"] = started["failed"]
+        if started["failed"]:
+            result["broken"] = True
+            result["why"].append(f"{len(started['failed'])} sessions failed to start")
+        await emu.call("activity", on=True)
+        progress(f"N={n}: {started['started']} sessions up; joining {n} callers in {len(hosts)} process(es)")
+        joins = []
+        for k, host in enumerate(hosts):
+            mine = rooms[k * cfg.callers_per_host:(k + 1) * cfg.callers_per_host]
+            specs = [{"name": f"caller-{room}", "url": server.url, "listen": False, "keep_audio": False,
+                      "token": mint_token(server.api_key, server.api_secret, room=room, identity=f"caller-{room}"),
+                      "frame_ms": cfg.caller_frame_ms, "lead": 2, "idle_dbfs": -60.0} for room in mine]
+            joins.append(host.call("join", timeout=120 + 2 * len(mine), callers=specs, concurrency=4))
+        joined = await asyncio.gather(*joins)
+        failed_callers = {k: v for j in joined for k, v in j["failed"].items()}
+        result["callers_joined"] = sum(len(j["joined"]) for j in joined)
+        if failed_callers:
+            result["broken"] = True
+            result["why"].append(f"{len(failed_callers)} callers failed to join")
+            result["caller_failures"] = dict(list(failed_callers.items())[:5])
+        result["setup_s"] = time.monotonic() - t_setup
+        progress(f"N={n}: {result['callers_joined']} callers in ({result['setup_s']:.0f} s); "
+                 f"warm-up {cfg.warmup_s:.0f} s, then measuring {cfg.window_s:.0f} s")
+        await asyncio.sleep(cfg.warmup_s)
+
+        server_pid = getattr(getattr(server, "_proc", None), "pid", None)
+        pids = {"server": server_pid, "emulator": emu.pid, **{f"callers{k}": h.pid for k, h in enumerate(hosts)}}
+        cpu0 = {k: _proc_cpu_s(p) for k, p in pids.items() if p is not None}
+        busy0, total0 = _machine_busy()
+        await bridge.call("measure_start")
+        for host in hosts:
+            await host.call("stats", reset=True)
+        await asyncio.sleep(cfg.window_s)
+        measured = await bridge.call("measure_stop", timeout=60)
+        busy1, total1 = _machine_busy()
+        cpu1 = {k: _proc_cpu_s(p) for k, p in pids.items() if p is not None}
+        report = await emu.call("report", timeout=60)
+        caller_stats = [await h.call("stats") for h in hosts]
+        wall = measured["wall_s"]
+        result.update(_digest(measured, report, n))
+        result["other_processes_cores"] = {k: (cpu1[k] - v) / wall for k, v in cpu0.items()
+                                           if v is not None and cpu1.get(k) is not None}
+        cores = os.cpu_count() or 1
+        result["machine_busy"] = (busy1 - busy0) / max(1.0, total1 - total0)  # 1.0 = every core busy
+        result["machine_cores"] = cores
+        result["caller_hosts"] = [{k: c[k] for k in ("cpu_s", "lag_p50_ms", "lag_p99_ms", "callers",
+                                                     "pacer_reanchors")} for c in caller_stats]
+        lag_p99 = result["loop_lag_ms"]["p99"]
+        if lag_p99 is not None and lag_p99 > cfg.break_lag_p99_ms:
+            result["broken"] = True
+            result["why"].append(f"event-loop lag p99 {lag_p99:.0f} ms > {cfg.break_lag_p99_ms:.0f} ms")
+        states = measured["session_states"]
+        if set(states) - {"running"}:
+            result["broken"] = True
+            result["why"].append(f"sessions not running: {states}")
+        return result
+    except Exception as exc:
+        result["broken"] = True
+        result["why"].append(f"{type(exc).__name__}: {exc}")
+        return result
+    finally:
+        with contextlib.suppress(Exception):
+            await emu.call("activity", on=False, timeout=10)
+        await asyncio.gather(*(h.close(timeout=60) for h in hosts), return_exceptions=True)
+        await asyncio.gather(bridge.close(timeout=60), return_exceptions=True)
+        await asyncio.gather(emu.close(timeout=30), return_exceptions=True)
+        result["step_s"] = time.monotonic() - t_setup
+
+
+def _digest(measured: dict[str, Any], report: dict[str, Any], n: int) -> dict[str, Any]:
+    wall = measured["wall_s"]
+    sent = {(cid, int(eid)): ns for cid, pairs in report["interruptions"].items() for eid, ns in pairs}
+    bridge_ms, flush_ms, unmatched = [], [], 0
+    for cid, eid, recv_ns, silenced_ns in measured["interruptions"]:
+        flush_ms.append((silenced_ns - recv_ns) / 1e6)
+        t_sent = sent.get((cid, int(eid)))
+        if t_sent is None:
+            unmatched += 1
+            continue
+        bridge_ms.append((silenced_ns - t_sent) / 1e6)
+    counters = measured["counters"]
+    sessions = max(1, measured["sessions"])
+    minutes = wall / 60
+    return {
+        "window_s": wall,
+        "sessions": measured["sessions"],
+        "session_states": measured["session_states"],
+        "cpu_cores": measured["cpu_s"] / wall,
+        "cpu_ms_per_session_second": measured["cpu_s"] * 1000 / wall / sessions,
+        "thread_cores": {k: v / wall for k, v in measured["thread_cpu_s"].items()},
+        "rss_mb": measured["rss_mb"],
+        "rss_per_session_mb": (measured["rss_mb"] - measured["rss_idle_mb"]) / sessions,
+        "loop_lag_ms": summarize(measured["lags_ms"]),
+        "lags_ms": measured["lags_ms"],
+        "underruns": counters["underruns"],
+        "underruns_per_session_minute": counters["underruns"] / sessions / minutes,
+        "underrun_ms": counters["underrun_samples"] / 48.0,
+        "pacer_reanchors": counters["reanchors"],
+        "pacer_lag_ms": counters["lag_frames"] * 10,
+        "counters": counters,
+        "interruption_bridge_ms": summarize(bridge_ms),
+        "interruption_flush_ms": summarize(flush_ms),
+        "interruption_samples_ms": bridge_ms,
+        "interruptions_unmatched": unmatched,
+        "ffi_events_per_s": measured["ffi_events"] / wall,
+        "ffi_subscriptions_scanned_per_event": measured["ffi_subscriptions_scanned"] / max(1, measured["ffi_events"]),
+        "emulator_replies": sum(report["replies"].values()),
+    }
+
+
+async def run(server: LiveKitServer, cfg: ScalingConfig, progress: Progress, *,
+              log_dir: Path | None = None) -> dict[str, Any]:
+    t0 = time.monotonic()
+    steps: list[dict[str, Any]] = []
+    skipped: list[int] = []
+    for n in cfg.steps:
+        if steps and steps[-1]["broken"]:
+            skipped.append(n)
+            continue
+        if time.monotonic() - t0 > cfg.time_budget_s:
+            progress(f"time budget of {cfg.time_budget_s:.0f} s spent: N={n} not tried")
+            skipped.append(n)
+            continue
+        step = await _step(server, n, cfg, progress, log_dir)
+        steps.append(step)
+        lag = step.get("loop_lag_ms", {})
+        intr = step.get("interruption_bridge_ms", {})
+        progress(f"N={n}: CPU {step.get('cpu_cores', float('nan')):.2f} cores, "
+                 f"RSS/session {step.get('rss_per_session_mb', float('nan')):.2f} MB, "
+                 f"lag p99 {lag.get('p99') or float('nan'):.1f} ms, underruns {step.get('underruns', '-')}, "
+                 f"interruption p99 {intr.get('p99') or float('nan'):.2f} ms (n={intr.get('n', 0)}), "
+                 f"machine busy {step.get('machine_busy', float('nan')):.0%}"
+                 + (f" — BROKEN: {'; '.join(step['why'])}" if step["broken"] else ""))
+        await asyncio.sleep(2.0)  # let the server close the step's rooms
+    usable = [s for s in steps if s.get("sessions") and s.get("rss_mb") is not None]
+    slope = None
+    if len({s["sessions"] for s in usable}) >= 2:
+        # Least squares of RSS against sessions: the memory an extra session costs, first-session costs aside.
+        slope = float(np.polyfit([s["sessions"] for s in usable], [s["rss_mb"] for s in usable], 1)[0])
+    return {"config": asdict(cfg), "steps": steps, "skipped": skipped, "rss_per_extra_session_mb": slope,
+            "max_unbroken_n": max((s["n"] for s in steps if not s["broken"]), default=0)}
