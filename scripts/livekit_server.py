@@ -96,6 +96,16 @@ def _free_tcp_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _tcp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _udp_range_free(start: int, count: int) -> bool:
     for port in range(start, start + count):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -176,10 +186,10 @@ class LiveKitServer:
             assert self._proc is not None
             if self._proc.poll() is not None:
                 raise LiveKitServerError(f"livekit-server exited with {self._proc.returncode}:\n{self.tail_log()}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(self.http_url, timeout=1) as response:
-                    if response.status == 200:
-                        return
+            with contextlib.suppress(OSError, urllib.error.URLError), \
+                    urllib.request.urlopen(self.http_url, timeout=1) as response:
+                if response.status == 200:
+                    return
             time.sleep(0.05)
         self.stop()
         raise LiveKitServerError(f"livekit-server did not answer on {self.http_url} in {timeout:.0f} s:\n"
@@ -211,6 +221,10 @@ class LiveKitServer:
         """Stop and start again on the same HTTP port (clients reconnect to the same URL)."""
         self.stop()
         self._port = self.port
+        # The old process may hold its listening socket for a moment after it exits.
+        deadline = time.monotonic() + 10
+        while not _tcp_port_free(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.start(timeout)
 
     def __enter__(self) -> LiveKitServer:
