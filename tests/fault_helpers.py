@@ -292,9 +292,10 @@ async def turn(rig: Rig, who: str, conversation: Conversation, freq: float, *, s
 class Scenario:
     """One row of the fault matrix: the resources it started, its hygiene check and its result."""
 
-    def __init__(self, side: str, name: str, *, check_hygiene: bool = True) -> None:
+    def __init__(self, side: str, name: str, *, check_hygiene: bool = True, record_row: bool = True) -> None:
         self.side, self.name = side, name
         self.check_hygiene = check_hygiene
+        self.record_row = record_row
         self.notes: list[str] = []
         self.rigs: list[Rig] = []
         self.cleanups: list[Callable[[], Any]] = []
@@ -371,8 +372,9 @@ class Scenario:
             outcome = "fail"
         else:
             outcome = "pass"
-        record(self.side, self.name, outcome, self.notes, failure or self.blocked,
-               time.monotonic() - self.started)
+        if self.record_row:
+            record(self.side, self.name, outcome, self.notes, failure or self.blocked,
+                   time.monotonic() - self.started)
         if exc is None and problems:
             raise AssertionError("resource hygiene: " + "; ".join(problems))
 

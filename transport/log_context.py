@@ -5,7 +5,8 @@ binds its own context while it starts and stops; every task created meanwhile (t
 writer, the SDK's room listener and the callers' audio streams, the session's own tasks) copies the context
 at creation, so whatever those tasks log (websockets, livekit, our modules) carries the ids without anyone
 passing them along. The object is shared and mutable: the session fills in the room once it has joined and
-the conversation id on every (re)connect, and records logged afterwards see the new values.
+the conversation id on every (re)connect, and records logged afterwards see the new values. The one gap: the
+LiveKit SDK forwards its native layer's log lines from its own thread, outside any task, so those carry no ids.
 
 :class:`ContextFilter` copies the fields onto the record as attributes (``session``, ``room``,
 ``conversation_id``); ``runner.JsonFormatter`` writes them out. Install the filter on *handlers*: a logger's
