@@ -12,7 +12,9 @@ interface that is not ``lo``. Three benchmarks, each its own module with the det
 
 Progress goes to stderr; the table to stdout; JSON with every raw sample and the machine description to
 ``benchmarks/results/<name>.json`` (``--quick``: ``benchmarks/results/quick/``) with ``summary.json`` beside
-them; PNG plots next to them. Full mode takes about 15–20 minutes on a 2-core machine, ``--quick`` 3–5.
+them; PNG plots next to them. Full mode takes about 15 minutes on a 2-core machine, ``--quick`` about 4.
+``--what-if NAME`` (scaling) measures a change to the bridge before it is made; its results go to
+``benchmarks/results/whatif-NAME/``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-trials", type=int, help="latency trials per bridge")
     parser.add_argument("--steps", help="scaling N values, comma-separated (e.g. 1,10,50)")
     parser.add_argument("--window", type=float, help="scaling measurement window per step, seconds")
+    parser.add_argument("--what-if", action="append", default=[], metavar="NAME",
+                        help="scaling only: measure a change to the bridge before it is made "
+                             "(tail-wake-fix, frame20; see benchmarks.bridge_host)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser.parse_args(argv)
@@ -66,6 +71,8 @@ def configs(opts: argparse.Namespace) -> tuple[interrupt.InterruptConfig, latenc
         s_cfg = replace(s_cfg, steps=tuple(int(x) for x in opts.steps.split(",")))
     if opts.window is not None:
         s_cfg = replace(s_cfg, window_s=opts.window)
+    if opts.what_if:
+        s_cfg = replace(s_cfg, what_if=tuple(opts.what_if))
     return i_cfg, l_cfg, s_cfg
 
 
@@ -80,9 +87,10 @@ def _strip_raw(result: dict[str, Any]) -> dict[str, Any]:
 
 async def run(opts: argparse.Namespace, server: LiveKitServer | None = None) -> dict[str, Any]:
     """Run the selected benchmarks; write JSON (and plots); return every result. ``server``: reuse one."""
-    out: Path = opts.out or (RESULTS / "quick" if opts.quick else RESULTS)
+    default = RESULTS / ("whatif-" + "+".join(opts.what_if)) if opts.what_if else RESULTS
+    out: Path = opts.out or (default / "quick" if opts.quick else default)
     out.mkdir(parents=True, exist_ok=True)
-    if opts.quick and out == RESULTS / "quick":
+    if opts.quick and out == default / "quick":
         (out / ".gitignore").write_text("# quick runs are for trying things; the committed figures are full runs\n*\n")
     selected = opts.only or list(NAMES)
     i_cfg, l_cfg, s_cfg = configs(opts)

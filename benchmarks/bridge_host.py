@@ -13,17 +13,22 @@
   subscriptions it scanned for each (``livekit.rtc``'s ``FfiQueue.put`` loops over every subscriber).
 - ``stop``.
 
+``--what-if NAME`` measures a change to the bridge before it is made (see :func:`apply_what_if`).
+
 Before any session exists, ``rss_idle_mb`` is taken with the SDK's native library loaded, so the per-session
 figure is (RSS − idle) / N.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -63,6 +68,15 @@ def thread_cpu() -> dict[str, float]:
     return out
 
 
+def main_thread_sched() -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of the thread running the event loop (schedstat)."""
+    try:
+        run_ns, wait_ns, _ = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0, 0
+    return int(run_ns), int(wait_ns)
+
+
 class FfiCounter:
     """Counts ``FfiQueue.put`` calls and the subscriptions each one scans (a wrapper, ~0.3 µs a call)."""
 
@@ -81,8 +95,50 @@ class FfiCounter:
         queue.put = put  # type: ignore[method-assign]
 
 
+WHAT_IF = ("tail-wake-fix", "frame20", "switch-1ms")
+
+
+def apply_what_if(names: list[str]) -> dict[str, Any]:
+    """Changes measured on request only (``python -m benchmarks --only scaling --what-if NAME``), to put a number
+    on a fix before anyone makes it. Delete an entry once the change is in the code (or rejected).
+
+    - ``tail-wake-fix``: ``core/downlink.py`` ``Downlink.next_wakeup_ns`` asks to be woken at the tail check
+      (last chunk + ``tail_after_ms``) even while more than ``tail_after_ms`` is buffered, when that check can
+      only return early; the time is then in the past and ``BridgeSession._play`` loops with a zero timeout for
+      the rest of every reply. This variant leaves the tail deadline out while the buffer is deeper than the
+      threshold (the pacer's own deadlines, every frame while playing, bring ``due`` back to it).
+    - ``frame20``: ``DownlinkConfig(frame_ms=20, lead_frames=2)``, half the captures (FFI calls) per second.
+    - ``switch-1ms``: ``sys.setswitchinterval(0.001)``. livekit.rtc runs Python (event parsing, the fan-out to
+      every subscription) on the SDK's callback thread; the loop thread gives up the GIL on every FFI call and
+      socket operation and may then wait up to the switch interval (5 ms) to get it back.
+    """
+    session_kwargs: dict[str, Any] = {}
+    if "tail-wake-fix" in names:
+        from core.clock import MS
+        from core.downlink import Downlink
+
+        def next_wakeup_ns(self: Downlink, now_ns: int) -> int | None:
+            wake: int | None = None
+            if self.playout.ready:
+                wake = self.pacer.next_wakeup_ns(now_ns)
+            if self._tail_pending and self._last_push_ns is not None and (
+                    wake is None or self.playout.depth_ms <= self.config.tail_after_ms):
+                tail_at = self._last_push_ns + self.config.tail_after_ms * MS
+                wake = tail_at if wake is None else min(wake, tail_at)
+            return wake
+
+        Downlink.next_wakeup_ns = next_wakeup_ns  # type: ignore[method-assign]
+    if "switch-1ms" in names:
+        sys.setswitchinterval(0.001)
+    if "frame20" in names:
+        from core.downlink import DownlinkConfig
+        session_kwargs["downlink"] = DownlinkConfig(frame_ms=20, lead_frames=2)
+    return session_kwargs
+
+
 class Host:
-    def __init__(self) -> None:
+    def __init__(self, session_kwargs: dict[str, Any] | None = None) -> None:
+        self.session_kwargs = session_kwargs or {}
         self.sessions: list[BridgeSession] = []
         self.failed: dict[str, str] = {}
         self.lags: list[float] = []
@@ -100,7 +156,8 @@ class Host:
         async def one(room: str) -> None:
             token = mint_token(cmd["api_key"], cmd["api_secret"], room=room, identity=AGENT, agent=True)
             session = BridgeSession(SessionConfig(livekit_url=cmd["livekit_url"], livekit_token=token, engine=engine,
-                                                  identity=AGENT, start_when="immediately", end_when_empty=False))
+                                                  identity=AGENT, start_when="immediately", end_when_empty=False,
+                                                  **self.session_kwargs))
             async with gate:
                 try:
                     async with asyncio.timeout(60):
@@ -147,6 +204,7 @@ class Host:
     def measure_start(self) -> dict[str, Any]:
         self.lags.clear()
         self._mark = {"wall": time.monotonic_ns(), "cpu": time.process_time(), "threads": thread_cpu(),
+                      "sched": main_thread_sched(),
                       "counters": self._counters(), "ffi_events": self.ffi.events, "ffi_scanned": self.ffi.scanned}
         self.measuring = True
         return {}
@@ -157,6 +215,11 @@ class Host:
         now = time.monotonic_ns()
         wall = (now - mark["wall"]) / 1e9
         threads = thread_cpu()
+        run_ns, wait_ns = main_thread_sched()
+        on_cpu, runnable = (run_ns - mark["sched"][0]) / 1e9 / wall, (wait_ns - mark["sched"][1]) / 1e9 / wall
+        # What the loop thread did with the window: ran, waited for a CPU, or was blocked (GIL, locks, I/O wait).
+        loop_thread = {"on_cpu": on_cpu, "runnable_waiting": runnable,
+                       "blocked_or_idle": max(0.0, 1 - on_cpu - runnable)}
         by_thread = {k: v - mark["threads"].get(k, 0.0) for k, v in threads.items()}
         counters = self._counters()
         delta = {k: counters[k] - mark["counters"][k] for k in counters}
@@ -171,7 +234,8 @@ class Host:
             states[s.state.value] = states.get(s.state.value, 0) + 1
         return {"wall_s": wall, "cpu_s": time.process_time() - mark["cpu"],
                 "thread_cpu_s": {k: round(v, 3) for k, v in sorted(by_thread.items(), key=lambda kv: -kv[1]) if v > 0},
-                "rss_mb": rss_mb(), "rss_idle_mb": self.rss_idle, "sessions": len(self.sessions),
+                "loop_thread": loop_thread, "rss_mb": rss_mb(), "rss_idle_mb": self.rss_idle,
+                "sessions": len(self.sessions),
                 "session_states": states, "counters": delta, "lags_ms": self.lags[:],
                 "interruptions": interruptions, "ffi_events": self.ffi.events - mark["ffi_events"],
                 "ffi_subscriptions_scanned": self.ffi.scanned - mark["ffi_scanned"]}
@@ -183,11 +247,11 @@ class Host:
         return {}
 
 
-async def serve() -> None:
+async def serve(what_if: list[str]) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 24)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    host = Host()
+    host = Host(apply_what_if(what_if))
     out = sys.stdout
 
     def answer(msg: dict[str, Any]) -> None:
@@ -218,8 +282,12 @@ async def serve() -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--what-if", action="append", choices=WHAT_IF, default=[])
+    args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="bridge_host %(levelname)s %(message)s")
-    run_loop(serve())
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: every thread's stack to the log
+    run_loop(serve(args.what_if))
 
 
 if __name__ == "__main__":

@@ -216,7 +216,7 @@ def summarize_trials(trials: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         row: dict[str, Any] = {}
         for metric in ("bridge_ms", "bridge_from_read_ms", "remote_ms", "read_delay_ms", "room_delay_at_start_ms",
-                       "room_delay_at_end_ms"):
+                       "room_delay_at_end_ms", "speech_to_interruption_ms"):
             ours = summarize(t[metric] for t in picked if t["bridge"] == "ours")
             base = summarize(t[metric] for t in picked if t["bridge"] == "baseline")
             row[metric] = {"ours": ours, "baseline": base,

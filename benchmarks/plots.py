@@ -105,6 +105,9 @@ def plot_scaling(scaling: dict[str, Any], path: Path, machine: str) -> None:
     ax = axes[0][1]
     rss = [s.get("rss_per_session_mb") for s in steps]
     ax.plot(n, rss, "o-", color=OURS, label="(RSS − RSS before sessions) / N")
+    slope = scaling.get("rss_per_extra_session_mb")
+    if slope is not None:
+        ax.axhline(slope, color=OURS, linestyle=":", linewidth=1, label=f"per extra session (fit): {slope:.2f} MB")
     ax.axhline(2.0, color=BASE, linestyle="--", linewidth=0.8, label="target: 2 MB per extra session")
     ax.set_ylabel("MB per session")
     ax.set_title("Memory", fontsize=10)
@@ -117,9 +120,10 @@ def plot_scaling(scaling: dict[str, Any], path: Path, machine: str) -> None:
     ax.set_yscale("symlog", linthresh=1)
     ax.set_title("Event-loop lag (20 ms sleep overshoot) and underruns", fontsize=10)
     ax2 = ax.twinx()
-    ax2.bar(n, [s.get("underruns", 0) for s in steps], width=[max(0.5, x * 0.15) for x in n], alpha=0.25,
-            color=BASE, label="playout underruns in the window")
-    ax2.set_ylabel("underruns")
+    ax2.bar(n, [s.get("pacer_lag_ms", 0) / 1000 + s.get("underrun_ms", 0) / 1000 for s in steps],
+            width=[max(0.5, x * 0.15) for x in n], alpha=0.25, color=BASE, label="audio gaps heard (s, all sessions)")
+    ax2.set_ylabel("seconds of gaps in the window")
+    ax2.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="upper left")
     ax2.legend(fontsize=8, loc="upper right")
 
@@ -135,11 +139,18 @@ def plot_scaling(scaling: dict[str, Any], path: Path, machine: str) -> None:
     mark(ax, p99)
     ax.legend(fontsize=8)
 
+    for s in scaling["steps"]:
+        if s["broken"] and not s.get("sessions"):
+            for row in axes:
+                for a in row:
+                    a.axvline(s["n"], color=BASE, linestyle=":", linewidth=1)
+            axes[0][0].annotate(f"N={s['n']}: broken", (s["n"], 0.1), fontsize=8, color=BASE)
     for row in axes:
         for a in row:
             a.set_xscale("log")
-            a.set_xticks(n)
-            a.set_xticklabels([str(x) for x in n])
+            ticks = sorted({s["n"] for s in scaling["steps"]})
+            a.set_xticks(ticks)
+            a.set_xticklabels([str(x) for x in ticks])
             a.set_xlabel("sessions in one process (N)")
             a.grid(alpha=0.3)
     fig.suptitle(f"Scaling: N bridge sessions in one process, callers and emulator in others — {machine}", fontsize=10)
