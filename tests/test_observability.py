@@ -51,6 +51,7 @@ async def test_metrics_are_scraped_over_http_per_session_and_in_total(livekit_se
     port = await metrics.serve(0)
     try:
         async with Scenario("obs", "metrics", record_row=False) as sc:
+            sc.on_exit(metrics.close)  # before the hygiene check: the exporter's formatting thread goes too
             rig = await sc.rig(livekit_server, start=False)
             metrics.track(rig.session)
             await rig.session.start()
