@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 IN_NS := scripts/netns.sh exec
 
-.PHONY: demo test venv server chromium web bench bench-quick lint clean
+.PHONY: demo test faults soak venv server chromium web bench bench-quick lint clean
 
 demo: venv server web
 	$(IN_NS) $(PY) -m scripts.demo $(DEMO_ARGS)
@@ -40,6 +40,16 @@ web: web/node_modules/livekit-client/package.json
 web/node_modules/livekit-client/package.json: web/package.json web/package-lock.json
 	npm ci --prefix web --no-audit --no-fund --loglevel=error
 	touch $@
+
+# The fault matrix (docs/FAULTS.md) from a fresh run of the fault, limits and soak tests.
+faults: venv server
+	rm -f artifacts/fault_matrix.json
+	$(IN_NS) $(PY) -m pytest tests/test_faults.py tests/test_security.py tests/test_soak.py $(PYTEST_ARGS)
+	$(PY) -m scripts.fault_matrix
+
+# The long soak (20 sessions x 10 min by default; SOAK_ARGS="--sessions 5 --minutes 2").
+soak: venv server
+	$(IN_NS) $(PY) -m benchmarks.soak $(SOAK_ARGS)
 
 bench-quick: venv server
 	$(IN_NS) $(PY) -m benchmarks --quick
