@@ -44,8 +44,8 @@ web/node_modules/livekit-client/package.json: web/package.json web/package-lock.
 # The fault matrix (docs/FAULTS.md) from a fresh run of the fault, limits and soak tests.
 faults: venv server
 	rm -f artifacts/fault_matrix.json
-	$(IN_NS) $(PY) -m pytest tests/test_faults.py tests/test_security.py tests/test_soak.py $(PYTEST_ARGS)
-	$(PY) -m scripts.fault_matrix
+	$(IN_NS) $(PY) -m pytest tests/test_faults.py tests/test_security.py tests/test_soak.py $(PYTEST_ARGS); \
+		status=$$?; $(PY) -m scripts.fault_matrix; exit $$status
 
 # The long soak (20 sessions x 10 min by default; SOAK_ARGS="--sessions 5 --minutes 2").
 soak: venv server
