@@ -50,6 +50,16 @@ async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
             await asyncio.sleep(0.02)
 
 
+async def played_out(heard: Heard, since_ns: int, quiet_ms: int = 400, timeout: float = 15.0) -> None:
+    """Until the agent, having spoken after ``since_ns``, has been quiet for ``quiet_ms``."""
+    async with asyncio.timeout(timeout):
+        while True:
+            last = heard.last_loud_time(LOUD)
+            if last is not None and last >= since_ns and time.monotonic_ns() - last > quiet_ms * 1_000_000:
+                return
+            await asyncio.sleep(0.05)
+
+
 Bridge = Callable[..., Awaitable[tuple[BridgeSession, Emulator]]]
 
 
@@ -97,7 +107,7 @@ async def test_caller_is_heard_by_the_engine_and_the_echo_comes_back(
         stopped_ns = time.monotonic_ns()
         reply = await conversation.next_reply(timeout=10)
         await until(lambda: heard.first_loud_after(stopped_ns, LOUD) is not None, 10)
-        await asyncio.sleep(1.3)  # the whole echo plays at real time
+        await played_out(heard, stopped_ns)  # the whole echo plays at real time
 
     # The engine got the caller's voice in its own format and rate, at the level it was sent.
     fmt = parse_format(emu.config.input_format)
@@ -223,7 +233,7 @@ async def test_formats_end_to_end(livekit_server: LiveKitServer, bridge: Bridge,
         stopped_ns = time.monotonic_ns()
         await conversation.next_reply(timeout=10)
         await until(lambda: heard.first_loud_after(stopped_ns, LOUD) is not None, 10)
-        await asyncio.sleep(1.3)
+        await played_out(heard, stopped_ns)
 
     assert session.uplink is not None and session.uplink.format.name == input_format
     assert session.downlink is not None and session.downlink.format.name == output_format

@@ -392,7 +392,8 @@ class BridgeSession:
     # ------------------------------------------------------------------ playout and keepalive
     async def _play(self) -> None:
         """The only writer of the agent's voice: pacer deadlines in, 10 ms frames out."""
-        clock, room = self.clock, self.room
+        clock, room, wake = self.clock, self.room, self._wake
+        loop = asyncio.get_running_loop()
         while True:
             down = self.downlink
             now = clock.now_ns()
@@ -406,10 +407,17 @@ class BridgeSession:
                 wake_ns = down.next_wakeup_ns(now)
             else:
                 wake_ns = None
-            self._wake.clear()
-            timeout = None if wake_ns is None else max(0.0, (wake_ns - clock.now_ns()) / SECOND)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            wake.clear()
+            if wake_ns is None:
+                await wake.wait()  # idle: the next audio event or interruption sets it
+                continue
+            # A timer that sets the same event: no task or cancellation per frame (wait_for would make both,
+            # 100 times a second per playing session).
+            timer = loop.call_later(max(0.0, (wake_ns - clock.now_ns()) / SECOND), wake.set)
+            try:
+                await wake.wait()
+            finally:
+                timer.cancel()
 
     async def _keepalive(self) -> None:
         while True:
