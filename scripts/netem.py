@@ -40,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -90,6 +91,16 @@ def netem_available() -> bool:
         _run("ip", "netns", "del", name, check=False)
 
 
+def _remove_stale_links() -> None:
+    """Namespaces left by a run that was killed (a numeric id is the creating process's pid; the command
+    line's named links are left alone): deleting one also deletes its veth pair, the test side's end too."""
+    for line in _run("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        ident = name.removeprefix("lkbn-")
+        if name.startswith("lkbn-") and ident.isdigit() and not os.path.exists(f"/proc/{ident}"):
+            _run("ip", "netns", "del", name, check=False)
+
+
 def _udp_random_filter(threshold: int) -> str:
     """Classic BPF for cls_bpf: match (return -1) IPv4 UDP packets when a random u32 < threshold."""
     program = [
@@ -118,11 +129,11 @@ class ImpairedLink:
     jitter_ms: float = 10.0  # netem only
     jitter_pct: float = 20.0  # fallback only: share of UDP packets sent through the slow side queue
     jitter_kbit: int = 64  # fallback only: rate of that queue
-    link_id: str = field(default_factory=lambda: str(os.getpid() % 100000))
+    link_id: str = field(default_factory=lambda: str(os.getpid()))
     method: str = ""
 
     def __post_init__(self) -> None:
-        octet = int(self.link_id) % 250 + 1
+        octet = zlib.crc32(self.link_id.encode()) % 250 + 1
         self.namespace = f"lkbn-{self.link_id}"
         self.local_if, self.remote_if = f"lkbn{self.link_id}t", f"lkbn{self.link_id}s"
         self.local_ip, self.remote_ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
@@ -133,6 +144,7 @@ class ImpairedLink:
         if reason is not None:
             raise Unavailable(reason)
         self.down()
+        _remove_stale_links()
         self.method = "netem" if netem_available() else "htb+bpf"
         ns = self.namespace
         _run("ip", "netns", "add", ns)
@@ -272,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="create the link (until `down`)")
     up.add_argument("--loss", type=float, default=5.0)
     up.add_argument("--jitter", type=float, default=20.0, help="fallback: %% of packets through the slow queue")
-    up.add_argument("--id", default=str(os.getpid() % 100000))
+    up.add_argument("--id", default="cli", help="names the link (letters/digits, up to 7); digits = a pid")
     down = sub.add_parser("down", help="remove a link")
     down.add_argument("--id", required=True)
     args = parser.parse_args(argv)
