@@ -232,7 +232,7 @@ async def test_message_floods_are_bounded_and_the_call_goes_on(
         assert abs(after.heard_hz - 350.0) < 12
         sc.happened(f"all 30000 messages read and counted by kind; {len(drops)} log lines; the session's "
                     f"interruption log kept at its {len(rig.session.interruptions)} newest; process RSS "
-                    f"+{grown_mib:.1f} MiB (emulator included); the next turn was echoed")
+                    f"{grown_mib:+.1f} MiB (emulator included); the next turn was echoed")
 
 
 @pytest.mark.livekit
@@ -260,7 +260,7 @@ async def test_agent_audio_far_ahead_of_real_time_is_capped_at_30_s(livekit_serv
         after = await turn(rig, "alice", conversation, 390.0)
         assert abs(after.heard_hz - 390.0) < 12
         sc.happened(f"the playout buffer held {depth_s:.1f} s and refused {refused_s:.1f} s (the newest); process "
-                    f"RSS +{grown_mib:.1f} MiB (the in-process emulator's copy of the reply included); an "
+                    f"RSS {grown_mib:+.1f} MiB (the in-process emulator's copy of the reply included); an "
                     "interruption emptied it; the next turn was echoed")
 
 
