@@ -41,6 +41,11 @@ class DownlinkConfig:
     capacity_ms: int = 30_000
     idle_after_ms: int = 200
     tail_after_ms: int = 60
+    # After an interruption, send this much digital silence instead of simply stopping. A receiver whose
+    # packets stop conceals the gap by stretching the last audio it decoded (WebRTC's NetEq "expand"), which
+    # keeps the interrupted voice audible, fading, for a hundred milliseconds and more; real silent packets
+    # end it as soon as the receiver's jitter buffer has played out.
+    silence_after_interrupt_ms: int = 120
 
 
 class Downlink:
@@ -56,6 +61,8 @@ class Downlink:
         self.pacer = Pacer(frame_ns=config.frame_ms * MS, lead_frames=config.lead_frames)
         self._last_push_ns: int | None = None
         self._tail_pending = False
+        self._silence_frames = 0  # silence still owed after an interruption
+        self._frame = OUTPUT_RATE * config.frame_ms // 1000
         self.chunks_in = 0
         self.bytes_in = 0
         self.interruptions = 0
@@ -90,12 +97,15 @@ class Downlink:
         self._tail_pending = False
         self.first_audio_ns = None
         self.interruptions += 1
+        self._silence_frames = self.config.silence_after_interrupt_ms // self.config.frame_ms
         return dropped
 
     def due(self, now_ns: int) -> Int16Array | None:
         """Samples to hand to the AudioSource now (whole frames), or None when nothing is due."""
         self._maybe_flush_tail(now_ns)
         playout = self.playout
+        if not playout.ready and self._silence_frames:
+            return self._silence_due(now_ns)
         if not playout.ready:
             # The sink still drains what it holds: keep the schedule, so a reply that resumes continues it.
             self.pacer.stop()
@@ -113,13 +123,22 @@ class Downlink:
         if not frames:
             self.pacer.stop()
             return None
+        self._silence_frames = 0  # a new reply plays: it replaces the silence
         self.pacer.on_frames_sent(len(frames), now_ns)
         return frames[0] if len(frames) == 1 else np.concatenate(frames)
+
+    def _silence_due(self, now_ns: int) -> Int16Array | None:
+        n = min(self.pacer.frames_due(now_ns), self._silence_frames)
+        if n <= 0:
+            return None
+        self._silence_frames -= n
+        self.pacer.on_frames_sent(n, now_ns)
+        return np.zeros(n * self._frame, dtype=np.int16)
 
     def next_wakeup_ns(self, now_ns: int) -> int | None:
         """When :meth:`due` may next have something: a pacer deadline, the tail check, or None when idle."""
         wake: int | None = None
-        if self.playout.ready:
+        if self.playout.ready or self._silence_frames:
             wake = self.pacer.next_wakeup_ns(now_ns)
         if self._tail_pending and self._last_push_ns is not None:
             tail_at = self._last_push_ns + self.config.tail_after_ms * MS

@@ -157,6 +157,9 @@ class LiveKitServer:
             "  node_ip: 127.0.0.1",
             "  use_external_ip: false",
             "  enable_loopback_candidate: true",
+            # Without a STUN server of its own the server hands clients public ones (Google's, Twilio's);
+            # a loopback address keeps even their lookups and binding requests on this machine.
+            "  stun_servers: [\"127.0.0.1:3478\"]",
             "  ips:",
             "    includes: [127.0.0.0/8]",
             "keys:",

@@ -116,10 +116,16 @@ def test_interrupt_drops_everything_and_nothing_more_is_due() -> None:
     drain(down, 0, 500 * MS)
     dropped = down.interrupt()
     assert dropped > 4 * RATE
-    assert down.due(510 * MS) is None
-    assert down.next_wakeup_ns(510 * MS) is None  # idle: the driver may sleep until audio arrives
-    down.push(burst("pcm_16000", 0.5), 600 * MS)  # the next reply plays again
-    assert down.due(600 * MS) is not None
+    # Then only digital silence, paced, and only the configured amount: the receiver hears real silence
+    # instead of concealing a stopped stream.
+    after = drain(down, 510 * MS, 1_000 * MS)
+    silence = np.concatenate([s for _, s in after])
+    assert silence.size == down.config.silence_after_interrupt_ms * RATE // 1000
+    assert not silence.any()
+    assert down.due(1_000 * MS) is None
+    assert down.next_wakeup_ns(1_000 * MS) is None  # idle: the driver may sleep until audio arrives
+    down.push(burst("pcm_16000", 0.5), 1_100 * MS)  # the next reply plays again
+    assert down.due(1_100 * MS) is not None
 
 
 def test_the_reply_tail_leaves_the_resampler_when_audio_stops() -> None:
