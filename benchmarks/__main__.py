@@ -20,6 +20,7 @@ them; PNG plots next to them. Full mode takes about 15 minutes on a 2-core machi
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -49,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="scaling only: measure a change to the bridge before it is made "
                              "(tail-wake-fix, frame20; see benchmarks.bridge_host)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--replot", action="store_true",
+                        help="measure nothing: redraw the plots and print the table from the JSON in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser.parse_args(argv)
 
@@ -134,8 +137,26 @@ async def run(opts: argparse.Namespace, server: LiveKitServer | None = None) -> 
     return results
 
 
+def replot(opts: argparse.Namespace) -> dict[str, Any]:
+    out: Path = opts.out or (RESULTS / "quick" if opts.quick else RESULTS)
+    results: dict[str, Any] = {}
+    for name in opts.only or NAMES:
+        path = out / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+            results.setdefault("machine", results[name].get("machine", {}))
+    if not opts.no_plots:
+        from benchmarks.plots import plot_all
+        plot_all(results, out)
+    results["table"] = render(results)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    if opts.replot:
+        print(replot(opts)["table"])
+        return 0
     try:
         results = run_loop(run(opts))
     except LiveKitServerError as exc:

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import summarize
+
 __all__ = ["plot_all"]
 
 OURS, BASE = "#1f77b4", "#d62728"
@@ -60,9 +62,9 @@ def plot_interrupt(interrupt: dict[str, Any], path: Path, machine: str) -> None:
         for bridge, color in (("ours", OURS), ("baseline", BASE)):
             v = [max(t[metric], lo) for t in trials if t["bridge"] == bridge and t[metric] is not None]
             if v:
-                p99 = float(np.percentile(v, 99))
-                ax.hist(v, bins=bins, alpha=0.75, color=color, label=f"{bridge}: median {np.median(v):.3g} ms, "
-                        f"p99 {p99:.3g} ms (n={len(v)})")
+                stats = summarize(v)
+                ax.hist(v, bins=bins, alpha=0.75, color=color, label=f"{bridge}: p50 {stats['p50']:.3g} ms, "
+                        f"p99 {stats['p99']:.3g} ms (n={len(v)}, hook and speech trials)")
         ax.set_xscale("log")
         ax.set_xlabel("ms (log scale)")
         ax.set_ylabel("trials")
