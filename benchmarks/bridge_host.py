@@ -114,18 +114,20 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
     """
     session_kwargs: dict[str, Any] = {}
     if "tail-wake-fix" in names:
-        from core.clock import MS
         from core.downlink import Downlink
 
+        original = Downlink.next_wakeup_ns
+
         def next_wakeup_ns(self: Downlink, now_ns: int) -> int | None:
-            wake: int | None = None
-            if self.playout.ready:
-                wake = self.pacer.next_wakeup_ns(now_ns)
-            if self._tail_pending and self._last_push_ns is not None and (
-                    wake is None or self.playout.depth_ms <= self.config.tail_after_ms):
-                tail_at = self._last_push_ns + self.config.tail_after_ms * MS
-                wake = tail_at if wake is None else min(wake, tail_at)
-            return wake
+            # Hide the pending tail check while it cannot pass; keep it when there is nothing else to wake for.
+            if self._tail_pending and self.playout.depth_ms > self.config.tail_after_ms:
+                self._tail_pending = False
+                try:
+                    wake = original(self, now_ns)
+                finally:
+                    self._tail_pending = True
+                return wake if wake is not None else original(self, now_ns)
+            return original(self, now_ns)
 
         Downlink.next_wakeup_ns = next_wakeup_ns  # type: ignore[method-assign]
     if "switch-1ms" in names:
