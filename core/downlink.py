@@ -142,7 +142,11 @@ class Downlink:
             wake = self.pacer.next_wakeup_ns(now_ns)
         if self._tail_pending and self._last_push_ns is not None:
             tail_at = self._last_push_ns + self.config.tail_after_ms * MS
-            wake = tail_at if wake is None else min(wake, tail_at)
+            # A passed tail deadline that did not fire is waiting for the buffer to run low; the pacer's own
+            # deadlines re-check it every frame. Returning it would wake the driver at once, again and again,
+            # for the rest of the reply (measured: one core spinning per playing session).
+            if tail_at > now_ns or wake is None:
+                wake = tail_at if wake is None else min(wake, tail_at)
         return wake
 
     def _maybe_flush_tail(self, now_ns: int) -> None:

@@ -136,3 +136,13 @@ def test_the_reply_tail_leaves_the_resampler_when_audio_stops() -> None:
     total = sum(s.size for _, s in sent)
     assert total >= int(0.1 * RATE)  # the ~21 ms still in soxr came out too
     assert not down.playout.is_playing
+
+
+def test_a_deep_buffer_does_not_make_the_driver_spin() -> None:
+    """While a long reply is buffered, the next wakeup is the next frame, never a deadline already passed."""
+    down = Downlink(parse_format("pcm_16000"), FakeClock(), DownlinkConfig(tail_after_ms=60))
+    down.push(burst("pcm_16000", 3.0), 0)
+    for now in range(0, 1_000 * MS, 10 * MS):
+        down.due(now)
+        wake = down.next_wakeup_ns(now)
+        assert wake is not None and wake > now, (now, wake)
