@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=float, help="scaling measurement window per step, seconds")
     parser.add_argument("--what-if", action="append", default=[], metavar="NAME",
                         help="scaling only: measure a change to the bridge before it is made "
-                             "(tail-wake-fix, frame20; see benchmarks.bridge_host)")
+                             "(frame20, switch-1ms; see benchmarks.bridge_host)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--replot", action="store_true",
                         help="measure nothing: redraw the plots and print the table from the JSON in --out")
@@ -126,8 +126,15 @@ async def run(opts: argparse.Namespace, server: LiveKitServer | None = None) -> 
     finally:
         if own_server:
             server.stop()
-    summary = {"machine": desc, "mode": mode, "benchmarks": selected, "targets": targets(results),
-               **{name: _strip_raw(results[name]) for name in selected if name in results}}
+    # With --only, the other benchmarks' latest results in the same directory still belong in the summary,
+    # the table and the plots; each keeps its own machine description (date, commit, load).
+    earlier = [name for name in NAMES if name not in selected and (out / f"{name}.json").exists()]
+    for name in earlier:
+        results[name] = json.loads((out / f"{name}.json").read_text())
+    summary = {"machine": desc, "mode": mode, "benchmarks": selected, "earlier_runs": {
+                   name: {k: results[name]["machine"].get(k) for k in ("date", "git_commit", "loadavg_at_start")}
+                   for name in earlier},
+               "targets": targets(results), **{name: _strip_raw(results[name]) for name in NAMES if name in results}}
     write_json(out / "summary.json", summary)
     if not opts.no_plots:
         from benchmarks.plots import plot_all

@@ -95,41 +95,19 @@ class FfiCounter:
         queue.put = put  # type: ignore[method-assign]
 
 
-WHAT_IF = ("tail-wake-fix", "frame20", "switch-1ms")
+WHAT_IF = ("frame20", "switch-1ms")
 
 
 def apply_what_if(names: list[str]) -> dict[str, Any]:
     """Changes measured on request only (``python -m benchmarks --only scaling --what-if NAME``), to put a number
     on a fix before anyone makes it. Delete an entry once the change is in the code (or rejected).
 
-    - ``tail-wake-fix``: ``core/downlink.py`` ``Downlink.next_wakeup_ns`` asks to be woken at the tail check
-      (last chunk + ``tail_after_ms``) even while more than ``tail_after_ms`` is buffered, when that check can
-      only return early; the time is then in the past and ``BridgeSession._play`` loops with a zero timeout for
-      the rest of every reply. This variant leaves the tail deadline out while the buffer is deeper than the
-      threshold (the pacer's own deadlines, every frame while playing, bring ``due`` back to it).
     - ``frame20``: ``DownlinkConfig(frame_ms=20, lead_frames=2)``, half the captures (FFI calls) per second.
     - ``switch-1ms``: ``sys.setswitchinterval(0.001)``. livekit.rtc runs Python (event parsing, the fan-out to
       every subscription) on the SDK's callback thread; the loop thread gives up the GIL on every FFI call and
       socket operation and may then wait up to the switch interval (5 ms) to get it back.
     """
     session_kwargs: dict[str, Any] = {}
-    if "tail-wake-fix" in names:
-        from core.downlink import Downlink
-
-        original = Downlink.next_wakeup_ns
-
-        def next_wakeup_ns(self: Downlink, now_ns: int) -> int | None:
-            # Hide the pending tail check while it cannot pass; keep it when there is nothing else to wake for.
-            if self._tail_pending and self.playout.depth_ms > self.config.tail_after_ms:
-                self._tail_pending = False
-                try:
-                    wake = original(self, now_ns)
-                finally:
-                    self._tail_pending = True
-                return wake if wake is not None else original(self, now_ns)
-            return original(self, now_ns)
-
-        Downlink.next_wakeup_ns = next_wakeup_ns  # type: ignore[method-assign]
     if "switch-1ms" in names:
         sys.setswitchinterval(0.001)
     if "frame20" in names:
