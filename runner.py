@@ -31,7 +31,7 @@ from core.formats import ENGINE_FORMATS, parse_format
 from core.redact import Redactor
 from transport.livekit_token import mint_token
 from transport.log_context import ContextFilter
-from transport.session import BridgeSession, EngineSettings, SessionConfig
+from transport.session import BridgeSession, EngineSettings, SessionConfig, serve
 from transport.signed_url import DEFAULT_API_BASE
 
 if TYPE_CHECKING:
@@ -156,21 +156,12 @@ async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.
         session = BridgeSession(session_config(args, livekit, engine))
         if metrics is not None:
             metrics.track(session)
-        await session.start()
         log.info("bridging room %r on %s as %s; Ctrl-C stops", args.room, livekit.url, args.identity)
-        waiter = asyncio.ensure_future(session.wait())
-        stopper = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await serve(session, stop)
         finally:
-            stopper.cancel()
-            await session.stop()
             if metrics is not None:
                 metrics.untrack(session)
-        if not waiter.done():
-            waiter.cancel()
-            return 0
-        waiter.result()  # the error that ended the session, if any
     return 0
 
 
@@ -186,20 +177,11 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
             session = BridgeSession(session_config(args, livekit, engine, url=ctx.url, token=ctx.token))
             if metrics is not None:
                 metrics.track(session)
-            await session.start()
-            ended = asyncio.ensure_future(session.wait())
-            terminated = asyncio.ensure_future(ctx.termination.wait())
             try:
-                await asyncio.wait({ended, terminated}, return_when=asyncio.FIRST_COMPLETED)
+                await serve(session, ctx.termination)
             finally:
-                terminated.cancel()
-                await session.stop()
                 if metrics is not None:
                     metrics.untrack(session)
-            if ended.done():
-                ended.result()
-            else:
-                ended.cancel()
 
         worker = Worker(WorkerConfig(url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret,
                                      agent_name=args.agent_name, max_jobs=args.max_jobs), job)

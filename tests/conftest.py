@@ -26,14 +26,19 @@ def need(reason: str) -> None:
     pytest.skip(f"{reason}; run `make test` to build/install it")
 
 
-@pytest.fixture(scope="session")
-def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
-    server = LiveKitServer(api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,
-                           log_dir=tmp_path_factory.mktemp("livekit"))
+def started_server(tmp_path_factory: pytest.TempPathFactory, name: str = "livekit") -> LiveKitServer:
+    """A real livekit-server with the test keys, or a failure (CI) / skip (elsewhere) saying why not."""
+    server = LiveKitServer(api_key=TEST_API_KEY, api_secret=TEST_API_SECRET, log_dir=tmp_path_factory.mktemp(name))
     try:
         server.start()
     except LiveKitServerError as exc:
         need(f"livekit-server is not available: {exc}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    server = started_server(tmp_path_factory)
     yield server
     server.stop()
 

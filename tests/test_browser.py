@@ -26,7 +26,7 @@ from scripts.livekit_server import LiveKitServer
 from tests.bridge_fixtures import ToneAgent, running_worker, unique, wait_for
 from tests.cdp import Chromium, Page, find_chromium
 from tests.conftest import need
-from transport.session import BridgeSession, EngineSettings, SessionConfig
+from transport.session import BridgeSession, EngineSettings, SessionConfig, serve
 from transport.token_server import SDK_PATH, WEB_ROOT, TokenServer, TokenServerConfig
 from transport.worker import JobContext, JobRunner, WorkerConfig
 
@@ -166,16 +166,7 @@ def bridge_job_runner(engine: EngineSettings, sessions: list[BridgeSession]) -> 
         session = BridgeSession(SessionConfig(livekit_url=ctx.url, livekit_token=ctx.token, engine=engine,
                                               identity=ctx.identity, linger_s=2.0))
         sessions.append(session)
-        await session.start()
-        ended = asyncio.ensure_future(session.wait())
-        terminated = asyncio.ensure_future(ctx.termination.wait())
-        try:
-            await asyncio.wait({ended, terminated}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            terminated.cancel()
-            await session.stop()
-        if ended.done():
-            ended.result()
+        await serve(session, ctx.termination)
 
     return run
 

@@ -20,9 +20,9 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from core.errors import ConfigError, LiveKitError
 from scripts.caller import Caller
-from scripts.livekit_server import LiveKitServer, LiveKitServerError
+from scripts.livekit_server import LiveKitServer
 from tests.bridge_fixtures import RATE, ToneAgent, dominant_hz, running_worker, unique, wait_for
-from tests.conftest import TEST_API_KEY, TEST_API_SECRET, need
+from tests.conftest import TEST_API_KEY, TEST_API_SECRET, started_server
 from transport.backoff import constant
 from transport.livekit_token import mint_token
 from transport.worker import JobContext, Worker, WorkerConfig, agent_endpoint, drain_on_signals
@@ -205,12 +205,7 @@ async def test_bad_credentials_fail_fast_without_leaking_the_secret(livekit_serv
 @pytest.fixture
 def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
     """A server of this test's own: restarting the session's server would break other tests."""
-    server = LiveKitServer(api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,
-                           log_dir=tmp_path_factory.mktemp("livekit-restart"))
-    try:
-        server.start()
-    except LiveKitServerError as exc:
-        need(f"livekit-server is not available: {exc}")
+    server = started_server(tmp_path_factory, "livekit-restart")
     yield server
     server.stop()
 

@@ -54,7 +54,7 @@ from transport.log_context import LogContext, bound, new_session_id
 from transport.signed_url import DEFAULT_API_BASE, UrlProvider, signed_url_provider, static_url
 from transport.transcripts import TranscriptPublisher
 
-__all__ = ["BridgeSession", "EngineSettings", "SessionConfig", "SessionEvent", "SessionState"]
+__all__ = ["BridgeSession", "EngineSettings", "SessionConfig", "SessionEvent", "SessionState", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -508,3 +508,21 @@ def vars_of(obj: object) -> dict[str, Any]:
         return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
     return dict(vars(obj))
 
+
+async def serve(session: BridgeSession, stop: asyncio.Event) -> None:
+    """Start ``session`` and run it until it ends by itself or ``stop`` is set; then stop it cleanly.
+
+    Re-raises the error that ended the session, if any. A worker's job and a one-room runner are both this.
+    """
+    await session.start()
+    ended = asyncio.ensure_future(session.wait())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        await session.stop()
+    if ended.done():
+        ended.result()
+    else:
+        ended.cancel()
