@@ -14,7 +14,7 @@ The library installs no signal handlers and configures no logging; many sessions
 from core.downlink import DownlinkConfig
 from transport.engine_client import ConnectionState, EngineClient, InitiationData
 from transport.livekit_token import mint_token
-from transport.session import BridgeSession, EngineSettings, SessionConfig, SessionEvent, SessionState
+from transport.session import BridgeSession, EngineSettings, SessionConfig, SessionEvent, SessionState, serve
 
 __all__ = [
     "BridgeSession",
@@ -27,4 +27,5 @@ __all__ = [
     "SessionEvent",
     "SessionState",
     "mint_token",
+    "serve",
 ]
