@@ -33,9 +33,9 @@ delay, measured the same way (mean over a steady 10 ms-chunk stream): 0.83 ms (4
 2.50 ms (48k→8k). Passband ±0.1 dB (+0.003/-0.07) to 9.65 / 6.43 / 3.22 kHz (≥ 0.8 × the output Nyquist),
 ≥ 71.6 dB down from the output Nyquist on; 48k→8k is 1.6 dB down at 3.4 kHz, the top of the telephone band,
 the price of staying near 2 ms (details in ``core.fir``). Its output is not dithered and chunking does not
-change it at all. CPU, 20 ms chunks: ~0.70–0.75 ms per second of audio vs soxr MQ's ~0.19–0.22 (+0.5 ms/s;
-10 ms chunks +0.7 ms/s, per-call overhead; ``python -m benchmarks.core_cpu`` for the whole chain). The downlink
-keeps soxr: replies arrive in bursts, so its delay is not heard.
+change it at all. CPU, 20 ms chunks: ~0.70–0.75 ms per second of audio vs soxr MQ's ~0.19–0.22 (+0.5 ms/s; 10 ms
+chunks +0.7 ms/s, per-call overhead; ``python -m benchmarks.core_cpu`` for the whole chain). The downlink keeps soxr: replies arrive in bursts, so
+its delay is not heard.
 
 int16 in, int16 out, natively: soxr converts internally and saturates (``clipped_samples``). Its int16 output
 is TPDF-dithered (libsoxr's default; python-soxr has no switch for it), so digital silence comes out as ±1 LSB
