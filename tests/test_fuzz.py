@@ -12,12 +12,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,8 +27,9 @@ from core.errors import ProtocolError
 from core.formats import ENGINE_FORMATS
 from core.redact import MASK, Redactor, redact_url
 from emulator import wire
+from tests.test_token_server import Running
 from transport.engine_protocol import EngineProtocol, Event
-from transport.token_server import TokenServer, TokenServerConfig
+from transport.token_server import TokenServerConfig
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -160,27 +159,14 @@ def test_oversize_is_refused_before_parsing() -> None:
 API_SECRET = "FUZZCANARY-token-secret-0123456789abcdefghij"
 
 
-class Served:
+class Served(Running):
     """The token server on a loop in its own thread, so hypothesis can drive it with blocking requests."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.server = TokenServer(TokenServerConfig(livekit_url="ws://127.0.0.1:7880", api_key="APIfuzzKey",
-                                                    api_secret=API_SECRET, agent_name="elevenlabs-bridge"))
-        self.thread = threading.Thread(target=self.loop.run_forever, name="fuzz-token-server", daemon=True)
+        super().__init__(TokenServerConfig(livekit_url="ws://127.0.0.1:7880", api_key="APIfuzzKey",
+                                           api_secret=API_SECRET, agent_name="elevenlabs-bridge"))
 
-    def __enter__(self) -> Served:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-    def request(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+    def raw_request(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=5)
         try:
             conn.putrequest(method, target, skip_accept_encoding=True)
@@ -235,7 +221,7 @@ def test_token_endpoint_never_500_and_never_a_secret(served: Served, method: str
         # A body longer than announced: the rest reads as a second, garbled request. (Announcing *more* than
         # is sent makes the server wait for it, as any HTTP server does, until the client gives up.)
         headers["Content-Length"] = str(len(body) // 2)
-    status, answer = served.request(method, target, body, headers)
+    status, answer = served.raw_request(method, target, body, headers)
     assert status != 500 and not 500 <= status < 600, (status, answer[:200])
     assert API_SECRET.encode() not in answer
     if status != 200 or not path.startswith("/token"):
