@@ -154,7 +154,6 @@ class BridgeSession:
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
         self._error: BaseException | None = None
-        self._engine_task: asyncio.Task[None] | None = None
         self._teardown_task: asyncio.Task[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._last_uplink_ns = 0
@@ -243,7 +242,7 @@ class BridgeSession:
             secrets=settings.secrets())
         await self.engine.start()
         self._set_state(SessionState.RUNNING)
-        self._engine_task = self._spawn(self._watch_engine(self.engine), "engine-watch")
+        self._spawn(self._watch_engine(self.engine), "engine-watch")
 
     def _configure_formats(self, metadata: ConversationMetadata) -> None:
         """(Re)build both directions for the formats this conversation announced."""
