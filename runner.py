@@ -234,5 +234,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return uvloop.run(amain(argv))
 
 
+def exit_now(code: int) -> None:
+    """Leave the process with ``code`` without running interpreter finalisation.
+
+    The LiveKit SDK's native threads can still be running (and calling back into Python to log) while the
+    interpreter tears itself down; under load that very rarely ends in a Rust panic and SIGABRT instead of
+    our exit code (seen once in a full test run, after a failed connect). By this point every session is
+    stopped and every socket closed, so there is nothing left for finalisation to do but race: flush and go.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def cli() -> None:
+    """The ``lk-speech-bridge`` console script."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()
