@@ -219,13 +219,15 @@ class Rig:
     def input_rate(self) -> int:
         return parse_format(self.emu.config.input_format).rate
 
-    async def caller(self, identity: str) -> Caller:
-        """Join, and return once the caller hears the agent's track and the bridge counts it as a caller."""
+    async def caller(self, identity: str, *, settle: bool = True) -> Caller:
+        """Join, and (``settle``) return once the caller hears the agent's track and the bridge counts it as a
+        caller. Without ``settle`` it returns as soon as it is in the room: for sessions that may end at once."""
         c = Caller(self.server.url, _token(self.server, self.room, identity), identity=identity)
         await c.start()
         self.callers[identity] = c
-        await until(lambda: AGENT in c.heard and identity in self.session.room.callers, 15,
-                    f"{identity} to join and hear the agent")
+        if settle:
+            await until(lambda: AGENT in c.heard and identity in self.session.room.callers, 15,
+                        f"{identity} to join and hear the agent")
         return c
 
     async def drop_caller(self, identity: str) -> None:
