@@ -162,15 +162,19 @@ async def run_soak(server: LiveKitServer, config: SoakConfig | None = None,
             peer.kill()
             await peer.wait()
 
+    # Teardown finishes on its own schedule: the peer's "asyncio-waitpid-N" thread (asyncio's child watcher)
+    # hands the exit status to the loop and only then ends, so it can still be alive when peer.wait() returns.
+    # A leftover is what is still there after 10 s, not what is still finishing.
     for _ in range(50):
         left = [t for t in asyncio.all_tasks() - tasks_before if t is not asyncio.current_task() and not t.done()]
-        if not left:
+        new_threads = _python_threads() - threads_before
+        if not left and not new_threads:
             break
         await asyncio.sleep(0.2)
     if left:
         result.leftovers.append(f"tasks: {sorted(t.get_name() for t in left)}")
-    if _python_threads() - threads_before:
-        result.leftovers.append(f"python threads: {sorted(_python_threads() - threads_before)}")
+    if new_threads:
+        result.leftovers.append(f"python threads: {sorted(new_threads)}")
     gc.collect()
     later = [s for s in result.samples if s["t_s"] >= config.seconds / 3]
     if len(later) >= 2:

@@ -101,6 +101,7 @@ class Faults:
     drop_after_chunks: int | None = None  # abort the TCP connection after this many chunks of a reply
     jitter_ms: float = 0.0  # delay every send by uniform(0, jitter_ms), order kept
     ignore_pongs: bool = False  # behave as if pongs were lost (drives the pong timeout)
+    accept_delay_s: float = 0.0  # hold every conversation upgrade this long before answering it
 
     def take_refusal(self) -> bool:
         if self.refuse_connections == 0:

@@ -240,6 +240,8 @@ class Emulator:
             return _error(426, "upgrade_required", "this endpoint speaks WebSocket")
         if self.faults.take_refusal():
             return self._reject(self.faults.refuse_status, "refused by fault injection", agent_id)
+        if self.faults.accept_delay_s > 0:
+            await asyncio.sleep(self.faults.accept_delay_s)  # a slow upgrade: the client is still connecting
         if not agent_id:
             return self._reject(400, "agent_id is required", None)
         record = self.agents.get(agent_id)

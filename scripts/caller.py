@@ -78,6 +78,7 @@ class Caller:
         self._idle = asyncio.Event()
         self._idle.set()
         self._muted = False
+        self._stopping = False
         self.room.on("track_subscribed", self._on_track)
         self.room.on("participant_disconnected", self._on_left)
 
@@ -96,13 +97,24 @@ class Caller:
         self._spawn(self._talk())
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A track of another participant can still be announced while we leave (its event was queued before
+        # the disconnect): from here on no new listener starts, and whatever started anyway is ended after
+        # the room is gone, so nothing of this caller outlives stop().
+        self._stopping = True
+        await self._end_tasks()
         await self.room.disconnect()
+        await self._end_tasks()
         await self._source.aclose()
+
+    async def _end_tasks(self) -> None:
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                self._tasks.discard(task)
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
@@ -111,7 +123,7 @@ class Caller:
 
     def _on_track(self, track: rtc.Track, _pub: rtc.RemoteTrackPublication,
                   participant: rtc.RemoteParticipant) -> None:
-        if track.kind == rtc.TrackKind.KIND_AUDIO:
+        if track.kind == rtc.TrackKind.KIND_AUDIO and not self._stopping:
             heard = self.heard.setdefault(participant.identity, Heard(participant.identity))
             self._spawn(self._listen(rtc.AudioStream(track, sample_rate=RATE, num_channels=1), heard))
 

@@ -167,7 +167,7 @@ async def leftovers(before: Usage, timeout: float = 12.0) -> list[str]:
         problems = []
         tasks = [t for t in now.tasks - before.tasks if not t.done()]
         if tasks:
-            problems.append(f"tasks left: {sorted(t.get_name() for t in tasks)}")
+            problems.append(f"tasks left: {sorted(_describe_task(t) for t in tasks)}")
         if now.fds > before.fds + FD_SLACK:
             problems.append(f"file descriptors: {before.fds} -> {now.fds}")
         new_threads = now.py_threads - before.py_threads
@@ -178,6 +178,16 @@ async def leftovers(before: Usage, timeout: float = 12.0) -> list[str]:
         if not problems or time.monotonic() > deadline:
             return problems
         await asyncio.sleep(0.2)
+
+
+def _describe_task(task: asyncio.Task[Any]) -> str:
+    """Name, coroutine and where it is suspended: enough to tell whose task was left behind."""
+    coro = task.get_coro()
+    where = ""
+    frame = getattr(coro, "cr_frame", None)
+    if frame is not None:
+        where = f" at {frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno}"
+    return f"{task.get_name()} {getattr(coro, '__qualname__', coro)!s}{where}"
 
 
 _warm = False

@@ -44,6 +44,19 @@ def rms_dbfs(samples: np.ndarray) -> float:
     return float(20 * np.log10(np.sqrt(np.mean((samples.astype(np.float64) / 32768) ** 2)) + 1e-12))
 
 
+def voiced_s(samples: np.ndarray, rate: int, threshold_dbfs: float = -40.0) -> float:
+    """Seconds of 10 ms frames whose level reaches ``threshold_dbfs``: how long something was heard.
+
+    Not a count of samples above an amplitude: that depends on the waveform's shape (the relative phase of
+    :func:`voice`'s two harmonics, which Opus and the resamplers do not keep), so the same second of voice at
+    the same level counts 0.58-0.78 s of "loud samples" depending on the path it took.
+    """
+    frame = rate // 100
+    frames = samples[: samples.size // frame * frame].astype(np.float64).reshape(-1, frame) / 32768
+    levels = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-24)
+    return float(np.count_nonzero(levels >= threshold_dbfs)) / 100
+
+
 async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -95,13 +108,27 @@ async def agent_heard(c: Caller) -> Heard:
     return c.heard[AGENT]
 
 
+async def connected(session: BridgeSession, c: Caller) -> Heard:
+    """Until both directions flow: the caller hears the agent's track and the bridge gets 100 ms of the
+    caller's. Either subscription can complete first; speech said before the bridge subscribed is lost to
+    any listener, so a test that measures what the engine heard must not start talking before then."""
+    heard = await agent_heard(c)
+
+    def bridge_hears() -> bool:
+        stats = session.uplink.mixer.stats if session.uplink is not None else {}
+        return c.identity in stats and stats[c.identity].samples_in >= RATE // 10
+
+    await until(bridge_hears)
+    return heard
+
+
 async def test_caller_is_heard_by_the_engine_and_the_echo_comes_back(
         livekit_server: LiveKitServer, bridge: Bridge) -> None:
     session, emu = await bridge("echo", reply_mode="echo")
     conversation = await emu.next_conversation()
     said = voice(1.0, 300.0)
     async with caller(livekit_server, "echo", "alice") as alice:
-        heard = await agent_heard(alice)
+        heard = await connected(session, alice)
         alice.say(said)
         await alice.wait_said()
         stopped_ns = time.monotonic_ns()
@@ -113,7 +140,9 @@ async def test_caller_is_heard_by_the_engine_and_the_echo_comes_back(
     fmt = parse_format(emu.config.input_format)
     got = conversation.received_audio()
     loud = np.flatnonzero(np.abs(got.astype(np.int32)) > LOUD)
-    assert loud.size > 0.6 * fmt.rate, f"engine received only {loud.size} loud samples"
+    # voice() is 1 s whose quietest 10 ms frame is -30 dBFS. WebRTC's receiver (NetEq) may shorten it a little
+    # when it catches up after a stall on a loaded machine ("accelerate"); a lost start or a gap loses more.
+    assert voiced_s(got, fmt.rate) >= 0.85, f"engine heard {voiced_s(got, fmt.rate):.2f} s of the caller"
     middle = got[loud[0] + fmt.rate // 5: loud[-1] - fmt.rate // 5]
     assert abs(dominant_hz(middle, fmt.rate) - 300.0) < 8
     assert abs(rms_dbfs(middle) - rms_dbfs(said)) < 4
@@ -122,7 +151,7 @@ async def test_caller_is_heard_by_the_engine_and_the_echo_comes_back(
     # ...and the caller heard the echo of its own voice.
     echo = heard.since(stopped_ns)
     loud_echo = np.flatnonzero(np.abs(echo.astype(np.int32)) > LOUD)
-    assert loud_echo.size > 0.6 * RATE
+    assert voiced_s(echo, RATE) >= 0.85 * voiced_s(reply.samples, reply.rate), "the echo was cut short"
     body = echo[loud_echo[0] + RATE // 5: loud_echo[-1] - RATE // 5]
     assert abs(dominant_hz(body, RATE) - 300.0) < 8
     assert session.metrics()["downlink"]["underruns"] == 0
@@ -137,7 +166,7 @@ async def test_barge_in_silences_the_agent_and_late_stale_audio_stays_out(
                                 interrupt_id_mode="next_turn", reply_shares_interrupt_id=True)
     conversation = await emu.next_conversation()
     async with caller(livekit_server, "barge", "bob") as bob:
-        heard = await agent_heard(bob)
+        heard = await connected(session, bob)
         bob.say(voice(0.5, 250.0))
         await bob.wait_said()
         first = await conversation.next_reply(timeout=10)
@@ -227,11 +256,11 @@ async def test_formats_end_to_end(livekit_server: LiveKitServer, bridge: Bridge,
     session, emu = await bridge(room, reply_mode="echo", input_format=input_format, output_format=output_format)
     conversation = await emu.next_conversation()
     async with caller(livekit_server, room, "fay") as fay:
-        heard = await agent_heard(fay)
+        heard = await connected(session, fay)
         fay.say(voice(1.0, 440.0))
         await fay.wait_said()
         stopped_ns = time.monotonic_ns()
-        await conversation.next_reply(timeout=10)
+        reply = await conversation.next_reply(timeout=10)
         await until(lambda: heard.first_loud_after(stopped_ns, LOUD) is not None, 10)
         await played_out(heard, stopped_ns)
 
@@ -240,11 +269,11 @@ async def test_formats_end_to_end(livekit_server: LiveKitServer, bridge: Bridge,
     rate = parse_format(input_format).rate
     got = conversation.received_audio()
     loud = np.flatnonzero(np.abs(got.astype(np.int32)) > LOUD)
-    assert loud.size > 0.6 * rate
+    assert voiced_s(got, rate) >= 0.85, f"engine heard {voiced_s(got, rate):.2f} s of the caller"
     assert abs(dominant_hz(got[loud[0] + rate // 5: loud[-1] - rate // 5], rate) - 440.0) < 10
     echo = heard.since(stopped_ns)
     loud_echo = np.flatnonzero(np.abs(echo.astype(np.int32)) > LOUD)
-    assert loud_echo.size > 0.6 * RATE
+    assert voiced_s(echo, RATE) >= 0.85 * voiced_s(reply.samples, reply.rate), "the echo was cut short"
     assert abs(dominant_hz(echo[loud_echo[0] + RATE // 5: loud_echo[-1] - RATE // 5], RATE) - 440.0) < 10
 
 
@@ -253,7 +282,7 @@ async def test_engine_socket_drop_reconnects_and_the_call_goes_on(
     session, emu = await bridge("drop", reply_mode="echo")
     first = await emu.next_conversation()
     async with caller(livekit_server, "drop", "dan") as dan:
-        heard = await agent_heard(dan)
+        heard = await connected(session, dan)
         first.drop()
         second = await emu.next_conversation(timeout=15)
         assert second.conversation_id != first.conversation_id
@@ -268,7 +297,7 @@ async def test_engine_socket_drop_reconnects_and_the_call_goes_on(
     got = second.received_audio()
     rate = parse_format(emu.config.input_format).rate
     loud = np.flatnonzero(np.abs(got.astype(np.int32)) > LOUD)
-    assert loud.size > 0.6 * rate
+    assert voiced_s(got, rate) >= 0.85, f"engine heard {voiced_s(got, rate):.2f} s of the caller"
     assert abs(dominant_hz(got[loud[0] + rate // 5: loud[-1] - rate // 5], rate) - 350.0) < 8
     assert session.metrics()["engine"]["connects"] == 2
 
@@ -309,6 +338,27 @@ async def test_the_session_ends_when_the_room_empties_after_the_linger(livekit_s
         assert time.monotonic_ns() - left_ns >= 400_000_000  # it lingered
         await conversation.wait_closed(5)
         assert conversation.close_code == 1000  # the bridge ended the conversation politely
+
+
+async def test_a_room_that_empties_while_the_engine_connects_still_ends(livekit_server: LiveKitServer) -> None:
+    # The caller joins (the conversation starts opening) and leaves before it is open: once it is, the room is
+    # already empty, and no caller_left will come to arm the linger. A conversation kept open for nobody is
+    # billed for nothing until the engine's own idle timeout.
+    async with Emulator(EmulatorConfig(reply_mode="echo")) as emu:
+        emu.faults.accept_delay_s = 1.5
+        engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
+        token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="gone-early", identity=AGENT, agent=True)
+        session = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=token, engine=engine,
+                                              identity=AGENT, linger_s=0.5))
+        await session.start()
+        async with caller(livekit_server, "gone-early", "gil"):
+            await until(lambda: session.room.callers == ["gil"])
+        await until(lambda: not session.room.callers)
+        assert session.engine is not None and not session.engine.ready  # it left while the engine connected
+        await asyncio.wait_for(session.wait(), 15)
+        conversation = await emu.next_conversation()
+        await conversation.wait_closed(5)
+        assert conversation.close_code == 1000
 
 
 async def test_the_session_ends_when_the_engine_ends_the_conversation(

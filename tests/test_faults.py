@@ -315,12 +315,19 @@ async def test_callers_join_leave_and_mute_rapidly(livekit_server: LiveKitServer
 
         for wave in range(3):
             await asyncio.gather(*(churn(3 * wave + k) for k in range(3)))
-        await until(lambda: rig.session.room.callers == ["alice"], 10, "the churned callers to be gone")
         await asyncio.sleep(1.5)  # let any reply to the churners' speech finish
+        # The remaining caller is heard at once, even while a churner may still count as in the room (below).
         mark = len(conversation.replies)
         after = await turn(rig, "alice", conversation, 330.0)
         assert after.reply is conversation.replies[mark] or after.reply in conversation.replies[mark:]
         assert_echo(after, 330.0)
+        # A churner's Leave can be lost: the SDK may close its signal socket while the server is still writing
+        # to it (mute updates, other churners' comings and goings), the kernel answers with a reset, and the
+        # server logs "connection reset by peer" instead of "participant closing". The server then removes
+        # that participant only when it finds it gone, 15-20 s later (livekit PR #2077, issue #3292); the
+        # bridge must simply follow the server, which is what this waits for.
+        await until(lambda: rig.session.room.callers == ["alice"], GHOST_TIMEOUT_S,
+                    "the churned callers to be gone")
         assert rig.session.state is SessionState.RUNNING
         seen = rig.session.room.stats.callers_seen
         assert seen == 10
@@ -346,6 +353,11 @@ async def test_agent_kicked_ends_the_session_cleanly(livekit_server: LiveKitServ
         await until(lambda: AGENT in alice.departed, 10, "the caller to see the agent go")
         sc.happened(f"LiveKitError {str(info.value)!r}; the engine conversation was closed with 1000; "
                     "the caller saw the agent leave")
+
+
+# How long livekit-server takes to remove a participant that vanished without a Leave (20 s since PR #2077),
+# with room for a loaded machine.
+GHOST_TIMEOUT_S = 30
 
 
 def crash_and_restart(server: LiveKitServer) -> None:

@@ -103,6 +103,7 @@ class RoomLink:
         self._on_left = on_caller_left
         self._on_state = on_state
         self._callers: dict[str, _Caller] = {}
+        self._closing = False
         self._room = rtc.Room()
         self._source: rtc.AudioSource | None = None
         self.disconnected = asyncio.Event()
@@ -151,19 +152,30 @@ class RoomLink:
         log.info("joined room %s as %s", self._room.name, self.identity)
 
     async def close(self) -> None:
-        for caller in list(self._callers.values()):
-            for task in caller.streams.values():
-                task.cancel()
-        tasks = [t for c in self._callers.values() for t in c.streams.values()]
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._callers.clear()
+        # A caller's track can still be announced while we leave (its event was queued before the
+        # disconnect): from here on nothing new is subscribed, and what slipped in is ended after the room is
+        # gone, so no caller-audio task outlives close().
+        self._closing = True
+        await self._end_caller_streams()
         with contextlib.suppress(Exception):
             await self._room.disconnect()
+        await self._end_caller_streams()
         if self._source is not None:
             await self._source.aclose()
             self._source = None
+
+    async def _end_caller_streams(self) -> None:
+        while any(c.streams for c in self._callers.values()):
+            tasks = [t for c in self._callers.values() for t in c.streams.values()]
+            for caller in self._callers.values():
+                caller.streams.clear()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                # A crashed reader was logged by its done callback; it must not stop the agent leaving.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._callers.clear()
 
     # -- the agent's voice -----------------------------------------------------------------------------
     async def send_voice(self, samples: npt.NDArray[np.int16]) -> None:
@@ -200,7 +212,7 @@ class RoomLink:
         return not participant.identity.startswith(self.config.ignore_identity_prefixes)
 
     def _participant_connected(self, participant: rtc.RemoteParticipant) -> None:
-        if self._is_caller(participant) and participant.identity not in self._callers:
+        if not self._closing and self._is_caller(participant) and participant.identity not in self._callers:
             self._callers[participant.identity] = _Caller(participant.identity)
             self.stats.callers_seen += 1
             log.info("caller %s joined", participant.identity)
@@ -217,7 +229,7 @@ class RoomLink:
 
     def _track_subscribed(self, track: rtc.Track, publication: rtc.RemoteTrackPublication,
                           participant: rtc.RemoteParticipant) -> None:
-        if track.kind != rtc.TrackKind.KIND_AUDIO:
+        if track.kind != rtc.TrackKind.KIND_AUDIO or self._closing:
             return
         if not self._is_caller(participant):
             self.stats.ignored_tracks += 1

@@ -243,6 +243,9 @@ class BridgeSession:
         await self.engine.start()
         self._set_state(SessionState.RUNNING)
         self._spawn(self._watch_engine(self.engine), "engine-watch")
+        # The callers may all have left while the conversation was being opened: nobody would arm the linger
+        # then, and an empty room would keep a billed conversation open for good.
+        self._linger_if_empty()
 
     def _configure_formats(self, metadata: ConversationMetadata) -> None:
         """(Re)build both directions for the formats this conversation announced."""
@@ -354,11 +357,17 @@ class BridgeSession:
         if self.uplink is not None:
             self.uplink.leave(identity)
         self._emit("caller_left", identity=identity)
-        if self.config.end_when_empty and not self.room.callers and self.state is SessionState.RUNNING:
+        self._linger_if_empty()
+
+    def _linger_if_empty(self) -> None:
+        # "Empty" means everyone left: a room nobody has joined yet (start_when="immediately") is waited in.
+        if (self.config.end_when_empty and not self.room.callers and self.room.stats.callers_seen
+                and self.state is SessionState.RUNNING and self._linger is None):
             loop = asyncio.get_running_loop()
             self._linger = loop.call_later(self.config.linger_s, self._room_empty)
 
     def _room_empty(self) -> None:
+        self._linger = None
         if not self.room.callers:
             log.info("room empty for %.1f s: ending the session", self.config.linger_s)
             self._finish(None)
