@@ -423,3 +423,16 @@ async def test_emulator_without_brain_is_unchanged() -> None:
         await finished(conversation, 1)
     assert conversation.voice is None and conversation.replies[0].mode == "tone"
     assert isinstance(emu, Emulator)
+
+
+async def test_the_speech_oracle_tells_espeak_from_a_tone_and_from_noise() -> None:
+    require_espeak()
+    from emulator.signals import tone
+
+    speech = await synthesize("This is a sentence spoken by the synthesizer.", 16000)
+    assert is_speech_like(speech, 16000)
+    assert not is_speech_like(tone(16000, 3000, 440.0), 16000)
+    noise = np.random.default_rng(1).normal(0, 3000, 48000).astype(np.int16)
+    assert not is_speech_like(noise, 16000)
+    assert abs(voiced_seconds(np.concatenate([np.zeros(8000, np.int16), speech]), 16000)
+               - voiced_seconds(speech, 16000)) < 0.011
