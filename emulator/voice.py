@@ -14,7 +14,7 @@ SDK cancels the brain's old handler, and any text still arriving for an older id
 (``stale_responses``), so the engine never speaks words of a turn that was talked over.
 
 The history's agent entries hold what the caller actually heard: the whole reply, or for an interrupted one
-the share of its text matching the share of its audio sent (as ``agent_response_correction`` does).
+the share of its text matching the share of its audio that had played, in real time, when it was cut off.
 INFERRED: the real engine's history wording after an interruption is not documented.
 
 No speech recognition: the emulator cannot know the words. The user's entry is the typed text of a
@@ -116,8 +116,10 @@ class BrainVoice:
             return
         text = " ".join(reply.phrases)
         if reply.interrupted_ns is not None:
-            heard = reply.samples_sent / max(1, reply.samples.size)
-            text = text[:int(len(text) * heard)].strip()
+            # Audio goes out faster than real time, so what was *sent* overstates what was heard: the caller
+            # heard the reply for as long as it played before the interruption.
+            played = reply.interrupted_ns - reply.start_ns if reply.start_ns is not None else 0
+            text = text[:int(len(text) * min(1.0, played / max(1, reply.duration_ns)))].strip()
         if text:
             self.history.append(("agent", text))
 

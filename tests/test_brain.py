@@ -43,6 +43,12 @@ async def finished(conversation: Conversation, count: int, timeout: float = 15.0
     return conversation.replies[count - 1]
 
 
+async def played(reply: Reply) -> None:
+    """Until the client has played ``reply`` at real time (audio goes out faster than that)."""
+    if reply.start_ns is not None:
+        await asyncio.sleep(max(0.0, (reply.start_ns + reply.duration_ns - time.monotonic_ns()) / 1e9) + 0.05)
+
+
 def sent_audio(conversation: Conversation, fmt: Any, event_id: int) -> np.ndarray:
     messages = [json.loads(r.text) for r in conversation.sent("audio") if r.text is not None]
     return audio_of(messages, fmt, event_id)
@@ -193,7 +199,7 @@ async def test_the_brain_gets_the_whole_history_in_order_with_increasing_ids() -
         conversation = await emu.next_conversation()
         for k, text in enumerate(("first question", "second question", "third question"), start=1):
             await say(client, text)
-            await finished(conversation, k)
+            await played(await finished(conversation, k))
         assert conversation.voice is not None
         sent = [json.loads(r.text) for r in conversation.voice.link.sent("user_transcript")]
     assert recorder.transcripts == [
@@ -265,7 +271,7 @@ async def test_an_interrupting_turn_cancels_the_running_response() -> None:
     roles = [role for role, _ in recorder.transcripts[1]]
     assert roles == ["user", "agent", "user"]
     agent_said = recorder.transcripts[1][1][1]
-    assert agent_said.startswith("Old sentence 1") and long.startswith(agent_said) and len(agent_said) < len(long)
+    assert agent_said.startswith("Old") and long.startswith(agent_said) and len(agent_said) < len(long) / 4
 
 
 async def test_late_text_for_an_older_turn_is_never_spoken() -> None:
