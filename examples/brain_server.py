@@ -32,11 +32,11 @@ log = logging.getLogger("brain_server")
 _PLACEHOLDER = re.compile(r"^\[speech (\d+(?:\.\d+)?) s\]$")
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(bye|goodbye|that'?s all)\b"), "Goodbye, and thank you for calling."),
+    (re.compile(r"\b(name|who are you)\b"), "I am a rule based brain, a few lines of Python behind a Speech Engine."),
     (re.compile(r"\b(hello|hi|hey|good (morning|afternoon|evening))\b"),
      "Hello! This is the example brain speaking through the emulator. How can I help?"),
     (re.compile(r"\bweather\b"), "I cannot see the sky from here, but the forecast inside this machine is calm."),
     (re.compile(r"\btime\b"), "It is {time} in universal time."),
-    (re.compile(r"\b(name|who are you)\b"), "I am a rule based brain, a few lines of Python behind a Speech Engine."),
     (re.compile(r"\b(help|support|problem)\b"),
      "I can tell you the time, talk about the weather, or just listen. Please go on."),
     (re.compile(r"\b(thanks|thank you)\b"), "You are welcome."),
