@@ -442,3 +442,22 @@ async def test_the_speech_oracle_tells_espeak_from_a_tone_and_from_noise() -> No
     assert not is_speech_like(noise, 16000)
     assert abs(voiced_seconds(np.concatenate([np.zeros(8000, np.int16), speech]), 16000)
                - voiced_seconds(speech, 16000)) < 0.011
+
+
+def test_the_wave_parser_takes_espeaks_pipe_header_and_refuses_other_formats() -> None:
+    import struct
+
+    from emulator.tts import TtsUnavailable, parse_wav_stream
+
+    def wav(fmt: int = 1, channels: int = 1, bits: int = 16, rate: int = 22050, body: bytes = b"\x01\x00\xff\xff\x07"
+            ) -> bytes:
+        fmt_chunk = b"fmt " + struct.pack("<IHHIIHH", 16, fmt, channels, rate, rate * 2, 2, bits)
+        # Written to a pipe, espeak-ng leaves the size fields at 0x7fffffff: they must not be trusted.
+        return b"RIFF" + struct.pack("<I", 0x7FFFFFFF) + b"WAVE" + fmt_chunk + b"data" + struct.pack("<I", 0x7FFFFFFF) \
+            + body
+
+    samples, rate = parse_wav_stream(wav())
+    assert rate == 22050 and samples.tolist() == [1, -1]  # the odd trailing byte is dropped
+    for bad in (wav(fmt=3), wav(channels=2), wav(bits=8), b"RIFX", b"RIFF\x00\x00\x00\x00WAVE"):
+        with pytest.raises(TtsUnavailable):
+            parse_wav_stream(bad)
