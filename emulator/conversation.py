@@ -248,6 +248,8 @@ class Conversation:
         finally:
             if self._end_task is not None:
                 await asyncio.shield(self._end_task)
+            if self._brain_open is not None:
+                self._brain_open.cancel()
             if self.voice is not None:
                 await self.voice.close()
             for task in (housekeeping, self._reply_task, sender):

@@ -115,10 +115,11 @@ class BrainVoice:
         if reply is None or not reply.phrases:
             return
         text = " ".join(reply.phrases)
-        if reply.interrupted_ns is not None:
-            # Audio goes out faster than real time, so what was *sent* overstates what was heard: the caller
-            # heard the reply for as long as it played before the interruption.
-            played = reply.interrupted_ns - reply.start_ns if reply.start_ns is not None else 0
+        if reply.interrupted_ns is not None or reply.end_ns is None:
+            # Cut off (interrupted, or overtaken by this turn). Audio goes out faster than real time, so what
+            # was *sent* overstates what was heard: the caller heard it for as long as it played.
+            cut_ns = reply.interrupted_ns or time.monotonic_ns()
+            played = cut_ns - reply.start_ns if reply.start_ns is not None else 0
             text = text[:int(len(text) * min(1.0, played / max(1, reply.duration_ns)))].strip()
         if text:
             self.history.append(("agent", text))
