@@ -1,6 +1,7 @@
 """A conversation's brain-driven voice: user turns go to the brain, its streamed text comes back as speech.
 
-One :class:`BrainVoice` per conversation whose Speech Engine record has a brain ``ws_url``. At the end of
+One :class:`BrainVoice` per conversation (the asyncio shell; the rules live in the sans-I/O
+:class:`~emulator.brain_turns.BrainTurns`) whose Speech Engine record has a brain ``ws_url``. At the end of
 every user turn it adds the user's words to the history and sends the whole history to the brain with the
 turn's ``event_id`` (the same id the reply's audio carries on the conversation socket, so ids only
 increase). The brain's ``agent_response`` pieces for that id are cut into phrases
@@ -34,6 +35,7 @@ import numpy as np
 from emulator import brain_protocol as bp
 from emulator import tts, wire
 from emulator.brain import BrainLink
+from emulator.brain_turns import BrainTurns, heard_text
 from emulator.records import Reply, Utterance
 from emulator.signals import speech_like
 
@@ -50,16 +52,14 @@ def placeholder_transcript(samples: int, rate: int) -> str:
 
 
 class BrainVoice:
+    """The asyncio shell around :class:`~emulator.brain_turns.BrainTurns`: the brain link, the response
+    deadline timer, and one speaking task per turn fed through a queue of phrases."""
+
     def __init__(self, conversation: Conversation, url: str, headers: dict[str, object], api_key: str) -> None:
         config = conversation.config
         self._conversation = conversation
-        self.history: list[tuple[bp.Role, str]] = []
-        self.current_id: int | None = None
-        self.stale_responses = 0
-        self.given_up: list[int] = []  # event ids whose response did not come in time
-        self._segmenters: dict[int, bp.Segmenter] = {}
-        self._queues: dict[int, asyncio.Queue[str | None]] = {}
-        self._answered: set[int] = set()
+        self.turns = BrainTurns()
+        self._queue: asyncio.Queue[str | None] | None = None
         self._timeout: asyncio.TimerHandle | None = None
         self._last_reply: Reply | None = None
         self.link = BrainLink(url, api_key=api_key, conversation_id=conversation.conversation_id,
@@ -67,6 +67,18 @@ class BrainVoice:
                               connect_timeout_s=config.brain_connect_timeout_s,
                               ping_interval_s=config.brain_ping_interval_s,
                               pong_timeout_s=config.brain_pong_timeout_s)
+
+    @property
+    def history(self) -> list[tuple[bp.Role, str]]:
+        return self.turns.history
+
+    @property
+    def stale_responses(self) -> int:
+        return self.turns.stale_responses
+
+    @property
+    def given_up(self) -> list[int]:
+        return self.turns.given_up
 
     async def open(self) -> None:
         try:
@@ -95,70 +107,53 @@ class BrainVoice:
 
     def user_turn(self, reply: Reply, transcript: str) -> asyncio.Task[None]:
         """Send the history for ``reply``'s turn; returns the task that will speak the answer."""
-        self._remember_agent_turn()
-        self.history.append(("user", transcript))
-        self.current_id = reply.event_id
+        history = self.turns.begin(reply.event_id, transcript, self._heard_of_last(time.monotonic_ns()))
         self._last_reply = reply
-        self._segmenters[reply.event_id] = bp.Segmenter()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._queues[reply.event_id] = queue
-        self.link.send_transcript(list(self.history), reply.event_id)
+        if self._queue is not None:
+            self._queue.put_nowait(None)  # an overtaken turn's speaking task ends
+        self._queue = asyncio.Queue()
+        self.link.send_transcript(history, reply.event_id)
         if self._timeout is not None:
             self._timeout.cancel()
         timeout_s = self._conversation.config.brain_response_timeout_s
         if timeout_s:
-            self._timeout = asyncio.get_running_loop().call_later(timeout_s, self._give_up, reply.event_id)
-        return asyncio.create_task(self._speak(reply, queue), name=f"brain-reply-{reply.event_id}")
+            self._timeout = asyncio.get_running_loop().call_later(timeout_s, self._deadline, reply.event_id)
+        return asyncio.create_task(self._speak(reply, self._queue), name=f"brain-reply-{reply.event_id}")
 
-    def _remember_agent_turn(self) -> None:
+    def _heard_of_last(self, now_ns: int) -> str | None:
         reply = self._last_reply
         if reply is None or not reply.phrases:
-            return
-        text = " ".join(reply.phrases)
-        if reply.interrupted_ns is not None or reply.end_ns is None:
-            # Cut off (interrupted, or overtaken by this turn). Audio goes out faster than real time, so what
-            # was *sent* overstates what was heard: the caller heard it for as long as it played.
-            cut_ns = reply.interrupted_ns or time.monotonic_ns()
-            played = cut_ns - reply.start_ns if reply.start_ns is not None else 0
-            text = text[:int(len(text) * min(1.0, played / max(1, reply.duration_ns)))].strip()
-        if text:
-            self.history.append(("agent", text))
-
-    def _live(self, event_id: int) -> Reply | None:
-        reply = self._last_reply
-        if event_id != self.current_id or reply is None or reply.event_id != event_id \
-                or reply.interrupted_ns is not None or event_id not in self._queues:
             return None
-        return reply
+        text = " ".join(reply.phrases)
+        if reply.interrupted_ns is None and reply.end_ns is not None:
+            return text
+        cut_ns = reply.interrupted_ns or now_ns  # interrupted, or overtaken by the turn starting now
+        return heard_text(text, cut_ns - reply.start_ns if reply.start_ns is not None else 0, reply.duration_ns)
 
     def _on_response(self, response: bp.AgentResponse) -> None:
-        if self._live(response.event_id) is None:
-            self.stale_responses += 1
+        reply = self._last_reply
+        if reply is not None and reply.interrupted_ns is not None:
+            self.turns.cut(reply.event_id)
+        phrases = self.turns.response(response)
+        if phrases is None or self._queue is None:
             return
-        if response.event_id not in self._answered:
-            self._answered.add(response.event_id)
-            if self._timeout is not None:
-                self._timeout.cancel()
-                self._timeout = None
-        segmenter = self._segmenters[response.event_id]
-        queue = self._queues[response.event_id]
-        phrases = segmenter.push(response.content)
-        if response.is_final:
-            phrases += segmenter.flush()
-        for phrase in phrases:
-            queue.put_nowait(phrase)
-        if response.is_final:
-            queue.put_nowait(None)
-            del self._queues[response.event_id]
+        if self._timeout is not None:
+            self._timeout.cancel()
+            self._timeout = None
+        for phrase in phrases.phrases:
+            self._queue.put_nowait(phrase)
+        if phrases.final:
+            self._queue.put_nowait(None)
+            self._queue = None
 
-    def _give_up(self, event_id: int) -> None:
+    def _deadline(self, event_id: int) -> None:
         self._timeout = None
-        if event_id in self._answered or self._live(event_id) is None:
-            return
-        log.warning("conversation %s: no brain response for turn %d within %s s; nothing said",
-                    self._conversation.conversation_id, event_id, self._conversation.config.brain_response_timeout_s)
-        self.given_up.append(event_id)
-        self._queues.pop(event_id).put_nowait(None)
+        if self.turns.deadline(event_id) and self._queue is not None:
+            log.warning("conversation %s: no brain response for turn %d within %s s; nothing said",
+                        self._conversation.conversation_id, event_id,
+                        self._conversation.config.brain_response_timeout_s)
+            self._queue.put_nowait(None)
+            self._queue = None
 
     def _on_lost(self, reason: str) -> None:
         self._conversation.end(1002, "cascade_brain_error", reason)
