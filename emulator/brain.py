@@ -118,6 +118,15 @@ class BrainLink:
                        asyncio.create_task(self._sender(), name=f"{self.conversation_id}-brain-tx")]
         if self._ping_interval_s:
             self._tasks.append(asyncio.create_task(self._keepalive(), name=f"{self.conversation_id}-brain-ping"))
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A crashed link task must not leave a conversation waiting on a brain nobody listens to."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("conversation %s: brain link task %s failed", self.conversation_id, task.get_name(),
+                      exc_info=task.exception())
+            self._lost(f"brain link failed: {type(task.exception()).__name__}")
 
     def sent(self, type_: str | None = None) -> list[BrainRecord]:
         return [r for r in self.records if r.direction == "out" and (type_ is None or r.type == type_)]
