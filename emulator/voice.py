@@ -8,6 +8,8 @@ increase). The brain's ``agent_response`` pieces for that id are cut into phrase
 (:class:`~emulator.brain_protocol.Segmenter`), each phrase is synthesized with espeak-ng
 (:mod:`emulator.tts`, a subprocess, off the event loop), announced with an ``agent_response`` event and
 streamed as audio chunks ``burst_factor`` times faster than real time, like the emulator's other replies.
+INFERRED: one ``agent_response`` per phrase, just before its audio (the docs say the event comes with the
+response's first audio chunk; a streamed answer's whole text is not known by then).
 
 Interruption: a barge-in interrupts the reply as for any other reply (:meth:`Conversation._interrupt`): its
 unsent audio is discarded and its synthesis task cancelled. The next turn's transcript carries a higher id, the
