@@ -9,6 +9,12 @@ Start it in-process::
 
 or alone: ``python -m emulator --port 8765``. It listens on loopback only.
 
+With a brain server (``EmulatorConfig(brain_url=…)``, ``--brain-url``, or ``PATCH /v1/speech-engine/{id}``
+with ``speech_engine.ws_url``) each conversation dials it like the real engine does and speaks its text
+with espeak-ng: :mod:`emulator.brain_protocol` (messages, JWT), :mod:`emulator.brain` (the socket),
+:mod:`emulator.voice` (turns → history → phrases → speech), :mod:`emulator.tts`. ``emu.transcriber`` stands
+in for speech recognition when a test knows the words.
+
 Hooks on a :class:`Conversation`: ``trigger_reply()``, ``interrupt()``, ``end(code, error_type, message)``;
 faults: ``stall(seconds)``, ``inject(kind)``, ``drop()``, and the switches of :class:`Faults` (``emu.faults``
 for all conversations, ``conversation.faults_override`` for one). Records: ``records``, ``replies``,
@@ -18,8 +24,10 @@ for all conversations, ``conversation.faults_override`` for one). Records: ``rec
 from emulator.config import EmulatorConfig, Faults, InjectKind, InterruptIdMode, ReplyMode
 from emulator.conversation import Conversation, PingRecord, Reply, Utterance, WireRecord
 from emulator.server import Emulator, Rejection
+from emulator.voice import BrainVoice
 
 __all__ = [
+    "BrainVoice",
     "Conversation",
     "Emulator",
     "EmulatorConfig",

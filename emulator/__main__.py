@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--greeting-ms", type=float, default=0.0)
     p.add_argument("--ping-interval", type=float, default=3.0)
     p.add_argument("--no-auth", action="store_true", help="accept unsigned conversation URLs")
+    p.add_argument("--brain-url", help="the brain server every conversation dials (speech_engine.ws_url); its "
+                                       "text is spoken with espeak-ng")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -38,7 +40,8 @@ async def _main(args: argparse.Namespace) -> None:
         host=args.host, port=args.port, api_key=args.api_key, agent_id=args.agent_id,
         input_format=args.input_format, output_format=args.output_format, reply_mode=args.reply_mode,
         think_time_ms=args.think_ms, chunk_ms=args.chunk_ms, burst_factor=args.burst, speech_ms=args.speech_ms,
-        greeting_ms=args.greeting_ms, ping_interval_s=args.ping_interval, require_auth=not args.no_auth)
+        greeting_ms=args.greeting_ms, ping_interval_s=args.ping_interval, require_auth=not args.no_auth,
+        brain_url=args.brain_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -14,7 +14,8 @@ Two views of one record, as on the real API, where ``agent_id`` accepts an agent
   "overrides", "metadata"}``. ``speech_engine.request_headers`` is where the brain server's shared secret
   goes (values are strings or ``{"secret_id": …}`` locators); the real service also signs its upstream
   connection with an ``X-Elevenlabs-Speech-Engine-Authorization`` HS256 JWT keyed by SHA-256 of the API key
-  (``speech_engine/resource.py``). The emulator stores these settings; it does not dial a brain server.
+  (``speech_engine/resource.py``). When ``ws_url`` is set, every new conversation dials that brain server
+  with these headers and the signed JWT (:mod:`emulator.brain`, :mod:`emulator.voice`).
 
 PATCH deep-merges the body (objects merge, everything else replaces) and is refused with 422 when an audio
 format is not one of the seven engine formats; a refused PATCH changes nothing.
@@ -155,6 +156,7 @@ class AgentStore:
                 "agent": {"first_message": "", "language": "en", "prompt": {}},
             },
             platform_settings={"auth": {"enable_auth": config.require_auth}},
+            speech_engine={"ws_url": config.brain_url or "", "request_headers": dict(config.brain_headers)},
         )
         self._agents[agent_id] = record
         return record

@@ -21,7 +21,7 @@ Defaults and why:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from core.errors import ConfigError
@@ -78,6 +78,17 @@ class EmulatorConfig:
 
     max_message_bytes: int = 1024 * 1024  # incoming; larger frames are closed by aiohttp with 1009
     oversize_bytes: int = 16 * 1024 * 1024 + 65536  # injected "oversize" message: above the SDK's 16 MiB
+    # The brain server (emulator/brain.py, voice.py): new engine records get this speech_engine.ws_url and
+    # request_headers; PATCH /v1/speech-engine/{id} changes them per engine, as on the real API.
+    brain_url: str | None = None
+    brain_headers: dict[str, str] = field(default_factory=dict)
+    brain_connect_timeout_s: float = 5.0
+    brain_ping_interval_s: float | None = 5.0  # INFERRED: the engine's brain ping period is not documented
+    brain_pong_timeout_s: float | None = 15.0
+    brain_response_timeout_s: float | None = 15.0  # no first agent_response by then: the turn says nothing
+    tts_voice: str = "en-us"  # espeak-ng voice
+    tts_words_per_minute: int = 175
+
     record_text: bool = True  # keep every message's text in the records (tests); False for long benchmarks
     seed: int | None = None  # jitter and speech-like signal randomness
 

@@ -34,7 +34,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -46,8 +45,10 @@ from core.formats import AudioFormat, parse_format
 from emulator import wire
 from emulator.agents import AgentRecord
 from emulator.config import EmulatorConfig, Faults, InjectKind, ReplyMode
+from emulator.records import Out, PingRecord, Reply, Utterance, WireRecord
 from emulator.signals import resample, speech_like, tone
 from emulator.vad import EnergyVad, VadEdge
+from emulator.voice import BrainVoice
 
 if TYPE_CHECKING:
     from emulator.server import Emulator
@@ -58,83 +59,6 @@ log = logging.getLogger(__name__)
 
 Int16Array = npt.NDArray[np.int16]
 _TICK_S = 0.05  # housekeeping period: pings and timeouts only; reply timing uses exact timers
-
-
-@dataclass(frozen=True, slots=True)
-class WireRecord:
-    ns: int  # time.monotonic_ns() when received / written
-    direction: Literal["in", "out"]
-    type: str  # message type, "user_audio_chunk", or an injected fault ("garbage", "binary", …)
-    event_id: int | None
-    size: int  # characters (or bytes for binary frames)
-    text: str | None  # the message itself when EmulatorConfig.record_text
-
-
-@dataclass(frozen=True, slots=True)
-class Utterance:
-    """One user turn as the VAD saw it: sample positions in :meth:`Conversation.received_audio`."""
-
-    start_sample: int
-    end_sample: int
-    start_ns: int  # when the audio that started it arrived
-    end_ns: int  # when the end was detected (after the hangover)
-
-
-@dataclass(slots=True)
-class Reply:
-    event_id: int
-    mode: str
-    samples: Int16Array = field(repr=False)  # the whole reply at the output rate
-    rate: int
-    text: str
-    trigger_ns: int  # when the reply was started (think time over, or a hook)
-    utterance: Utterance | None = None
-    start_ns: int | None = None  # first audio chunk written
-    end_ns: int | None = None  # last audio chunk written (None if interrupted first)
-    chunks_sent: int = 0
-    samples_sent: int = 0
-    interrupted_ns: int | None = None
-    interruption_id: int | None = None
-    stale_chunks_sent: int = 0
-
-    @property
-    def duration_ns(self) -> int:
-        return self.samples.size * 1_000_000_000 // self.rate
-
-    @property
-    def done(self) -> bool:
-        return self.end_ns is not None or self.interrupted_ns is not None
-
-    def playing_at(self, now_ns: int, extra_ns: int = 0) -> bool:
-        """Would the client still be playing this reply at ``now_ns`` (real time since its first chunk)?"""
-        if self.interrupted_ns is not None:
-            return False
-        if self.start_ns is None:
-            return self.end_ns is None  # started but nothing written yet: about to play
-        return now_ns < self.start_ns + self.duration_ns + extra_ns
-
-
-@dataclass(slots=True)
-class PingRecord:
-    event_id: int
-    sent_ns: int
-    pong_ns: int | None = None
-
-    @property
-    def rtt_ms(self) -> float | None:
-        return None if self.pong_ns is None else (self.pong_ns - self.sent_ns) / 1e6
-
-
-@dataclass(slots=True)
-class _Out:
-    text: str | bytes
-    type: str
-    event_id: int | None = None
-    reply: Reply | None = None
-    samples: int = 0
-    stale: bool = False
-    ping: PingRecord | None = None
-    enqueued: float = 0.0  # loop time
 
 
 class Conversation:
@@ -167,13 +91,15 @@ class Conversation:
         self.audio_chunks: list[tuple[int, int]] = []  # (receive ns, samples) per user_audio_chunk
         self.client_messages: list[wire.ClientMessage] = []  # every parsed non-audio message
         self.faults_override: Faults | None = None
+        self.voice: BrainVoice | None = None  # set when the engine record names a brain server
+        self._agent = agent
 
         self._rng = random.Random(self._config.seed)
         self._audio = bytearray()  # received samples, int16 little-endian, input rate
         self._vad = EnergyVad(self.input_format.rate, threshold_dbfs=self._config.vad_threshold_dbfs,
                               frame_ms=self._config.vad_frame_ms, min_speech_ms=self._config.vad_min_speech_ms,
                               hangover_ms=self._config.vad_hangover_ms)
-        self._out: asyncio.Queue[_Out] = asyncio.Queue()
+        self._out: asyncio.Queue[Out] = asyncio.Queue()
         self._next_id = 1
         self._ping_id = 0
         self._last_rtt_ms: int | None = None
@@ -188,6 +114,7 @@ class Conversation:
         self._stall_until = 0.0
         self._initiated = False
         self._end_task: asyncio.Task[None] | None = None
+        self._brain_open: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._replies_handed_out = 0
 
@@ -196,6 +123,14 @@ class Conversation:
     @property
     def faults(self) -> Faults:
         return self.faults_override or self._emulator.faults
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self._config
+
+    @property
+    def transcriber(self) -> Callable[[Int16Array, int], str | None] | None:
+        return self._emulator.transcriber
 
     @property
     def ended(self) -> bool:
@@ -221,6 +156,10 @@ class Conversation:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def changed(self) -> None:
+        """Wake :meth:`wait_for` callers (for collaborators such as :class:`BrainVoice`)."""
+        self._notify()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         """Until ``predicate()`` holds (checked after every recorded change), or TimeoutError."""
@@ -259,6 +198,10 @@ class Conversation:
     def send(self, text: str, type_: str = "custom", event_id: int | None = None) -> None:
         """Send any server message (e.g. ``wire.client_tool_call(...)``), in order with everything else."""
         self._enqueue(text, type_, event_id)
+
+    def send_audio(self, reply: Reply, data: bytes, samples: int) -> None:
+        """Queue one audio chunk of ``reply`` (already encoded in the output format)."""
+        self._enqueue(wire.audio(data, reply.event_id), "audio", reply.event_id, reply=reply, samples=samples)
 
     def stall(self, seconds: float) -> None:
         """Hold every send (queued or new) for ``seconds`` from now; order is kept."""
@@ -305,6 +248,10 @@ class Conversation:
         finally:
             if self._end_task is not None:
                 await asyncio.shield(self._end_task)
+            if self._brain_open is not None:
+                self._brain_open.cancel()
+            if self.voice is not None:
+                await self.voice.close()
             for task in (housekeeping, self._reply_task, sender):
                 if task is not None:
                     task.cancel()
@@ -378,6 +325,11 @@ class Conversation:
                       "conversation_initiation_metadata")
         if self._config.greeting_ms > 0:
             self._start_reply("speech", None, ms=self._config.greeting_ms, transcript=None)
+        brain_url = self._agent.speech_engine.get("ws_url")
+        if isinstance(brain_url, str) and brain_url:
+            headers = self._agent.speech_engine.get("request_headers") or {}
+            self.voice = BrainVoice(self, brain_url, dict(headers), self._emulator.api_key)
+            self._brain_open = asyncio.create_task(self.voice.open(), name=f"{self.conversation_id}-brain-open")
 
     # ------------------------------------------------------------------ turn-taking
 
@@ -427,7 +379,26 @@ class Conversation:
         self._pending_reply = None
         self._utt_start = None
         if self._end_task is None:
-            self._start_reply(self._config.reply_mode, utterance, transcript=transcript)
+            if self.voice is not None:
+                self._start_brain_reply(utterance, transcript)
+            else:
+                self._start_reply(self._config.reply_mode, utterance, transcript=transcript)
+
+    def _start_brain_reply(self, utterance: Utterance | None, typed: str | None) -> Reply:
+        assert self.voice is not None
+        previous = self.current_reply
+        if previous is not None and not previous.done and self._reply_task is not None:
+            self._reply_task.cancel()
+        text = self.voice.transcript_for(utterance, typed)
+        event_id = self._next_id
+        self._next_id += 1
+        reply = Reply(event_id, "brain", np.zeros(0, np.int16), self.output_format.rate, "", time.monotonic_ns(),
+                      utterance, final=False)
+        self.replies.append(reply)
+        self._enqueue(wire.user_transcript(text, event_id), "user_transcript", event_id)
+        self._reply_task = self.voice.user_turn(reply, text)
+        self._notify()
+        return reply
 
     def _extra_ns(self) -> int:
         return int(self._config.barge_in_extra_ms * 1_000_000)
@@ -553,10 +524,10 @@ class Conversation:
 
     def _enqueue(self, text: str | bytes, type_: str, event_id: int | None = None, *, reply: Reply | None = None,
                  samples: int = 0, stale: bool = False, ping: PingRecord | None = None) -> None:
-        self._out.put_nowait(_Out(text, type_, event_id, reply, samples, stale, ping,
+        self._out.put_nowait(Out(text, type_, event_id, reply, samples, stale, ping,
                                   asyncio.get_running_loop().time()))
 
-    def _discarded(self, item: _Out) -> bool:
+    def _discarded(self, item: Out) -> bool:
         reply = item.reply
         return reply is not None and reply.interrupted_ns is not None and not item.stale
 
@@ -586,7 +557,7 @@ class Conversation:
             finally:
                 self._out.task_done()
 
-    def _after_send(self, item: _Out, now: int) -> None:
+    def _after_send(self, item: Out, now: int) -> None:
         text = item.text if isinstance(item.text, str) and self._config.record_text else None
         self._record("out", item.type, item.event_id, len(item.text), text, now)
         if item.ping is not None:
@@ -601,7 +572,7 @@ class Conversation:
                 reply.samples_sent += item.samples
                 if reply.start_ns is None:
                     reply.start_ns = now
-                if reply.samples_sent >= reply.samples.size:
+                if reply.samples_sent >= reply.samples.size and reply.final:
                     reply.end_ns = now
                 drop_after = self.faults.drop_after_chunks
                 if drop_after is not None and reply.chunks_sent >= drop_after:

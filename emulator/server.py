@@ -26,10 +26,13 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from aiohttp import web
 
 from core.redact import redact_url
@@ -72,6 +75,9 @@ class Emulator:
         self.tokens = TokenIssuer(ttl_ns=int(self.config.token_ttl_s * 1e9),
                                   single_use=self.config.single_use_tokens)
         self.conversations: list[Conversation] = []
+        # No speech recognition here: a test or the demo that knows what was said can set this to give the
+        # brain real words (samples at the input rate, rate) -> text, or None for the placeholder.
+        self.transcriber: Callable[[npt.NDArray[np.int16], int], str | None] | None = None
         self.rejections: list[Rejection] = []
         self.signed_urls_issued = 0
         self._handed_out = 0

@@ -13,8 +13,14 @@ Two checks, the first required, the second optional:
 2. With ``ELEVENLABS_API_KEY`` set, also the engine's own signature: the ``X-Elevenlabs-Speech-Engine-
    Authorization`` header carries an HS256 JWT whose key is the SHA-256 digest of the API key, issuer
    ``https://api.elevenlabs.io/convai/speech-engine``, subject ``convai_speech_engine_upstream`` (as verified
-   by elevenlabs-python @54e5899 ``speech_engine/resource.py`` ``verify_speech_engine_jwt`` and
+   by elevenlabs-python @54e5899 and 2.78.0 ``speech_engine/resource.py`` ``verify_speech_engine_jwt`` and
    ``speech_engine/server.py``). It proves the caller holds your API key's derivative, not just the header.
+   Checked exactly as the SDK checks it: signature, issuer, subject, ``exp``/``iat`` with 60 s leeway, a
+   ``Bearer `` prefix allowed, a ``_residency_<region>`` suffix of the key ignored, and any other claim
+   (``aud`` included, which PyJWT would refuse by default) left alone.
+
+Verified callers get a session that answers the engine's ``{"type":"ping"}`` with ``{"type":"pong"}``, as
+the SDK's session does; for a real answering brain see ``examples/brain_server.py``.
 
 Run::
 
@@ -35,6 +41,7 @@ import http
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +56,7 @@ SECRET_HEADER = "X-Brain-Secret"
 ENGINE_AUTH_HEADER = "X-Elevenlabs-Speech-Engine-Authorization"
 ENGINE_JWT_ISSUER = "https://api.elevenlabs.io/convai/speech-engine"
 ENGINE_JWT_SUBJECT = "convai_speech_engine_upstream"
+_RESIDENCY_SUFFIX = re.compile(r"_residency_[a-z0-9]+$")
 
 
 def secret_ok(presented: str | None, expected: str) -> bool:
@@ -66,10 +74,10 @@ def engine_signature_ok(header: str | None, api_key: str) -> bool:
     token = header.strip()
     if token.lower().startswith("bearer "):
         token = token[7:].strip()
-    key = hashlib.sha256(api_key.strip().encode("utf-8")).digest()
+    key = hashlib.sha256(_RESIDENCY_SUFFIX.sub("", api_key.strip()).encode("utf-8")).digest()
     try:
         claims = jwt.decode(token, key, algorithms=["HS256"], issuer=ENGINE_JWT_ISSUER, leeway=60,
-                            options={"require": ["exp", "iat", "iss", "sub"]})
+                            options={"require": ["exp", "iat", "iss", "sub"], "verify_aud": False})
     except jwt.PyJWTError:
         return False
     return bool(claims.get("sub") == ENGINE_JWT_SUBJECT)
@@ -94,7 +102,8 @@ def make_gate(secret: str, *, header: str = SECRET_HEADER,
 
 
 async def handle(ws: ServerConnection) -> None:
-    """Only reached by verified callers. Your conversation logic goes here; this one just logs."""
+    """Only reached by verified callers. Your conversation logic goes here; this one logs and keeps the
+    connection alive by answering pings."""
     log.info("engine connected from %s", ws.remote_address)
     async for message in ws:
         kind: Any = None
@@ -104,6 +113,8 @@ async def handle(ws: ServerConnection) -> None:
             except (ValueError, AttributeError):
                 kind = "not JSON"
         log.info("engine sent %s", kind)
+        if kind == "ping":
+            await ws.send(json.dumps({"type": "pong"}))
 
 
 async def serve_brain(secret: str, *, host: str = "127.0.0.1", port: int = 3001, header: str = SECRET_HEADER,

@@ -1,13 +1,21 @@
-"""``make demo``: a whole call on this machine, narrated.
+"""``make demo``: the whole Speech Engine architecture on this machine, as a call you can listen to.
 
-Starts the real livekit-server (on 127.0.0.1:7880 when free), then ``runner.py --room demo`` with the
-embedded Speech Engine emulator, then a synthetic caller that joins the room, speaks, listens to the agent's
-reply and talks over a long reply, printing one line per turn. Stops everything it started after
-``--turns`` turns, ``--seconds`` seconds, or Ctrl-C.
+Starts the real livekit-server, the example brain server (``examples/brain_server.py``, the official SDK's
+``SpeechEngineServer`` with authentication on), the Speech Engine emulator (in this process), points the
+engine at the brain through its REST resource (``PATCH /v1/speech-engine/{id}``, as
+``transport.engine_admin`` does against the real service), and starts the bridge (``runner.py --room demo``)
+against the emulator with signed URLs, exactly as against ElevenLabs. Then a caller joins and speaks real
+synthesized sentences (espeak-ng), talks over the agent once, and a second caller joins for one turn.
 
-It also starts the browser path: ``runner.py --worker`` (explicit dispatch, agent ``elevenlabs-bridge``) and
-the token server, and prints the page's URL. With ``--browser`` it keeps them running after the scripted
-turns, until Ctrl-C, so you can talk to the emulated agent from a browser on this machine.
+Every turn prints one line. At the end it writes ``demo-call.wav`` (stereo: left the callers as they spoke,
+right the agent as the first caller heard it) and ``demo-call.png`` (both waveforms on one time axis, with
+turn ends, replies, the interruption and the silence that followed it marked) and says where.
+
+The emulator has no speech recognition: this script knows what its callers say and hands the emulator the
+words in order (``Emulator.transcriber``); without that the brain would get ``[speech 1.2 s]`` placeholders.
+
+``--browser`` also starts the browser path (``runner.py --worker`` and the token server) and keeps it up
+after the scripted call until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,30 +24,42 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import sys
 import time
+import wave
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
+from emulator import Conversation, Emulator, EmulatorConfig
+from emulator.records import Reply
+from emulator.tts import TtsUnavailable, synthesize
 from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
+from transport.engine_admin import EngineAdmin, EngineRef
 from transport.livekit_token import mint_token
 from transport.token_server import TokenServer, TokenServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+AGENT = "elevenlabs-agent"
+ENGINE_ID = "seng_demo"
 LOUD = 800  # int16 peak that counts as "the agent is speaking" (about -32 dBFS)
+Int16Array = npt.NDArray[np.int16]
 
-
-def speech(seconds: float, seed: int) -> np.ndarray:
-    """A voice-like test signal: a 140 Hz buzz with formant-ish overtones and a 4 Hz syllable envelope."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * RATE)) / RATE
-    voice = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 6)) / (i + 1) for i, f in enumerate((140, 280, 700, 1200)))
-    envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 4 * t)
-    return (voice / 2.1 * envelope * 0.35 * 32767).astype(np.int16)
+# (who, what they say, whether they talk over the agent's answer to the previous line)
+SCRIPT: tuple[tuple[str, str, bool], ...] = (
+    ("caller", "Hello, is anyone there?", False),
+    ("caller", "Can you help me with a problem?", False),
+    ("caller", "Sorry, what time is it?", True),
+    ("second-caller", "Hi, I am the second caller. What is your name?", False),
+    ("caller", "Thank you. Goodbye.", False),
+)
 
 
 def port_free(port: int) -> bool:
@@ -47,64 +67,281 @@ def port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-async def wait_loud(heard: Heard, since_ns: int, timeout: float) -> int | None:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def until(predicate: object, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        t = heard.first_loud_after(since_ns, LOUD)
-        if t is not None:
-            return t
+        if predicate():  # type: ignore[operator]
+            return True
         await asyncio.sleep(0.02)
+    return False
+
+
+async def wait_listening(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return
+
+
+@dataclass
+class Marks:
+    """What happened when (monotonic ns), for the picture."""
+
+    said: list[tuple[str, int, Int16Array]] = field(default_factory=list)  # (who, start, samples at RATE)
+    turn_ends: list[int] = field(default_factory=list)
+    replies: list[tuple[int, str]] = field(default_factory=list)  # (first heard, text)
+    interruption: tuple[int, int, int] | None = None  # (talk-over starts, engine interrupts, agent silent)
+
+
+class Script:
+    """The words behind each utterance, in the order they are spoken: the emulator's stand-in for ASR."""
+
+    def __init__(self) -> None:
+        self._pending: deque[str] = deque()
+
+    def spoken(self, text: str) -> None:
+        self._pending.append(text)
+
+    def transcribe(self, samples: Int16Array, rate: int) -> str | None:
+        if samples.size < rate // 4 or not self._pending:
+            return None  # a cough or an unscripted sound: the brain gets the honest placeholder
+        return self._pending.popleft()
+
+
+def quiet_since(heard: Heard, since_ns: int, quiet_ms: int) -> int | None:
+    last = heard.last_loud_time(LOUD)
+    if last is not None and time.monotonic_ns() - max(last, since_ns) > quiet_ms * 1_000_000:
+        return last
     return None
 
 
-async def wait_quiet(heard: Heard, since_ns: int, quiet_ms: int, timeout: float) -> int | None:
-    """Arrival time of the last loud frame after ``since_ns``, once ``quiet_ms`` of quiet followed it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        last = heard.last_loud_time(LOUD)
-        if last is not None and time.monotonic_ns() - max(last, since_ns) > quiet_ms * 1_000_000:
-            return last
-        await asyncio.sleep(0.02)
-    return None
+class Call:
+    def __init__(self, url: str, api_key: str, api_secret: str, emulator: Emulator, script: Script) -> None:
+        self.url, self._key, self._secret = url, api_key, api_secret
+        self.emulator, self.script = emulator, script
+        self.marks = Marks()
+        self.callers: dict[str, Caller] = {}
+        self.conversation: Conversation | None = None
+        self.t0 = 0
+        self.turn = 0
+
+    async def join(self, identity: str) -> Caller:
+        caller = Caller(self.url, mint_token(self._key, self._secret, room="demo", identity=identity),
+                        identity=identity)
+        await caller.start()
+        self.callers[identity] = caller
+        if not await until(lambda: AGENT in caller.heard, 30):
+            raise RuntimeError(f"{identity} never heard the agent join")
+        return caller
+
+    async def say(self, who: str, text: str) -> tuple[int, int]:
+        """Queue ``text`` for ``who``; (voice onset, voice end) in monotonic ns, without espeak's padding."""
+        caller = self.callers[who]
+        samples = await synthesize(text, RATE)
+        self.script.spoken(text)
+        before = len(caller.speech_started_ns)
+        caller.say(samples)
+        await until(lambda: len(caller.speech_started_ns) > before, 5)
+        start = caller.speech_started_ns[before]
+        self.marks.said.append((who, start, samples))
+        # espeak-ng pads with silence: the voice itself runs from the first to the last loud sample.
+        loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > LOUD)
+        first, last = (int(loud[0]), int(loud[-1])) if loud.size else (0, samples.size)
+        return start + first * 1_000_000_000 // RATE, start + last * 1_000_000_000 // RATE
+
+    async def next_reply(self, timeout: float = 20.0) -> Reply:
+        assert self.conversation is not None
+        reply = await self.conversation.next_reply(timeout)
+        if reply.utterance is not None:
+            self.marks.turn_ends.append(reply.utterance.end_ns)
+        return reply
+
+    async def run(self) -> None:
+        first = await self.join("caller")
+        self.t0 = time.monotonic_ns()
+        print("caller: joined room 'demo'; the agent is there", flush=True)
+        self.conversation = await self.emulator.next_conversation(30)
+        heard = first.heard[AGENT]
+        pending_barge: tuple[str, str] | None = None
+        for index, (who, text, _) in enumerate(SCRIPT):
+            if (who, text) == pending_barge:
+                continue
+            if who not in self.callers:
+                await self.join(who)
+                print(f"{who}: joined the room", flush=True)
+            _, stopped = await self.say(who, text)
+            await self.callers[who].wait_said()
+            reply = await self.next_reply()
+            first_heard = await self._first_heard(heard, stopped)
+            barge = SCRIPT[index + 1] if index + 1 < len(SCRIPT) and SCRIPT[index + 1][2] else None
+            if barge is not None:
+                await self._talk_over(heard, who, text, reply, stopped, first_heard, barge)
+                pending_barge = (barge[0], barge[1])
+                continue
+            await self._played(heard, reply, stopped)
+            self._line(who, text, reply, stopped, first_heard, "played to the end")
+            if who != "caller":
+                await self.callers.pop(who).stop()
+                print(f"{who}: left the room", flush=True)
+
+    @staticmethod
+    async def _played(heard: Heard, reply: Reply, since: int) -> None:
+        await until(lambda: reply.done, 30)
+        await until(lambda: quiet_since(heard, since, 500) is not None, 30)
+
+    async def _first_heard(self, heard: Heard, since: int) -> int | None:
+        found: list[int] = []
+
+        def loud() -> bool:
+            t = heard.first_loud_after(since, LOUD)
+            if t is not None:
+                found.append(t)
+            return t is not None
+
+        await until(loud, 20)
+        return found[0] if found else None
+
+    def _line(self, who: str, text: str, reply: Reply, stopped: int, first_heard: int | None, how: str) -> None:
+        self.turn += 1
+        said = " ".join(reply.phrases) or "(nothing)"
+        if reply.interrupted_ns is not None and reply.start_ns is not None:  # what the caller heard of it
+            heard = min(1.0, (reply.interrupted_ns - reply.start_ns) / max(1, reply.duration_ns))
+            said = said[:int(len(said) * heard)].rstrip() + "…"
+        if first_heard is not None:
+            self.marks.replies.append((first_heard, said))
+        start = f"{(first_heard - stopped) / 1e6:.0f} ms after {who} stopped" if first_heard else "never"
+        print(f"turn {self.turn} ({who}): \"{text}\" -> agent: \"{said}\" (heard {start}; {how})", flush=True)
+
+    async def _talk_over(self, heard: Heard, who: str, text: str, reply: Reply, stopped: int,
+                         first_heard: int | None, barge: tuple[str, str, bool]) -> None:
+        await asyncio.sleep(1.2)
+        barge_start, stopped2 = await self.say(barge[0], barge[1])
+        await until(lambda: reply.interrupted_ns is not None, 10)
+        await until(lambda: quiet_since(heard, barge_start, 300) is not None, 10)
+        silent = heard.last_loud_time(LOUD) or barge_start
+        silent = max(silent, barge_start)
+        if reply.interrupted_ns is not None:
+            self.marks.interruption = (barge_start, reply.interrupted_ns, silent)
+        engine = f"the engine interrupted {(reply.interrupted_ns - barge_start) / 1e6:.0f} ms and " \
+            if reply.interrupted_ns is not None else ""
+        self._line(who, text, reply, stopped, first_heard,
+                   f"{barge[0]} talked over it: {engine}the agent went silent {(silent - barge_start) / 1e6:.0f} ms "
+                   "after they started")
+        await self.callers[barge[0]].wait_said()
+        second = await self.next_reply()
+        first2 = await self._first_heard(heard, stopped2)
+        await self._played(heard, second, stopped2)
+        self._line(barge[0], barge[1], second, stopped2, first2, "played to the end")
 
 
-async def converse(url: str, token: str, turns: int) -> None:
-    async with Caller(url, token, identity="demo-caller") as caller:
-        print("caller: joined room 'demo'; waiting for the agent", flush=True)
-        async with asyncio.timeout(30):
-            while "elevenlabs-agent" not in caller.heard:
-                await asyncio.sleep(0.05)
-        heard = caller.heard["elevenlabs-agent"]
-        for turn in range(1, turns + 1):
-            barge = turn % 2 == 0
-            caller.say(speech(1.2, turn))
-            await caller.wait_said()
-            said_ns = time.monotonic_ns()
-            first = await wait_loud(heard, said_ns, 10)
-            if first is None:
-                print(f"turn {turn}: no reply within 10 s", flush=True)
-                continue
-            if not barge:
-                await wait_quiet(heard, first, 400, 30)
-                print(f"turn {turn}: you spoke 1.2 s; the reply started {(first - said_ns) / 1e6:.0f} ms after you "
-                      "stopped (the engine waits ~400 ms of silence to end your turn) and played to the end",
-                      flush=True)
-                continue
-            await asyncio.sleep(0.8)
-            caller.say(speech(0.8, 100 + turn))
-            barge_ns = time.monotonic_ns()
-            last = await wait_quiet(heard, barge_ns, 300, 10)
-            if last is None:
-                print(f"turn {turn}: the agent kept talking over you", flush=True)
-                continue
-            print(f"turn {turn}: reply started {(first - said_ns) / 1e6:.0f} ms after you stopped; you talked over it "
-                  f"and the agent went silent {max(0, last - barge_ns) / 1e6:.0f} ms after you started "
-                  "(the engine needs ~60 ms of speech to call it a barge-in)", flush=True)
-            await caller.wait_said()
-            await wait_quiet(heard, time.monotonic_ns(), 500, 20)
+# ------------------------------------------------------------------ recording
+
+
+def tracks(call: Call) -> tuple[Int16Array, Int16Array]:
+    """(callers as spoken, agent as the first caller heard it), both at RATE from ``call.t0``."""
+    heard = call.callers["caller"].heard.get(AGENT) if "caller" in call.callers else None
+    end = time.monotonic_ns()
+    n = int((end - call.t0) * RATE // 1_000_000_000) + RATE
+    left = np.zeros(n, np.int32)
+    for _, start, samples in call.marks.said:
+        at = max(0, int((start - call.t0) * RATE // 1_000_000_000))
+        piece = samples[: max(0, n - at)]
+        left[at:at + piece.size] += piece
+    right = np.zeros(n, np.int16)
+    if heard is not None and heard.frames:
+        # Frames are contiguous audio: lay them end to end from the first one that arrived after t0.
+        picked = [f for t, f in zip(heard.times_ns, heard.frames, strict=True) if t >= call.t0]
+        first_t = next((t for t in heard.times_ns if t >= call.t0), call.t0)
+        audio = np.concatenate(picked) if picked else np.zeros(0, np.int16)
+        at = int((first_t - call.t0) * RATE // 1_000_000_000)
+        audio = audio[: max(0, n - at)]
+        right[at:at + audio.size] = audio
+    return np.clip(left, -32768, 32767).astype(np.int16), right
+
+
+def write_wav(path: Path, left: Int16Array, right: Int16Array, rate: int = RATE) -> None:
+    stereo = np.stack([left, right], axis=1).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(stereo.tobytes())
+
+
+def plot(path: Path, call: Call, left: Int16Array, right: Int16Array, rate: int = RATE) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def at(ns: int) -> float:
+        return (ns - call.t0) / 1e9
+
+    t = np.arange(left.size) / rate
+    step = max(1, rate // 2000)  # draw 2000 points a second; the envelope is what matters
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(14, 5.5))
+    top.plot(t[::step], left[::step] / 32768, lw=0.5, color="tab:blue")
+    top.set_ylabel("callers")
+    bottom.plot(t[::step], right[::step] / 32768, lw=0.5, color="tab:orange")
+    bottom.set_ylabel("agent, as heard")
+    for ax in (top, bottom):
+        ax.set_ylim(-1, 1)
+        for end in call.marks.turn_ends:
+            ax.axvline(at(end), color="tab:green", ls="--", lw=1)
+        if call.marks.interruption is not None:
+            start, interrupted, silent = call.marks.interruption
+            ax.axvline(at(interrupted), color="tab:red", lw=1.5)
+            ax.axvspan(at(start), at(silent), color="tab:red", alpha=0.15)
+    for who, start, _ in call.marks.said:
+        top.annotate(who, (at(start), 0.85), fontsize=8, color="tab:blue")
+    for k, (first, text) in enumerate(call.marks.replies):
+        bottom.plot([at(first)], [0.9], marker="v", color="tab:purple")
+        bottom.annotate(text[:34] + ("…" if len(text) > 34 else ""), (at(first), 0.74 - 0.16 * (k % 2)),
+                        fontsize=7, color="tab:purple")
+    handles = [plt.Line2D([], [], color="tab:green", ls="--", label="end of turn (engine's VAD)"),
+               plt.Line2D([], [], color="tab:purple", marker="v", ls="", label="reply first heard"),
+               plt.Line2D([], [], color="tab:red", label="interruption (engine)"),
+               plt.Rectangle((0, 0), 1, 1, color="tab:red", alpha=0.15, label="talk-over until the agent is silent")]
+    bottom.legend(handles=handles, loc="lower right", fontsize=8)
+    bottom.set_xlabel("seconds since the first caller joined")
+    fig.suptitle("make demo: a call through LiveKit, the bridge, the emulated Speech Engine and the example brain")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ processes
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), 15)
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    try:
+        await synthesize("test", RATE)
+    except TtsUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     port = 7880 if port_free(7880) else None
     try:
         server = LiveKitServer(port=port).start()
@@ -112,53 +349,78 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"livekit-server on {server.url} (log: {server.log_path})", flush=True)
+    api_key = f"sk_demo_{secrets.token_hex(12)}"  # a local key shared by the emulator and the brain
+    script = Script()
+    emulator = Emulator(EmulatorConfig(api_key=api_key, agent_id=ENGINE_ID, output_format="pcm_24000",
+                                       think_time_ms=150.0))
+    emulator.transcriber = script.transcribe
+    procs: list[asyncio.subprocess.Process] = []
+    page: TokenServer | None = None
     env = dict(os.environ, LIVEKIT_URL=server.url, LIVEKIT_API_KEY=server.api_key,
                LIVEKIT_API_SECRET=server.api_secret, PYTHONUNBUFFERED="1")
-    for key in ("ELEVENLABS_API_KEY", "SPEECH_ENGINE_ID"):
-        env.pop(key, None)  # the demo always uses the embedded emulator
-    bridge = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "runner.py"), "--room", "demo", "--reply", "speech", "--stay",
-        "--log-level", args.log_level, env=env, cwd=ROOT)
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "runner.py"), "--worker", "--agent-name", "elevenlabs-bridge", "--reply", "echo",
-        "--log-level", args.log_level, env=env, cwd=ROOT)
-    print("runner.py --room demo started (embedded Speech Engine emulator)", flush=True)
-    token = mint_token(server.api_key, server.api_secret, room="demo", identity="demo-caller")
-    page = TokenServer(TokenServerConfig(livekit_url=server.url, api_key=server.api_key,
-                                         api_secret=server.api_secret, agent_name="elevenlabs-bridge"),
-                       port=args.page_port if port_free(args.page_port) else 0)
+    call = Call(server.url, server.api_key, server.api_secret, emulator, script)
     try:
-        await page.start()
-        print(f"browser path: open {page.url}/ — a worker (runner.py --worker) is dispatched into your room",
+        await emulator.start()
+        brain_port = free_port()
+        procs.append(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "examples.brain_server", "--port", str(brain_port), "--log-level", args.log_level,
+            env=dict(env, ELEVENLABS_API_KEY=api_key), cwd=ROOT))
+        await wait_listening(brain_port)
+        admin = EngineAdmin(api_key, base_url=emulator.rest_base_url)
+        await admin.patch(EngineRef.of(ENGINE_ID), {"speech_engine": {"ws_url": f"ws://127.0.0.1:{brain_port}/"}})
+        print(f"brain server (examples/brain_server.py, the SDK's SpeechEngineServer) on ws://127.0.0.1:{brain_port}/;"
+              f" engine {ENGINE_ID} points at it", flush=True)
+        procs.append(await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "runner.py"), "--room", "demo", "--stay", "--log-level", args.log_level,
+            env=dict(env, ELEVENLABS_API_KEY=api_key, SPEECH_ENGINE_ID=ENGINE_ID,
+                     ELEVENLABS_API_BASE=emulator.rest_base_url), cwd=ROOT))
+        print(f"bridge: runner.py --room demo, engine = the emulator at {emulator.rest_base_url} (signed URLs)",
               flush=True)
+        if args.browser:
+            procs.append(await asyncio.create_subprocess_exec(
+                sys.executable, str(ROOT / "runner.py"), "--worker", "--agent-name", "elevenlabs-bridge",
+                "--log-level", args.log_level, env=env, cwd=ROOT))
+            page = TokenServer(TokenServerConfig(livekit_url=server.url, api_key=server.api_key,
+                                                 api_secret=server.api_secret, agent_name="elevenlabs-bridge"),
+                               port=args.page_port if port_free(args.page_port) else 0)
+            await page.start()
+            print(f"browser path: open {page.url}/ — a worker (runner.py --worker) is dispatched into your room",
+                  flush=True)
         async with asyncio.timeout(args.seconds):
-            await converse(server.url, token, args.turns)
+            await call.run()
             if args.browser:
-                print("demo: scripted turns done; the page stays up until Ctrl-C", flush=True)
+                print("demo: scripted call done; the page stays up until Ctrl-C", flush=True)
                 await asyncio.Event().wait()
     except TimeoutError:
         print(f"demo: {args.seconds:.0f} s are up", flush=True)
     finally:
-        await page.stop()
-        for proc in (bridge, worker):
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in (bridge, worker):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 15)
-            if proc.returncode is None:
-                proc.kill()
+        if call.t0:
+            left, right = tracks(call)
+            out = Path(args.out_dir).resolve()
+            out.mkdir(parents=True, exist_ok=True)
+            write_wav(out / "demo-call.wav", left, right)
+            plot(out / "demo-call.png", call, left, right)
+            print(f"demo: wrote {out / 'demo-call.wav'} (left: callers, right: agent as heard) and "
+                  f"{out / 'demo-call.png'}", flush=True)
+        for caller in list(call.callers.values()):
+            with contextlib.suppress(Exception):
+                await caller.stop()
+        if page is not None:
+            await page.stop()
+        for proc in reversed(procs):
+            await stop_process(proc)
+        await emulator.stop()
         server.stop()
-        print("demo: stopped the bridge, the worker and the server", flush=True)
+        print("demo: stopped the bridge, the brain, the emulator and the server", flush=True)
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--turns", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--seconds", type=float, default=150.0)
     parser.add_argument("--log-level", default="WARNING")
-    parser.add_argument("--browser", action="store_true", help="keep the page and the worker up until Ctrl-C")
+    parser.add_argument("--out-dir", default=".", help="where demo-call.wav and demo-call.png go")
+    parser.add_argument("--browser", action="store_true", help="also start the browser path, keep it up until Ctrl-C")
     parser.add_argument("--page-port", type=int, default=8080)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -22,6 +23,7 @@ from examples.brain_server_check import (
     secret_ok,
     serve_brain,
 )
+from tests.engine_fixtures import fast, raw, running
 
 SECRET = "5f1d6c0e-brain-secret-a9b8c7"
 API_KEY = "sk_test_brain_0123456789"
@@ -40,9 +42,9 @@ async def brain(api_key: str | None = None) -> AsyncIterator[str]:
             await task
 
 
-def engine_jwt(key: str = API_KEY, *, exp_in: float = 300, sub: str = ENGINE_JWT_SUBJECT) -> str:
+def engine_jwt(key: str = API_KEY, *, exp_in: float = 300, sub: str = ENGINE_JWT_SUBJECT, **extra: object) -> str:
     now = int(time.time())
-    return jwt.encode({"iss": ENGINE_JWT_ISSUER, "sub": sub, "iat": now, "exp": now + int(exp_in)},
+    return jwt.encode({"iss": ENGINE_JWT_ISSUER, "sub": sub, "iat": now, "exp": now + int(exp_in), **extra},
                       hashlib.sha256(key.encode()).digest(), algorithm="HS256")
 
 
@@ -96,3 +98,36 @@ def test_engine_signature_rejects_other_algorithms_and_subjects() -> None:
     assert not engine_signature_ok(unsigned, API_KEY)
     assert not engine_signature_ok("not a jwt", API_KEY)
     assert not engine_signature_ok(None, API_KEY)
+
+
+def test_engine_signature_is_checked_as_the_sdk_checks_it() -> None:
+    # The SDK ignores claims it does not know (PyJWT alone would refuse an unexpected ``aud``) and signs a
+    # data-residency key with its base key.
+    assert engine_signature_ok(engine_jwt(aud="anything"), API_KEY)
+    assert engine_signature_ok(engine_jwt(), API_KEY + "_residency_eu")
+    assert not engine_signature_ok(engine_jwt(iss="https://elsewhere.example"), API_KEY)
+    future = int(time.time()) + 600
+    early = jwt.encode({"iss": ENGINE_JWT_ISSUER, "sub": ENGINE_JWT_SUBJECT, "iat": future, "exp": future + 300},
+                       hashlib.sha256(API_KEY.encode()).digest(), algorithm="HS256")
+    assert not engine_signature_ok(early, API_KEY)
+
+
+async def test_a_verified_engine_gets_pongs() -> None:
+    async with brain(api_key=API_KEY) as url, connect(
+            url, additional_headers={"X-Brain-Secret": SECRET, ENGINE_AUTH_HEADER: engine_jwt()}, proxy=None) as ws:
+        await ws.send('{"type": "ping"}')
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
+
+
+async def test_the_emulator_dials_this_brain_with_its_secret_and_signature() -> None:
+    """The emulator's upgrade (JWT + configured header) passes this example's gate, and it pongs."""
+    async with brain(api_key=API_KEY) as url, running(fast(api_key=API_KEY, require_auth=False, brain_url=url,
+                                                           brain_headers={"X-Brain-Secret": SECRET},
+                                                           brain_ping_interval_s=0.1)) as emu, \
+            raw(emu.public_url()) as client:
+        await client.init()
+        conversation = await emu.next_conversation()
+        async with asyncio.timeout(5):
+            while conversation.voice is None or conversation.voice.link.pongs < 2:
+                await asyncio.sleep(0.05)
+        assert not conversation.ended
