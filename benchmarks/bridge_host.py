@@ -167,17 +167,18 @@ class Host:
         c = {"underruns": 0, "underrun_samples": 0, "reanchors": 0, "lag_frames": 0, "frames_out": 0,
              "chunks_sent": 0, "chunks_dropped": 0, "audio_events": 0, "interruptions": 0, "refused_samples": 0}
         for s in self.sessions:
-            down = s.downlink
+            stats = s.stats(stages=False)
+            down = stats.downlink
             if down is not None:
-                c["underruns"] += down.playout.underruns
-                c["underrun_samples"] += down.playout.underrun_samples
-                c["refused_samples"] += down.playout.refused_samples
-                c["reanchors"] += down.pacer.reanchors
-                c["lag_frames"] += down.pacer.lag_frames
-            c["frames_out"] += s.room.stats.frames_out
-            c["chunks_sent"] += s.counters["chunks_sent"]
-            c["chunks_dropped"] += s.counters["chunks_dropped"]
-            c["audio_events"] += s.counters["audio_events"]
+                c["underruns"] += down.underruns
+                c["underrun_samples"] += down.underrun_samples
+                c["refused_samples"] += down.refused_samples
+                c["reanchors"] += down.reanchors
+                c["lag_frames"] += down.lag_frames
+            c["frames_out"] += stats.room.frames_out
+            c["chunks_sent"] += stats.session.chunks_sent
+            c["chunks_dropped"] += stats.session.chunks_dropped
+            c["audio_events"] += stats.session.audio_events
             c["interruptions"] += len(s.interruptions)
         return c
 

@@ -96,8 +96,7 @@ class Rig:
         engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
         config = SessionConfig(livekit_url=server.url, livekit_token=self.token(room_ours, AGENT, agent=True),
                                engine=engine, identity=AGENT, start_when="immediately", end_when_empty=False)
-        session = BridgeSession(config, client_factory=tap.client_factory())
-        tap.attach(session)
+        session = BridgeSession(config, hooks=tap.hooks())
         self._session = session
         await session.start()
         conv_ours = await emu.next_conversation()

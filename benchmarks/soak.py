@@ -142,7 +142,7 @@ async def run_soak(server: LiveKitServer, config: SoakConfig | None = None,
         for i, (s, talk) in enumerate(zip(sessions, report.get("stats", []), strict=False)):
             m = s.metrics()
             result.per_session.append({
-                "state": s.state.value, **talk, "interruptions": s.counters["interruptions"],
+                "state": s.state.value, **talk, "interruptions": m["session"]["interruptions"],
                 "reconnects": max(0, m["engine"].get("connects", 1) - 1),
                 "underruns": m["downlink"].get("underruns", 0),
                 "stale_chunks": m["protocol"].get("stale_audio_chunks", 0),

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -40,10 +40,10 @@ from core.formats import parse_format
 from emulator import Conversation, Emulator, EmulatorConfig, Reply
 from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer
+from transport import BridgeSession, EngineSettings, SessionConfig, SessionEvent, SessionState
 from transport.backoff import constant
 from transport.engine_client import EngineClient
 from transport.livekit_token import mint_token
-from transport.session import BridgeSession, EngineSettings, SessionConfig, SessionEvent, SessionState
 
 __all__ = [
     "AGENT",
@@ -200,6 +200,8 @@ def _token(server: LiveKitServer, room: str, identity: str, *, agent: bool = Fal
     return mint_token(server.api_key, server.api_secret, room=room, identity=identity, agent=agent)
 
 
+_E = TypeVar("_E")
+
 # ------------------------------------------------------------------------------------------------ rig
 
 
@@ -237,8 +239,9 @@ class Rig:
     def heard(self, identity: str) -> Heard:
         return self.callers[identity].heard[AGENT]
 
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events]
+    def of(self, kind: type[_E]) -> list[_E]:
+        """The events of one kind, in order."""
+        return [e for e in self.events if isinstance(e, kind)]
 
     async def stop(self) -> None:
         for c in list(self.callers.values()):

@@ -5,27 +5,73 @@
     session = BridgeSession(SessionConfig(livekit_url=url, livekit_token=token,
                                           engine=EngineSettings(api_key=key, agent_id=engine_id)))
     await session.start()
-    async for event in session.events(): ...
+    async for event in session.events(): ...   # transport.events: one frozen dataclass per kind
     await session.stop()
 
 The library installs no signal handlers and configures no logging; many sessions share one event loop.
 """
 
 from core.downlink import DownlinkConfig
+from core.errors import (
+    BridgeError,
+    BufferOverflowError,
+    ConfigError,
+    EngineAuthError,
+    EngineError,
+    LiveKitError,
+    ProtocolError,
+)
+from transport.config import EngineSettings, SessionConfig
 from transport.engine_client import ConnectionState, EngineClient, InitiationData
+from transport.events import (
+    AgentResponse,
+    CallerJoined,
+    CallerLeft,
+    EngineErrorOccurred,
+    EngineStateChanged,
+    Interrupted,
+    RoomState,
+    RoomStateChanged,
+    SessionError,
+    SessionEvent,
+    SessionState,
+    SessionStateChanged,
+    UserTranscript,
+)
 from transport.livekit_token import mint_token
-from transport.session import BridgeSession, EngineSettings, SessionConfig, SessionEvent, SessionState, serve
+from transport.observe import SessionHooks, SessionStats
+from transport.session import BridgeSession, serve
 
 __all__ = [
+    "AgentResponse",
+    "BridgeError",
     "BridgeSession",
+    "BufferOverflowError",
+    "CallerJoined",
+    "CallerLeft",
+    "ConfigError",
     "ConnectionState",
     "DownlinkConfig",
+    "EngineAuthError",
     "EngineClient",
+    "EngineError",
+    "EngineErrorOccurred",
     "EngineSettings",
+    "EngineStateChanged",
     "InitiationData",
+    "Interrupted",
+    "LiveKitError",
+    "ProtocolError",
+    "RoomState",
+    "RoomStateChanged",
     "SessionConfig",
+    "SessionError",
     "SessionEvent",
+    "SessionHooks",
     "SessionState",
+    "SessionStateChanged",
+    "SessionStats",
+    "UserTranscript",
     "mint_token",
     "serve",
 ]
