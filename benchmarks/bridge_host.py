@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import run_loop
+from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 
@@ -135,8 +136,8 @@ class Host:
 
         async def one(room: str) -> None:
             token = mint_token(cmd["api_key"], cmd["api_secret"], room=room, identity=AGENT, agent=True)
-            session = BridgeSession(SessionConfig(livekit_url=cmd["livekit_url"], livekit_token=token, engine=engine,
-                                                  identity=AGENT, start_when="immediately", end_when_empty=False,
+            session = BridgeSession(SessionConfig(room=RoomLinkConfig(cmd["livekit_url"], token, identity=AGENT),
+                                                  engine=engine, start_when="immediately", end_when_empty=False,
                                                   **self.session_kwargs))
             async with gate:
                 try:

@@ -45,6 +45,7 @@ import numpy as np
 
 from benchmarks.common import RESULTS, ROOT, Progress, machine, run_loop, voice, write_json
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
+from transport.config import RoomLinkConfig
 from transport.engine_client import InitiationData
 from transport.livekit_token import mint_token
 from transport.metrics import BridgeMetrics
@@ -116,8 +117,8 @@ async def run_soak(server: LiveKitServer, config: SoakConfig | None = None,
             engine = EngineSettings(api_key=hello["api_key"], agent_id=hello["agent_id"], api_base=hello["api_base"],
                                     init=InitiationData(user_id=room))
             token = mint_token(server.api_key, server.api_secret, room=room, identity=AGENT, agent=True)
-            session = BridgeSession(SessionConfig(livekit_url=server.url, livekit_token=token, engine=engine,
-                                                  identity=AGENT, start_when="immediately", end_when_empty=False))
+            session = BridgeSession(SessionConfig(room=RoomLinkConfig(server.url, token, identity=AGENT),
+                                                  engine=engine, start_when="immediately", end_when_empty=False))
             metrics.track(session)
             await session.start()
             sessions.append(session)

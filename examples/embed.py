@@ -23,6 +23,7 @@ from transport import (
     EngineSettings,
     EngineStateChanged,
     Interrupted,
+    RoomLinkConfig,
     SessionConfig,
     SessionError,
     SessionEvent,
@@ -62,8 +63,9 @@ async def main(rooms: list[str], run_for: float | None = None) -> None:
     key, secret = os.environ.get("LIVEKIT_API_KEY", "devkey"), os.environ.get("LIVEKIT_API_SECRET", "secret")
     async with engine() as settings:
         sessions = {room: BridgeSession(SessionConfig(
-            livekit_url=url, engine=settings, identity="agent", end_when_empty=False,
-            livekit_token=mint_token(key, secret, room=room, identity="agent", agent=True))) for room in rooms}
+            room=RoomLinkConfig(url, mint_token(key, secret, room=room, identity="agent", agent=True),
+                                identity="agent"),
+            engine=settings, end_when_empty=False)) for room in rooms}
         await asyncio.gather(*(s.start() for s in sessions.values()))
         watchers = [asyncio.ensure_future(watch(room, s)) for room, s in sessions.items()]
         try:

@@ -40,7 +40,7 @@ from core.formats import parse_format
 from emulator import Conversation, Emulator, EmulatorConfig, Reply
 from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer
-from transport import BridgeSession, EngineSettings, SessionConfig, SessionEvent, SessionState
+from transport import BridgeSession, EngineSettings, RoomLinkConfig, SessionConfig, SessionEvent, SessionState
 from transport.backoff import constant
 from transport.engine_client import EngineClient
 from transport.livekit_token import mint_token
@@ -333,12 +333,13 @@ class Scenario:
         room = f"{self.side}-{uuid.uuid4().hex[:8]}"
         engine = EngineSettings(api_key=emu.api_key, agent_id=config.agent_id, api_base=emu.rest_base_url,
                                 max_attempts=(client or {}).pop("max_attempts", 6))
-        options: dict[str, Any] = {"identity": AGENT, "start_when": "immediately", "end_when_empty": False}
+        options: dict[str, Any] = {"start_when": "immediately", "end_when_empty": False}
         options.update(session or {})
+        room_options = {k: options.pop(k) for k in ("queue_ms", "caller_frame_ms") if k in options}
         # Reconnect quickly in tests: the policy itself is tested in test_engine_client.
         factory = functools.partial(EngineClient, backoff=lambda: constant(0.1), **(client or {}))
-        s = BridgeSession(SessionConfig(livekit_url=server.url, engine=engine,
-                                        livekit_token=_token(server, room, AGENT, agent=True), **options),
+        link = RoomLinkConfig(server.url, _token(server, room, AGENT, agent=True), identity=AGENT, **room_options)
+        s = BridgeSession(SessionConfig(room=link, engine=engine, **options),
                           client_factory=factory)
         rig = Rig(server, room, s, emu)
         rig._collector = asyncio.ensure_future(_collect(s, rig.events))

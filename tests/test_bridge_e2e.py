@@ -18,6 +18,7 @@ from emulator import Emulator, EmulatorConfig
 from scripts.caller import RATE, Caller, Heard, tone
 from scripts.livekit_server import LiveKitServer
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
+from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 
@@ -73,8 +74,8 @@ async def bridge(livekit_server: LiveKitServer, request: pytest.FixtureRequest) 
         await emu.start()
         token = mint_token(TEST_API_KEY, TEST_API_SECRET, room=room, identity=AGENT, agent=True)
         engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
-        session = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=token, engine=engine,
-                                              identity=AGENT, start_when="immediately", end_when_empty=False))
+        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
+                                              engine=engine, start_when="immediately", end_when_empty=False))
         await session.start()
         started.append((session, emu))
         return session, emu
@@ -298,8 +299,8 @@ async def test_the_session_ends_when_the_room_empties_after_the_linger(livekit_s
     async with Emulator(EmulatorConfig(reply_mode="echo")) as emu:
         engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
         token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="linger", identity=AGENT, agent=True)
-        session = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=token, engine=engine,
-                                              identity=AGENT, linger_s=0.5))
+        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
+                                              engine=engine, linger_s=0.5))
         await session.start()
         async with caller(livekit_server, "linger", "lou"):
             await until(lambda: session.engine is not None and session.engine.ready)

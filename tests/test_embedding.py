@@ -16,6 +16,7 @@ from transport import (
     BridgeSession,
     CallerJoined,
     EngineSettings,
+    RoomLinkConfig,
     SessionConfig,
     SessionEvent,
     SessionState,
@@ -34,9 +35,10 @@ async def test_two_sessions_in_one_loop_with_events_and_a_clean_stop(livekit_ser
     async with Emulator(EmulatorConfig(reply_mode="echo")) as emu:
         engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
         sessions = [BridgeSession(SessionConfig(
-            livekit_url=livekit_server.url, engine=engine, identity="embedded-agent",
-            livekit_token=mint_token(TEST_API_KEY, TEST_API_SECRET, room=f"embed-{i}", identity="embedded-agent",
-                                     agent=True))) for i in range(2)]
+            room=RoomLinkConfig(livekit_server.url, mint_token(TEST_API_KEY, TEST_API_SECRET, room=f"embed-{i}",
+                                                               identity="embedded-agent", agent=True),
+                                identity="embedded-agent"),
+            engine=engine)) for i in range(2)]
         seen: list[list[SessionEvent]] = [[], []]
 
         async def collect(i: int) -> None:

@@ -30,6 +30,7 @@ from scripts.caller import RATE
 from scripts.livekit_server import LiveKitServer
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
 from tests.fault_helpers import AGENT, Scenario, rss_kib, session_ended, turn, until
+from transport.config import RoomLinkConfig
 from transport.engine_protocol import EngineProtocol
 from transport.livekit_token import mint_token
 from transport.metrics import BridgeMetrics
@@ -99,7 +100,7 @@ async def test_no_secret_reaches_logs_errors_events_or_metrics(
             return token
 
         rig.emu.tokens.issue = recording_issue  # type: ignore[method-assign]
-        leaks.add_secret(rig.session.config.livekit_token)
+        leaks.add_secret(rig.session.config.room.token)
         metrics.track(rig.session)
         await rig.session.start()
         first = await rig.emu.next_conversation()
@@ -123,7 +124,7 @@ async def test_no_secret_reaches_logs_errors_events_or_metrics(
         token = mint_token(TEST_API_KEY, TEST_API_SECRET, room=rig.room + "-k", identity=AGENT, agent=True)
         leaks.add_secret(token)
         s = BridgeSession(SessionConfig(
-            livekit_url=livekit_server.url, livekit_token=token, identity=AGENT, start_when="immediately",
+            room=RoomLinkConfig(livekit_server.url, token, identity=AGENT), start_when="immediately",
             engine=EngineSettings(api_key=WRONG_XI_KEY, agent_id="agent_emulator", api_base=bad_key.rest_base_url)))
         with pytest.raises(EngineAuthError) as auth:
             await s.start()
@@ -133,7 +134,7 @@ async def test_no_secret_reaches_logs_errors_events_or_metrics(
         token = mint_token(TEST_API_KEY, TEST_API_SECRET, room=rig.room + "-u", identity=AGENT, agent=True)
         leaks.add_secret(token)
         url = f"{bad_key.ws_url}?agent_id=agent_emulator&conversation_signature={URL_SIGNATURE}"
-        s = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=token, identity=AGENT,
+        s = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
                                         start_when="immediately", engine=EngineSettings(url=url)))
         bad_key.faults.refuse_connections = 0
         with pytest.raises(EngineAuthError) as signature:
@@ -143,7 +144,7 @@ async def test_no_secret_reaches_logs_errors_events_or_metrics(
         # 4. A LiveKit token signed with the wrong secret.
         forged = mint_token(TEST_API_KEY, "LEAKCANARY-wrong-livekit-secret-0123456789", room="x", identity=AGENT)
         leaks.add_secret(forged, "LEAKCANARY-wrong-livekit-secret-0123456789")
-        s = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=forged, identity=AGENT,
+        s = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, forged, identity=AGENT),
                                         engine=EngineSettings(api_key=XI_KEY, agent_id="agent_emulator",
                                                               api_base=bad_key.rest_base_url)))
         with pytest.raises(LiveKitError) as livekit_refused:
@@ -152,7 +153,7 @@ async def test_no_secret_reaches_logs_errors_events_or_metrics(
 
         # 5. Kicked from the room mid-call.
         kicked = await sc.rig(livekit_server, emulator_api_key=XI_KEY, start=False)
-        leaks.add_secret(kicked.session.config.livekit_token)
+        leaks.add_secret(kicked.session.config.room.token)
         metrics.track(kicked.session)
         await kicked.session.start()
         await kicked.emu.next_conversation()

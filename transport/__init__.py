@@ -21,7 +21,7 @@ from core.errors import (
     LiveKitError,
     ProtocolError,
 )
-from transport.config import EngineSettings, SessionConfig
+from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
 from transport.engine_client import ConnectionState, EngineClient, InitiationData
 from transport.events import (
     AgentResponse,
@@ -61,7 +61,9 @@ __all__ = [
     "InitiationData",
     "Interrupted",
     "LiveKitError",
+    "LiveKitTarget",
     "ProtocolError",
+    "RoomLinkConfig",
     "RoomState",
     "RoomStateChanged",
     "SessionConfig",
@@ -72,6 +74,7 @@ __all__ = [
     "SessionStateChanged",
     "SessionStats",
     "UserTranscript",
+    "from_env",
     "mint_token",
     "serve",
 ]

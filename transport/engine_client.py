@@ -189,6 +189,7 @@ class EngineClient:
         subprotocols: Sequence[str] = (),
         secrets: Iterable[str] = (),
         proxy: str | Literal[True] | None = True,
+        default_input_format: str = "pcm_16000",
     ) -> None:
         if max_attempts < 1 or audio_queue_limit < 1 or max_message_bytes < 1:
             raise ConfigError("max_attempts, audio_queue_limit and max_message_bytes must be positive")
@@ -210,7 +211,8 @@ class EngineClient:
         self._proxy = proxy
         self.redactor = Redactor(secrets)
 
-        self.protocol = EngineProtocol(max_message_chars=max_message_bytes)
+        # The caller-audio format assumed when the metadata names none (as the JS SDK does).
+        self.protocol = EngineProtocol(max_message_chars=max_message_bytes, default_input_format=default_input_format)
         self.counters = ClientCounters()
         self.state = ConnectionState.CLOSED
         self.last_error_event: EngineErrorEvent | None = None

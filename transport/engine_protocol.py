@@ -376,10 +376,13 @@ class EngineProtocol:
     ['{"type":"pong","event_id":3}']
     """
 
-    def __init__(self, *, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS) -> None:
+    def __init__(self, *, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
+                 default_input_format: str = _DEFAULT_INPUT_FORMAT) -> None:
         if max_message_chars <= 0:
             raise ConfigError("max_message_chars must be positive")
+        parse_format(default_input_format)  # a ConfigError now, not a ProtocolError on the first metadata
         self.max_message_chars = max_message_chars
+        self.default_input_format = default_input_format
         self.counters = EngineCounters()
         self._outbox: deque[str] = deque()
         self._reset_conversation()
@@ -461,7 +464,7 @@ class EngineProtocol:
         payload = _payload(message, "conversation_initiation_metadata_event", "metadata")
         event = ConversationMetadata(
             conversation_id=_str(payload, "conversation_id"),
-            input_format=_audio_format(payload, "user_input_audio_format", _DEFAULT_INPUT_FORMAT),
+            input_format=_audio_format(payload, "user_input_audio_format", self.default_input_format),
             output_format=_audio_format(payload, "agent_output_audio_format"),
         )
         self.metadata = event

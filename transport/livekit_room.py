@@ -53,7 +53,7 @@ class RoomState(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class RoomLinkConfig:
     url: str
-    token: str
+    token: str = field(repr=False)
     identity: str = ""
     # Native AudioSource queue. The pacer keeps 30 ms in it; 50 ms leaves room for the two clocks to disagree
     # by a frame without a capture having to wait. The SDK's default is 1000 ms (and the native side holds up

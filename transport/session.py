@@ -40,7 +40,7 @@ from core.timing import StageTimer
 from core.uplink import Uplink
 from transport.config import EngineSettings, SessionConfig
 from transport.engine_client import EngineClient, StateChange
-from transport.engine_protocol import Event, Interruption
+from transport.engine_protocol import ConversationMetadata, Event, Interruption
 from transport.events import (
     AgentResponse,
     RoomStateChanged,
@@ -48,13 +48,13 @@ from transport.events import (
     SessionState,
     UserTranscript,
 )
-from transport.livekit_room import RoomLink, RoomLinkConfig, RoomState
+from transport.livekit_room import RoomLink, RoomState
 from transport.log_context import LogContext, bound, new_session_id
 from transport.observe import SessionHooks, SessionStats, metrics_dict, session_stats
 from transport.session_core import Action, ClearVoice, End, SendAudio, SessionCore, StartEngine, WakePlayout
 from transport.transcripts import TranscriptPublisher
 
-__all__ = ["BridgeSession", "EngineSettings", "SessionConfig", "SessionState", "serve"]
+__all__ = ["BridgeSession", "EngineSettings", "SessionConfig", "SessionState", "serve"]  # config re-exported
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,9 @@ class BridgeSession:
         self.core = SessionCore(
             start_immediately=config.start_when == "immediately", end_when_empty=config.end_when_empty,
             linger_ns=int(config.linger_s * SECOND), make_uplink=self._make_uplink,
-            make_downlink=self._make_downlink)
+            make_downlink=self._make_downlink, backlog_ms=config.backlog_ms)
         self.room = RoomLink(
-            RoomLinkConfig(url=config.livekit_url, token=config.livekit_token, identity=config.identity,
-                           queue_ms=config.queue_ms, caller_frame_ms=config.caller_frame_ms,
-                           ignore_identity_prefixes=config.ignore_identity_prefixes),
-            on_caller_audio=self._on_caller_audio, on_caller_joined=self._on_caller_joined,
+            config.room, on_caller_audio=self._on_caller_audio, on_caller_joined=self._on_caller_joined,
             on_caller_left=self._on_caller_left, on_state=self._on_room_state, clock=self.clock)
         self.engine: EngineClient | None = None
         self.transcripts: TranscriptPublisher | None = None
@@ -237,7 +234,7 @@ class BridgeSession:
         self.engine = self._client_factory(
             settings.url_provider(), self._on_engine_event, on_state=self._on_engine_state,
             init=settings.init, clock=self.clock, max_attempts=settings.max_attempts,
-            secrets=settings.secrets())
+            secrets=settings.secrets(), default_input_format=settings.fallback_input_format)
         await self.engine.start()
         self._apply(self.core.engine_started(self._now()))
         self._spawn(self._watch_engine(self.engine), "engine-watch")
@@ -252,8 +249,11 @@ class BridgeSession:
     def _on_engine_event(self, event: Event, recv_ns: int) -> None:
         if self.hooks.engine_event is not None:
             self.hooks.engine_event(event, recv_ns)
-        actions = self.core.engine_event(event, recv_ns)
-        self._apply(actions)
+        if isinstance(event, ConversationMetadata):
+            self.log_context.conversation_id = event.conversation_id
+            log.info("conversation %s: user audio %s, agent audio %s", event.conversation_id, event.input_format,
+                     event.output_format)
+        self._apply(self.core.engine_event(event, recv_ns))
         if isinstance(event, Interruption):
             done_ns = self._now()
             self.timer.add("interrupt.flush", done_ns - recv_ns)

@@ -71,7 +71,6 @@ _socket_log = logging.getLogger(f"{__name__}.socket")
 _socket_log.addFilter(Redactor())
 
 VERSION: Final = "lk-speech-bridge/0.1"
-DEV_URL, DEV_KEY, DEV_SECRET = "ws://127.0.0.1:7880", "devkey", "secret"
 
 
 @dataclass(frozen=True)
@@ -104,12 +103,11 @@ class WorkerConfig:
     @classmethod
     def from_env(cls, agent_name: str, **overrides: object) -> WorkerConfig:
         """LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET, defaulting to a local ``--dev`` server."""
-        values: dict[str, object] = {
-            "url": os.environ.get("LIVEKIT_URL") or DEV_URL,
-            "api_key": os.environ.get("LIVEKIT_API_KEY") or DEV_KEY,
-            "api_secret": os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET,
-            "agent_name": agent_name,
-        }
+        from transport.config import from_env
+
+        livekit = from_env(os.environ).livekit
+        values: dict[str, object] = {"url": livekit.url, "api_key": livekit.api_key,
+                                     "api_secret": livekit.api_secret, "agent_name": agent_name}
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
 
