@@ -37,6 +37,7 @@ from typing import Any
 from benchmarks.common import run_loop
 from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
+from transport.loop_lag import LoopLagProbe
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 
 log = logging.getLogger("benchmarks.bridge_host")
@@ -124,7 +125,7 @@ class Host:
         self.failed: dict[str, str] = {}
         self.lags: list[float] = []
         self.measuring = False
-        self._probe: asyncio.Task[None] | None = None
+        self._probe = LoopLagProbe(0.02, self._on_lag)
         self._mark: dict[str, Any] = {}
         self.ffi = FfiCounter()  # touching FfiClient.instance loads the native library
         self.rss_idle = rss_mb()
@@ -151,18 +152,13 @@ class Host:
             self.sessions.append(session)
 
         await asyncio.gather(*(one(room) for room in cmd["rooms"]))
-        if self._probe is None:
-            self._probe = asyncio.get_running_loop().create_task(self._lag_probe())
+        self._probe.start()
         return {"started": len(self.sessions), "failed": self.failed, "rss_idle_mb": self.rss_idle,
                 "rss_mb": rss_mb()}
 
-    async def _lag_probe(self) -> None:
-        period = 0.02
-        while True:
-            t0 = time.monotonic()
-            await asyncio.sleep(period)
-            if self.measuring:
-                self.lags.append((time.monotonic() - t0 - period) * 1000)
+    def _on_lag(self, lag_s: float) -> None:
+        if self.measuring:
+            self.lags.append(lag_s * 1000)
 
     def _counters(self) -> dict[str, int]:
         c = {"underruns": 0, "underrun_samples": 0, "reanchors": 0, "lag_frames": 0, "frames_out": 0,
@@ -223,8 +219,7 @@ class Host:
                 "ffi_subscriptions_scanned": self.ffi.scanned - mark["ffi_scanned"]}
 
     async def stop(self) -> dict[str, Any]:
-        if self._probe is not None:
-            self._probe.cancel()
+        await self._probe.stop()
         await asyncio.gather(*(s.stop() for s in self.sessions), return_exceptions=True)
         return {}
 

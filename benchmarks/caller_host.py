@@ -39,6 +39,7 @@ from livekit import rtc
 from benchmarks.common import RATE, run_loop, voice
 from core.clock import MS
 from core.pacer import Pacer
+from transport.loop_lag import LoopLagProbe
 
 log = logging.getLogger("benchmarks.caller_host")
 
@@ -171,18 +172,11 @@ class Host:
         self.callers: dict[str, BenchCaller] = {}
         self.cpu0 = time.process_time()
         self.lags: list[float] = []  # event-loop lag (ms) of this process: is the load generator keeping up?
-        self._probe: asyncio.Task[None] | None = None
-
-    async def _lag_probe(self) -> None:
-        while True:
-            t0 = time.monotonic()
-            await asyncio.sleep(0.02)
-            self.lags.append((time.monotonic() - t0 - 0.02) * 1000)
+        self._probe = LoopLagProbe(0.02, lambda lag_s: self.lags.append(lag_s * 1000))
 
     async def handle(self, cmd: dict[str, Any]) -> dict[str, Any]:
         op = cmd["op"]
-        if self._probe is None:
-            self._probe = asyncio.get_running_loop().create_task(self._lag_probe())
+        self._probe.start()
         if op == "join":
             return await self._join(cmd["callers"], int(cmd.get("concurrency", 8)))
         if op == "say":
@@ -209,8 +203,7 @@ class Host:
                 self.cpu0 = time.process_time()
             return result
         if op == "stop":
-            if self._probe is not None:
-                self._probe.cancel()
+            await self._probe.stop()
             await asyncio.gather(*(c.stop() for c in self.callers.values()), return_exceptions=True)
             return {}
         raise ValueError(f"unknown op {op!r}")

@@ -42,6 +42,7 @@ import numpy as np
 
 from benchmarks.common import LOUD_BRIDGE, LOUD_REMOTE, Progress, first_loud, ms, summarize, voice
 from benchmarks.rig import Rig, Side
+from core.signals import dominant_hz
 from emulator import EmulatorConfig, Reply
 from emulator.signals import resample
 from scripts.livekit_server import LiveKitServer
@@ -57,13 +58,6 @@ class LatencyConfig:
     trials: int = 30  # per bridge
     gap_s: float = 0.4
     seed: int = 7
-
-
-def dominant_hz(samples: np.ndarray, rate: int = 48_000) -> float:
-    if samples.size < 256:
-        return 0.0
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.size)))
-    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
 
 
 async def _echo_on_onset(side: Side, mark: int, echo: np.ndarray) -> tuple[int, Reply]:

@@ -18,17 +18,15 @@ import numpy as np
 import numpy.typing as npt
 from livekit import rtc
 
+from core.formats import ROOM_RATE
+from core.signals import tone
+
 __all__ = ["Caller", "Heard", "tone"]
 
 log = logging.getLogger(__name__)
 
-RATE = 48_000
+RATE = ROOM_RATE
 FRAME = RATE // 100  # 10 ms
-
-
-def tone(freq: float, seconds: float, *, rate: int = RATE, amplitude: float = 0.3) -> npt.NDArray[np.int16]:
-    t = np.arange(int(seconds * rate)) / rate
-    return (np.sin(2 * np.pi * freq * t) * amplitude * 32767).astype(np.int16)
 
 
 @dataclass

@@ -37,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.formats import parse_format
+from core.signals import dominant_hz, rms_dbfs
 from emulator import Conversation, Emulator, EmulatorConfig, Reply
 from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer
@@ -89,15 +90,6 @@ def voice(seconds: float, freq: float = 300.0, rate: int = RATE, level: float = 
     wave = np.sin(2 * np.pi * freq * t) + 0.5 * np.sin(2 * np.pi * 2 * freq * t + 1.0)
     envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)
     return (wave / 1.5 * envelope * level * 32767).astype(np.int16)
-
-
-def dominant_hz(samples: Int16Array, rate: int) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.size)))
-    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
-
-
-def rms_dbfs(samples: Int16Array) -> float:
-    return float(20 * np.log10(np.sqrt(np.mean((samples.astype(np.float64) / 32768) ** 2)) + 1e-12))
 
 
 def loud_span(samples: Int16Array, rate: int, *, trim_s: float = 0.15) -> Int16Array:

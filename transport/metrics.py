@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
-import contextlib
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -67,6 +66,7 @@ from core.clock import SECOND
 from core.formats import ROOM_RATE
 from transport.engine_client import ConnectionState
 from transport.events import SessionState
+from transport.loop_lag import LoopLagProbe
 
 if TYPE_CHECKING:
     from transport.session import BridgeSession
@@ -215,37 +215,27 @@ class _Tracked:
 
 
 class LoopLagMonitor:
-    """Sleeps ``interval_s`` over and over and records how late each wakeup is."""
+    """Event-loop lag as a histogram and the worst value since the last read (a :class:`LoopLagProbe`)."""
 
     def __init__(self, interval_s: float = 0.1) -> None:
         self.interval_s = interval_s
         self.histogram = _Histogram(LAG_BUCKETS)
         self.max_since_read = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._probe = LoopLagProbe(interval_s, self._observe)
+
+    def _observe(self, lag: float) -> None:
+        self.histogram.observe(lag)
+        self.max_since_read = max(self.max_since_read, lag)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics:loop-lag")
+        self._probe.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._probe.stop()
 
     def take_max(self) -> float:
         worst, self.max_since_read = self.max_since_read, 0.0
         return worst
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(self.interval_s)
-            lag = max(0.0, loop.time() - t0 - self.interval_s)
-            self.histogram.observe(lag)
-            self.max_since_read = max(self.max_since_read, lag)
 
 
 class BridgeMetrics:
