@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import run_loop
+from benchmarks.procs import serve_json_lines
 from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
 from transport.loop_lag import LoopLagProbe
@@ -225,37 +225,21 @@ class Host:
 
 
 async def serve(what_if: list[str]) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     host = Host(apply_what_if(what_if))
-    out = sys.stdout
 
-    def answer(msg: dict[str, Any]) -> None:
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
+    async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
+        op = cmd.get("op")
+        if op == "start":
+            return await host.start(cmd)
+        if op == "measure_start":
+            return host.measure_start()
+        if op == "measure_stop":
+            return host.measure_stop()
+        if op == "stop":
+            return await host.stop()
+        raise ValueError(f"unknown op {op!r}")
 
-    answer({"event": "ready", "rss_idle_mb": host.rss_idle})
-    while line := await reader.readline():
-        cmd = json.loads(line)
-        op, ident = cmd.get("op"), cmd.get("id")
-        try:
-            if op == "start":
-                result = await host.start(cmd)
-            elif op == "measure_start":
-                result = host.measure_start()
-            elif op == "measure_stop":
-                result = host.measure_stop()
-            elif op == "stop":
-                result = await host.stop()
-                answer({"id": ident, "ok": True, **result})
-                break
-            else:
-                raise ValueError(f"unknown op {op!r}")
-            answer({"id": ident, "ok": True, **result})
-        except Exception as exc:
-            log.exception("command %s failed", op)
-            answer({"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    await serve_json_lines(handle, ready={"event": "ready", "rss_idle_mb": host.rss_idle})
 
 
 def main() -> None:

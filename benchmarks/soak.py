@@ -197,23 +197,7 @@ async def _peer() -> None:
     from emulator import Conversation, Emulator, EmulatorConfig
     from scripts.caller import Caller
 
-    class CountingCaller(Caller):
-        """Counts what it hears instead of keeping it (a 10 minute soak would keep gigabytes)."""
-
-        frames = 0
-        loud_frames = 0
-
-        async def _listen(self, stream: Any, heard: Any) -> None:
-            try:
-                async for event in stream:
-                    self.frames += 1
-                    samples = np.frombuffer(event.frame.data, dtype=np.int16)
-                    if samples.size and int(np.abs(samples.astype(np.int32)).max()) > LOUD:
-                        self.loud_frames += 1
-            finally:
-                await stream.aclose()
-
-    async def talk(caller: CountingCaller, conversation: Conversation, deadline: float, rng: random.Random,
+    async def talk(caller: Caller, conversation: Conversation, deadline: float, rng: random.Random,
                    stats: dict[str, int]) -> None:
         loop = asyncio.get_running_loop()
         while loop.time() < deadline - 4.0:
@@ -246,7 +230,8 @@ async def _peer() -> None:
                                        "agent_id": config.agent_id}}), flush=True)
         order = json.loads(await reader.readline())
         rng = random.Random(order["seed"])
-        callers = [CountingCaller(order["url"], r["token"], identity=r["identity"]) for r in order["rooms"]]
+        # Counts what they hear instead of keeping it (a 10 minute soak would keep gigabytes).
+        callers = [Caller(order["url"], r["token"], identity=r["identity"], keep_audio=False) for r in order["rooms"]]
         stats = [{"utterances": 0, "barge_ins": 0, "unanswered": 0} for _ in callers]
         try:
             for c in callers:
@@ -261,7 +246,8 @@ async def _peer() -> None:
                                    for c, room, s in zip(callers, rooms, stats, strict=True)))
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             for c, s in zip(callers, stats, strict=True):
-                s["frames_heard"], s["loud_frames_heard"] = c.frames, c.loud_frames
+                s["frames_heard"] = c.frames_heard
+                s["loud_frames_heard"] = sum(p > LOUD for h in c.heard.values() for p in h.peaks)
             print(json.dumps({"stats": stats, "rss_mib": round(_rss_mib(), 1)}), flush=True)
             await reader.read()  # until the bridge side closes our stdin
         finally:
