@@ -96,7 +96,7 @@ class Caller:
 
     def __init__(self, url: str, token: str, *, identity: str = "caller", paced: bool = False, frame_ms: int = 10,
                  lead: int = 2, idle_dbfs: float | None = None, listen: bool = True, keep_audio: bool = True) -> None:
-        self.url, self._token, self.identity = url, token, identity
+        self.url, self.token, self.identity = url, token, identity
         self.listen, self.keep_audio = listen, keep_audio
         self.frame = RATE * frame_ms // 1000
         self.frame_ms = frame_ms
@@ -137,7 +137,7 @@ class Caller:
         return sum(len(h.times_ns) for h in self.heard.values())
 
     async def start(self) -> None:
-        await self.room.connect(self.url, self._token, rtc.RoomOptions(auto_subscribe=self.listen))
+        await self.room.connect(self.url, self.token, rtc.RoomOptions(auto_subscribe=self.listen))
         track = rtc.LocalAudioTrack.create_audio_track("mic", self._source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         await self.room.local_participant.publish_track(track, options)

@@ -248,9 +248,9 @@ async def test_slow_engine_consumer_bounds_the_uplink_and_the_downlink_keeps_pla
         assert transport is not None
         # Small socket buffers at both ends fill the pipe in seconds rather than a minute: the client's
         # websockets keepalive (20 s ping, 20 s timeout) would otherwise end the connection first (1011).
-        assert engine._ws is not None
+        client_sock = engine.socket
+        assert client_sock is not None
         server_sock = transport.get_extra_info("socket")
-        client_sock = engine._ws.transport.get_extra_info("socket")
         sizes = (server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                  client_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
         server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -265,9 +265,8 @@ async def test_slow_engine_consumer_bounds_the_uplink_and_the_downlink_keeps_pla
         await asyncio.sleep(1.3)
         heard = loud_between(rig, "alice", reply.start_ns or 0, time.monotonic_ns())
         assert heard > 0.8, f"only {heard:.2f} s of a reply heard while the uplink was blocked"
-        assert len(engine._audio) <= 50  # the uplink queue's bound: 1 s of audio
-        for queue in rig.session._subscribers:
-            assert queue.qsize() <= 16
+        assert engine.queued_audio <= 50  # the uplink queue's bound: 1 s of audio
+        assert all(n <= 16 for n in rig.session.event_backlogs())
         server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sizes[0])  # a healthy pipe again
         client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sizes[1])
         transport.resume_reading()
@@ -357,14 +356,8 @@ async def test_agent_kicked_ends_the_session_cleanly(livekit_server: LiveKitServ
 
 def crash_and_restart(server: LiveKitServer) -> None:
     """SIGKILL (a crash: no graceful leave for anyone), then start again on the same port. The graceful
-    ``LiveKitServer.restart`` waits ~10 s for the server to drain; a crash is the harder case anyway."""
-    proc = server._proc
-    assert proc is not None
-    proc.kill()
-    proc.wait()
-    server._proc = None
-    server._port = server.port
-    server.start()
+    restart waits ~10 s for the server to drain; a crash is the harder case anyway."""
+    server.restart(crash=True)
 
 
 async def test_livekit_server_restarts_mid_call(tmp_path: Any) -> None:

@@ -105,7 +105,7 @@ async def test_no_secret_reaches_logs_errors_events_or_metrics(
         await rig.session.start()
         first = await rig.emu.next_conversation()
         alice = await rig.caller("alice")
-        leaks.add_secret(alice._token)
+        leaks.add_secret(alice.token)
         result = await turn(rig, "alice", first, 320.0)
         assert result.heard_loud_s > 0.3
         first.drop()
@@ -272,11 +272,11 @@ async def test_ping_flood_while_the_engine_does_not_read_is_bounded(livekit_serv
         conversation = await rig.emu.next_conversation()
         await rig.caller("alice")
         engine = rig.session.engine
-        assert engine is not None and engine._ws is not None
+        assert engine is not None and engine.socket is not None
         transport = conversation._transport
         assert transport is not None
         server_sock = transport.get_extra_info("socket")
-        client_sock = engine._ws.transport.get_extra_info("socket")
+        client_sock = engine.socket
         sizes = (server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                  client_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
         server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -287,7 +287,7 @@ async def test_ping_flood_while_the_engine_does_not_read_is_bounded(livekit_serv
         for i in range(20_000):
             conversation.send(wire.ping(1000 + i, 5), "ping", 1000 + i)
         await until(lambda: engine.protocol.counters.received["ping"] >= 20_000, 30, "the pings to be read")
-        queued = len(engine._pongs)
+        queued = engine.queued_pongs
         dropped = engine.counters.pongs_dropped
         server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sizes[0])
         client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sizes[1])

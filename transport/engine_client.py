@@ -45,6 +45,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -245,6 +246,22 @@ class EngineClient:
     @property
     def output_format(self) -> AudioFormat | None:
         return self.protocol.output_format
+
+    @property
+    def queued_audio(self) -> int:
+        """Audio messages waiting for the socket (at most ``audio_queue_limit``)."""
+        return len(self._audio)
+
+    @property
+    def queued_pongs(self) -> int:
+        """Pongs waiting for the socket (at most 32: the newest are kept)."""
+        return len(self._pongs)
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The current connection's OS socket, for diagnostics (buffer sizes); None between connections."""
+        ws = self._ws
+        return ws.transport.get_extra_info("socket") if ws is not None else None
 
     @property
     def ready(self) -> bool:

@@ -154,6 +154,10 @@ class BridgeSession:
         finally:
             self._subscribers.remove(queue)
 
+    def event_backlogs(self) -> list[int]:
+        """Events waiting in each subscriber's queue (each at most ``config.events_queue``)."""
+        return [queue.qsize() for queue in self._subscribers]
+
     def stats(self, *, stages: bool = True) -> SessionStats:
         """One snapshot of every component's counters (``stages``: also per-stage timing percentiles)."""
         return session_stats(self, stages=stages)
