@@ -47,7 +47,7 @@ import enum
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -61,12 +61,15 @@ from core.clock import Clock, MonotonicClock
 from core.errors import ConfigError, EngineAuthError, EngineError, ProtocolError
 from core.formats import AudioFormat
 from core.redact import Redactor, redact_url
-from transport.backoff import DelayFactory, full_jitter
+from transport.backoff import DelayFactory, RetryPolicy, full_jitter
 from transport.engine_protocol import (
+    CLOSE_NORMAL,
+    CloseAction,
     ConversationMetadata,
     EngineErrorEvent,
     EngineProtocol,
     Event,
+    classify_close,
 )
 from transport.signed_url import UrlProvider
 
@@ -84,8 +87,6 @@ log = logging.getLogger(__name__)
 _WS_LOG = logging.getLogger("websockets.client")
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # the Python SDK's max_size
-_CLOSE_NORMAL: Final = 1000
-_CLOSE_POLICY: Final = 1008
 # Pongs waiting for a stalled socket: only the newest are worth sending, and an engine that keeps pinging while
 # it reads nothing must not grow the queue without bound.
 _MAX_QUEUED_PONGS: Final = 32
@@ -199,8 +200,7 @@ class EngineClient:
         self._on_state = on_state
         self._init = init or InitiationData()
         self._clock = clock or MonotonicClock()
-        self._backoff = backoff
-        self._max_attempts = max_attempts
+        self._retry = RetryPolicy(backoff, max_attempts)
         self._max_message_bytes = max_message_bytes
         self._open_timeout = open_timeout
         self._metadata_timeout = metadata_timeout
@@ -227,7 +227,6 @@ class EngineClient:
         self._stop = asyncio.Event()
         self._closing = False
         self._fatal: EngineError | None = None
-        self._failures = 0
         self._pongs: deque[str] = deque()
         self._control: deque[str] = deque()
         self._audio: deque[str] = deque()
@@ -376,9 +375,9 @@ class EngineClient:
     def _set_state(self, state: ConnectionState, *, close_code: int | None = None,
                    reason: str | None = None) -> None:
         self.state = state
-        change = StateChange(state, self._clock.now_ns(), self._failures, self.protocol.conversation_id,
+        change = StateChange(state, self._clock.now_ns(), self._retry.failures, self.protocol.conversation_id,
                              close_code, reason)
-        log.info("engine %s (attempt %d, conversation %s%s)", state.value, self._failures,
+        log.info("engine %s (attempt %d, conversation %s%s)", state.value, self._retry.failures,
                  change.conversation_id, f", {reason}" if reason else "")
         if self._on_state is not None:
             try:
@@ -393,7 +392,6 @@ class EngineClient:
     # ------------------------------------------------------------------ internals: lifecycle
 
     async def _run(self) -> None:
-        delays: Iterator[float] | None = None
         last_reason = "no attempt made"
         ended: _Ended | None = None
         self._set_state(ConnectionState.CONNECTING)
@@ -402,28 +400,27 @@ class EngineClient:
                 try:
                     ended = await self._attempt()
                 except _AttemptFailed as exc:
-                    self._failures += 1
+                    self._retry.failed()
                     self.counters.failed_attempts += 1
                     last_reason = str(exc)
-                    log.warning("engine connection attempt %d failed: %s", self._failures, last_reason)
+                    log.warning("engine connection attempt %d failed: %s", self._retry.failures, last_reason)
                 else:
                     if ended.final:
                         if ended.error is not None:
                             raise ended.error
                         return
-                    delays = None  # a new outage starts a new backoff sequence
+                    self._retry.lost()  # a new outage starts a new backoff sequence
                     last_reason = ended.reason
                     log.warning("engine conversation lost (%s); reconnecting", last_reason)
                 if self._closing:
                     return
-                if self._failures >= self._max_attempts:
-                    raise EngineError(f"engine unreachable: gave up after {self._failures} failed attempts; "
+                failures = self._retry.failures
+                if self._retry.exhausted:
+                    raise EngineError(f"engine unreachable: gave up after {failures} failed attempts; "
                                       f"last: {last_reason}", close_code=self.close_code)
-                if delays is None:
-                    delays = self._backoff()
-                delay = next(delays, None)
+                delay = self._retry.next_delay()
                 if delay is None:
-                    raise EngineError(f"engine unreachable: backoff exhausted after {self._failures} failed "
+                    raise EngineError(f"engine unreachable: backoff exhausted after {failures} failed "
                                       f"attempts; last: {last_reason}", close_code=self.close_code)
                 # Announced before the wait, so the session flushes the old conversation's audio at once.
                 state = ConnectionState.RECONNECTING if self.counters.connects else ConnectionState.CONNECTING
@@ -462,8 +459,8 @@ class EngineClient:
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise _AttemptFailed(f"{self._describe(exc)} connecting to {where}") from None
         if self._closing:
-            await ws.close(_CLOSE_NORMAL, "client ended conversation")
-            return _Ended(_CLOSE_NORMAL, "closed by client", None, final=True)
+            await ws.close(CLOSE_NORMAL, "client ended conversation")
+            return _Ended(CLOSE_NORMAL, "closed by client", None, final=True)
         return await self._converse(ws)
 
     async def _converse(self, ws: ClientConnection) -> _Ended:
@@ -508,7 +505,7 @@ class EngineClient:
 
     async def _close_politely(self, ws: ClientConnection) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(_CLOSE_NORMAL, "client ended conversation"), self._close_timeout)
+            await asyncio.wait_for(ws.close(CLOSE_NORMAL, "client ended conversation"), self._close_timeout)
 
     def _ending(self, ws: ClientConnection) -> _Ended:
         """Classify a finished connection: retry, clean end, or final error."""
@@ -524,16 +521,17 @@ class EngineClient:
             reason += f" ({self.redactor(close.reason)})"
         if error is not None:
             reason += f", error {error.error_type}: {self.redactor(error.message or '')}"
+        action = classify_close(code, by_client=self._closing, fatal=self._fatal is not None)
+        if action is CloseAction.RETRY:
+            return _Ended(code, reason, None, final=False)
         if self._fatal is not None:
             return _Ended(code, reason, self._fatal, final=True)
         if self._closing:
             return _Ended(code, "closed by client", None, final=True)
-        if code == _CLOSE_NORMAL:
+        if action is CloseAction.DONE:
             return _Ended(code, f"engine ended the conversation: {reason}", None, final=True)
-        if code == _CLOSE_POLICY:
-            return _Ended(code, reason, EngineError(f"engine closed the conversation: {reason}",
-                                                    close_code=code), final=True)
-        return _Ended(code, reason, None, final=False)
+        return _Ended(code, reason, EngineError(f"engine closed the conversation: {reason}", close_code=code),
+                      final=True)
 
     # ------------------------------------------------------------------ internals: the two tasks
 
@@ -572,7 +570,7 @@ class EngineClient:
         if self._ready:
             return
         self._ready = True
-        self._failures = 0
+        self._retry.connected()
         self.counters.connects += 1
         self._conn_ready.set()
         self._first_connected.set()

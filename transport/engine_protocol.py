@@ -30,6 +30,12 @@ Rules this module enforces (sources in ``/work/shared/PROTOCOL.md``; AAPI = the 
 6. Pings are answered from inside :meth:`receive`: a ``pong`` with the same ``event_id`` is queued in
    :meth:`data_to_send`, ahead of nothing else the protocol holds, for the shell to send at once. ``ping_ms``
    is the server's RTT estimate from earlier pings (null at first, AAPI ``PingData``).
+7. How a connection ended decides what comes next (:func:`classify_close`, pure): the client closing it, or
+   the server closing with 1000 (the agent ended the call, ``max_duration_exceeded``), ends the conversation
+   (``DONE``); 1008 (our input or overrides broke the contract) and a fatal condition the shell found (an
+   audio format nothing here can decode) are final errors (``FAIL``): sending the same again cannot help.
+   Anything else (1002 operational errors, 1011 server crash, 1006 dropped socket, 1009 too big) is
+   ``RETRY``: a new conversation, after a backoff delay.
 
 Verified from the public SDK sources while writing this (2026-08 snapshots):
 
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 import math
 from collections import Counter, deque
@@ -57,6 +64,8 @@ from core.errors import ConfigError, ProtocolError
 from core.formats import AudioFormat, parse_format
 
 __all__ = [
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY",
     "DEFAULT_MAX_MESSAGE_CHARS",
     "UNKNOWN_TYPE_KEY",
     "AgentAudio",
@@ -67,6 +76,7 @@ __all__ = [
     "AgentToolResponse",
     "Alignment",
     "ClientToolCall",
+    "CloseAction",
     "ConversationMetadata",
     "EngineCounters",
     "EngineErrorEvent",
@@ -79,6 +89,7 @@ __all__ = [
     "UnknownEvent",
     "UserTranscript",
     "VadScore",
+    "classify_close",
 ]
 
 # The Python SDK opens its socket with max_size=16 MiB (elevenlabs-python conversation.py ``_run``). We
@@ -253,6 +264,28 @@ _DOCUMENTED_UNMODELLED: Final = frozenset({
     "external_agent_disconnected", "agent_response_metadata", "agent_response_complete", "client_error",
     "dtmf_request", "internal_vad_score",
 })
+
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_POLICY: Final = 1008
+
+
+class CloseAction(enum.Enum):
+    RETRY = "retry"  # open a new conversation after a backoff delay
+    DONE = "done"  # the conversation is over, and that is not an error
+    FAIL = "fail"  # final, and an error: the same input would be refused again
+
+
+def classify_close(code: int, *, by_client: bool, fatal: bool = False) -> CloseAction:
+    """Rule 7: what a connection's end means. ``by_client``: we were closing it; ``fatal``: the shell found a
+    condition no retry can fix (it keeps the cause)."""
+    if fatal:
+        return CloseAction.FAIL
+    if by_client or code == CLOSE_NORMAL:
+        return CloseAction.DONE
+    if code == CLOSE_POLICY:
+        return CloseAction.FAIL
+    return CloseAction.RETRY
 
 
 @dataclass(slots=True)

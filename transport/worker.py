@@ -28,7 +28,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
@@ -39,7 +39,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from core.errors import ConfigError, LiveKitError, ProtocolError
 from core.redact import Redactor, redact_url
-from transport.backoff import DelayFactory, full_jitter
+from transport.backoff import DelayFactory, RetryPolicy, full_jitter
 from transport.livekit_token import mint_token
 from transport.worker_protocol import (
     DEFAULT_FULL_LOAD,
@@ -236,8 +236,9 @@ class Worker:
         ``max_reconnects`` attempts in a row failed.
         """
         endpoint = agent_endpoint(self.config.url)
-        delays: Iterator[float] | None = None
-        failures = 0
+        limit = self.config.max_reconnects
+        # The lost connection counts as the first failure; max_reconnects attempts may follow it.
+        retry = RetryPolicy(self._backoff, None if limit is None else limit + 1)
         try:
             while not self._stop.is_set():
                 self._registered_here = False
@@ -261,15 +262,14 @@ class Worker:
                 if self._stop.is_set():
                     break
                 if self._registered_here:  # that connection worked: this is a fresh outage
-                    delays, failures = None, 0
-                delays = delays or self._backoff()
-                failures += 1
-                delay = next(delays, None)
-                if delay is None or (self.config.max_reconnects is not None
-                                     and failures > self.config.max_reconnects):
+                    retry.connected()
+                    retry.lost()
+                retry.failed()
+                delay = retry.next_delay()
+                if delay is None:
                     raise LiveKitError(f"gave up reconnecting to {redact_url(endpoint)} after "
-                                       f"{failures - 1} attempts")
-                log.info("reconnecting to the agent endpoint in %.2f s (attempt %d)", delay, failures)
+                                       f"{retry.failures - 1} attempts")
+                log.info("reconnecting to the agent endpoint in %.2f s (attempt %d)", delay, retry.failures)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:
