@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import run_loop, voice
+from benchmarks.common import RATE, run_loop, voice
 from benchmarks.procs import serve_json_lines
 from emulator import Conversation, Emulator, EmulatorConfig
 from emulator.signals import resample
@@ -41,7 +41,7 @@ class Script:
     def __init__(self, emulator: Emulator, seed: int, reply_ms: int, interrupt_share: float) -> None:
         self.emulator = emulator
         self.rng = random.Random(seed)
-        self.reply = resample(voice(reply_ms / 1000, 220.0, level=0.35), 48_000, 24_000)
+        self.reply = resample(voice(reply_ms / 1000, 220.0, level=0.35), RATE, 24_000)
         self.interrupt_share = interrupt_share
         self.on = False
         self.tasks: dict[str, asyncio.Task[None]] = {}

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
+from core.formats import ROOM_RATE
 from core.signals import dominant_hz
 from scripts.caller import tone
 from transport.worker import JobContext, JobRunner, Worker, WorkerConfig
@@ -27,7 +28,7 @@ __all__ = ["ToneAgent", "dominant_hz", "running_worker", "unique", "wait_for"]
 
 log = logging.getLogger(__name__)
 
-RATE = 48_000
+RATE = ROOM_RATE
 FRAME = RATE // 100
 TOPIC = "lk.transcription"
 

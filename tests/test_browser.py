@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.formats import ROOM_RATE
 from emulator import Emulator, EmulatorConfig
 from scripts.livekit_server import LiveKitServer
 from tests.bridge_fixtures import ToneAgent, running_worker, unique, wait_for
@@ -34,7 +35,7 @@ from transport.worker import JobContext, JobRunner, WorkerConfig
 pytestmark = [pytest.mark.livekit, pytest.mark.browser]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "browser"
-RATE = 48_000
+RATE = ROOM_RATE
 
 
 def speech_like_wav(path: Path, seconds_on: float = 1.2, seconds_off: float = 1.3) -> Path:
