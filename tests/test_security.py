@@ -288,7 +288,7 @@ async def test_ping_flood_while_the_engine_does_not_read_is_bounded(livekit_serv
             conversation.send(wire.ping(1000 + i, 5), "ping", 1000 + i)
         await until(lambda: engine.protocol.counters.received["ping"] >= 20_000, 30, "the pings to be read")
         queued = engine.queued_pongs
-        dropped = engine.counters.pongs_dropped
+        dropped = engine.protocol.counters.pongs_dropped
         server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sizes[0])
         client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sizes[1])
         transport.resume_reading()

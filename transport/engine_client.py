@@ -4,10 +4,11 @@ Per connection there are two tasks. The **reader** takes each text message off t
 the injected clock, lets the protocol parse it, queues any pong *before* handing events on, and calls the
 synchronous ``on_event(event, recv_ns)`` callback. It never awaits anything but the socket, so an
 ``interruption`` is seen the moment it arrives whatever audio came before it; the callback must return at
-once too (push audio into a ring buffer, flush on interruption). The **writer** drains three queues, pongs
-first, then control messages (text, tool results), then audio, so a pong never waits behind a backlog of
-audio. The reader queues each pong rather than writing it itself: a write can wait on a full socket buffer,
-and the reader must never wait on anything but the next message. At most the newest 32 pongs wait.
+once too (push audio into a ring buffer, flush on interruption). The **writer** sends what the protocol hands
+out, pongs first, then control messages (text, tool results), then audio (rule 8 of
+:mod:`~transport.engine_protocol`, which also bounds each queue), so a pong never waits behind a backlog of
+audio. The reader only queues pongs: a write can wait on a full socket buffer, and the reader must never wait
+on anything but the next message.
 
 Sending audio (:meth:`EngineClient.send_audio`) is synchronous and never blocks: before the conversation's
 metadata has arrived, while reconnecting, or when the audio queue is full, the chunk is **dropped and
@@ -46,7 +47,6 @@ import contextlib
 import enum
 import logging
 import socket
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -87,9 +87,6 @@ log = logging.getLogger(__name__)
 _WS_LOG = logging.getLogger("websockets.client")
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # the Python SDK's max_size
-# Pongs waiting for a stalled socket: only the newest are worth sending, and an engine that keeps pinging while
-# it reads nothing must not grow the queue without bound.
-_MAX_QUEUED_PONGS: Final = 32
 _PROTOCOL_ERROR_LOG_FIRST: Final = 10  # per kind; afterwards every 1000th, so a flood cannot flood the log
 
 
@@ -134,7 +131,6 @@ class ClientCounters:
     audio_dropped_not_ready: int = 0  # no conversation (connecting, reconnecting, closed)
     audio_dropped_backpressure: int = 0  # audio queue full: the socket is not keeping up
     control_dropped_not_ready: int = 0
-    pongs_dropped: int = 0  # oldest unsent pongs given up (more than _MAX_QUEUED_PONGS waiting)
     messages_sent: int = 0  # by the writer, all kinds
     callback_errors: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)  # protocol errors seen by the reader, by kind
@@ -207,13 +203,13 @@ class EngineClient:
         self._close_timeout = close_timeout
         self._keepalive = keepalive_interval
         # 50 × 20 ms chunks = 1 s: beyond that the socket is stalled and old audio is worthless anyway.
-        self._audio_queue_limit = audio_queue_limit
         self._subprotocols = [Subprotocol(p) for p in subprotocols] or None
         self._proxy = proxy
         self.redactor = Redactor(secrets)
 
         # The caller-audio format assumed when the metadata names none (as the JS SDK does).
-        self.protocol = EngineProtocol(max_message_chars=max_message_bytes, default_input_format=default_input_format)
+        self.protocol = EngineProtocol(max_message_chars=max_message_bytes, default_input_format=default_input_format,
+                                       audio_queue_limit=audio_queue_limit)
         self.counters = ClientCounters()
         self.state = ConnectionState.CLOSED
         self.last_error_event: EngineErrorEvent | None = None
@@ -227,9 +223,6 @@ class EngineClient:
         self._stop = asyncio.Event()
         self._closing = False
         self._fatal: EngineError | None = None
-        self._pongs: deque[str] = deque()
-        self._control: deque[str] = deque()
-        self._audio: deque[str] = deque()
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ public surface
@@ -249,12 +242,12 @@ class EngineClient:
     @property
     def queued_audio(self) -> int:
         """Audio messages waiting for the socket (at most ``audio_queue_limit``)."""
-        return len(self._audio)
+        return self.protocol.queued[2]
 
     @property
     def queued_pongs(self) -> int:
         """Pongs waiting for the socket (at most 32: the newest are kept)."""
-        return len(self._pongs)
+        return self.protocol.queued[0]
 
     @property
     def socket(self) -> socket.socket | None:
@@ -330,10 +323,9 @@ class EngineClient:
         if not self._ready:
             self.counters.audio_dropped_not_ready += 1
             return False
-        if len(self._audio) >= self._audio_queue_limit:
+        if not self.protocol.send_audio(data):
             self.counters.audio_dropped_backpressure += 1
             return False
-        self._audio.append(self.protocol.user_audio(data))
         self.counters.audio_chunks_queued += 1
         self.counters.audio_bytes_queued += len(data)
         self._wake.set()
@@ -368,7 +360,7 @@ class EngineClient:
         return False
 
     def _queue_control(self, text: str) -> bool:
-        self._control.append(text)
+        self.protocol.send_control(text)
         self._wake.set()
         return True
 
@@ -466,9 +458,6 @@ class EngineClient:
     async def _converse(self, ws: ClientConnection) -> _Ended:
         self._ws = ws
         self.protocol.reset()
-        self._pongs.clear()
-        self._control.clear()
-        self._audio.clear()
         self._conn_ready.clear()
         self.last_error_event = None
         self._fatal = None
@@ -551,11 +540,7 @@ class EngineClient:
                         self._fatal = EngineError(f"engine announced an unsupported format: {exc}")
                         return
                     continue
-                for pong in self.protocol.data_to_send():  # sent ahead of anything else queued
-                    if len(self._pongs) >= _MAX_QUEUED_PONGS:
-                        self._pongs.popleft()
-                        self.counters.pongs_dropped += 1
-                    self._pongs.append(pong)
+                if self.protocol.queued[0]:  # a pong: the writer sends it ahead of anything else queued
                     self._wake.set()
                 for event in events:
                     if isinstance(event, ConversationMetadata):
@@ -593,13 +578,8 @@ class EngineClient:
     async def _writer(self, ws: ClientConnection) -> None:
         try:
             while True:
-                if self._pongs:
-                    text = self._pongs.popleft()
-                elif self._control:
-                    text = self._control.popleft()
-                elif self._audio:
-                    text = self._audio.popleft()
-                else:
+                text = self.protocol.next_to_send()
+                if text is None:
                     self._wake.clear()
                     await self._wake.wait()
                     continue

@@ -27,9 +27,16 @@ Rules this module enforces (sources in ``/work/shared/PROTOCOL.md``; AAPI = the 
 5. A new connection is a new conversation whose event ids start again, so the shell calls :meth:`reset`
    after every reconnect; otherwise the previous conversation's gate would swallow the new one's audio.
    Counters survive :meth:`reset`; they describe the client's whole life.
-6. Pings are answered from inside :meth:`receive`: a ``pong`` with the same ``event_id`` is queued in
-   :meth:`data_to_send`, ahead of nothing else the protocol holds, for the shell to send at once. ``ping_ms``
-   is the server's RTT estimate from earlier pings (null at first, AAPI ``PingData``).
+6. Pings are answered from inside :meth:`receive`: a ``pong`` with the same ``event_id`` is queued for the
+   shell to send at once. ``ping_ms`` is the server's RTT estimate from earlier pings (null at first, AAPI
+   ``PingData``).
+8. Everything the client sends leaves through one place, in priority order: pongs, then control messages
+   (text, tool results), then audio (:meth:`EngineProtocol.next_to_send`), so a pong never waits behind a backlog
+   of audio and the engine's ping timeout does not end a conversation whose uplink is congested. Each queue has
+   a limit and a policy: at most 32 pongs (the newest are kept: an older pong answers a ping the server has
+   already given up on; ``pongs_dropped``), at most ``audio_queue_limit`` audio messages (default 50 × 20 ms =
+   1 s; a new chunk is refused and the shell counts it: live audio older than that is worthless); control
+   messages are few and all kept.
 7. How a connection ended decides what comes next (:func:`classify_close`, pure): the client closing it, or
    the server closing with 1000 (the agent ended the call, ``max_duration_exceeded``), ends the conversation
    (``DONE``); 1008 (our input or overrides broke the contract) and a fatal condition the shell found (an
@@ -303,6 +310,7 @@ class EngineCounters:
     bad_alignment: int = 0  # alignment dropped, audio kept
     unknown_events: int = 0  # types no source documents
     conversations: int = 0  # metadata events seen (one per conversation)
+    pongs_dropped: int = 0  # oldest unsent pongs given up (rule 8)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -397,6 +405,8 @@ _CHAT_PARTS: Final[dict[str, _ChatPart]] = {"start": "start", "delta": "delta", 
 
 # ---------------------------------------------------------------------------------------------- protocol
 
+_MAX_QUEUED_PONGS: Final = 32
+
 
 class EngineProtocol:
     """One client's view of the conversation socket. Not thread-safe; one per client, reused across
@@ -410,14 +420,17 @@ class EngineProtocol:
     """
 
     def __init__(self, *, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
-                 default_input_format: str = _DEFAULT_INPUT_FORMAT) -> None:
-        if max_message_chars <= 0:
-            raise ConfigError("max_message_chars must be positive")
+                 default_input_format: str = _DEFAULT_INPUT_FORMAT, audio_queue_limit: int = 50) -> None:
+        if max_message_chars <= 0 or audio_queue_limit <= 0:
+            raise ConfigError("max_message_chars and audio_queue_limit must be positive")
         parse_format(default_input_format)  # a ConfigError now, not a ProtocolError on the first metadata
         self.max_message_chars = max_message_chars
         self.default_input_format = default_input_format
         self.counters = EngineCounters()
-        self._outbox: deque[str] = deque()
+        self.audio_queue_limit = audio_queue_limit
+        self._pongs: deque[str] = deque()
+        self._control: deque[str] = deque()
+        self._audio: deque[str] = deque()
         self._reset_conversation()
 
     def _reset_conversation(self) -> None:
@@ -429,9 +442,11 @@ class EngineProtocol:
         self.last_audio_event_id: int | None = None
 
     def reset(self) -> None:
-        """Forget the conversation (metadata, gate, ping state, queued pongs) but keep the counters."""
+        """Forget the conversation (metadata, gate, ping state, everything queued) but keep the counters."""
         self._reset_conversation()
-        self._outbox.clear()
+        self._pongs.clear()
+        self._control.clear()
+        self._audio.clear()
 
     # -- state read by the shell
 
@@ -447,11 +462,36 @@ class EngineProtocol:
     def output_format(self) -> AudioFormat | None:
         return self.metadata.output_format if self.metadata else None
 
+    @property
+    def queued(self) -> tuple[int, int, int]:
+        """Messages waiting: (pongs, control, audio)."""
+        return len(self._pongs), len(self._control), len(self._audio)
+
+    def next_to_send(self) -> str | None:
+        """The next message for the socket (rule 8: pong, then control, then audio), or None when idle."""
+        for queue in (self._pongs, self._control, self._audio):
+            if queue:
+                return queue.popleft()
+        return None
+
     def data_to_send(self) -> list[str]:
-        """Messages the protocol produced on its own (pongs), oldest first; the list is handed over."""
-        out = list(self._outbox)
-        self._outbox.clear()
+        """Every queued message in the order :meth:`next_to_send` would hand them out; the queues are emptied."""
+        out = [*self._pongs, *self._control, *self._audio]
+        self._pongs.clear()
+        self._control.clear()
+        self._audio.clear()
         return out
+
+    def send_audio(self, data: bytes) -> bool:
+        """Queue one ``user_audio_chunk``; False (nothing queued) when ``audio_queue_limit`` messages wait."""
+        if len(self._audio) >= self.audio_queue_limit:
+            return False
+        self._audio.append(self.user_audio(data))
+        return True
+
+    def send_control(self, text: str) -> None:
+        """Queue a control message built by one of the command methods below."""
+        self._control.append(text)
 
     # -- receiving
 
@@ -546,7 +586,10 @@ class EngineProtocol:
         self.last_ping_id = event.event_id
         if event.ping_ms is not None:
             self.last_ping_ms = event.ping_ms
-        self._outbox.append(self.pong(event.event_id))
+        if len(self._pongs) >= _MAX_QUEUED_PONGS:
+            self._pongs.popleft()
+            self.counters.pongs_dropped += 1
+        self._pongs.append(self.pong(event.event_id))
         return [event]
 
     def _on_user_transcript(self, message: _JsonObject) -> list[Event]:

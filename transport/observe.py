@@ -62,7 +62,6 @@ class EngineStats:
     audio_dropped_not_ready: int
     audio_dropped_backpressure: int
     control_dropped_not_ready: int
-    pongs_dropped: int
     messages_sent: int
     callback_errors: int
     by_kind: Mapping[str, int]
@@ -81,6 +80,7 @@ class ProtocolStats:
     bad_alignment: int
     unknown_events: int
     conversations: int
+    pongs_dropped: int
 
 
 @dataclass(frozen=True, slots=True)
