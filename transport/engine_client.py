@@ -44,10 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -65,15 +64,21 @@ from transport.backoff import DelayFactory, RetryPolicy, full_jitter
 from transport.engine_protocol import (
     CLOSE_NORMAL,
     CloseAction,
+    ConnectionState,
     ConversationMetadata,
     EngineErrorEvent,
     EngineProtocol,
     Event,
+    EventCallback,
+    InitiationData,
+    StateCallback,
+    StateChange,
     classify_close,
 )
+from transport.log_context import RedactingLogger
 from transport.signed_url import UrlProvider
 
-__all__ = [
+__all__ = [  # the state and callback types live in transport.engine_protocol; re-exported here
     "ClientCounters",
     "ConnectionState",
     "EngineClient",
@@ -90,38 +95,6 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # the Python SDK's max_size
 _PROTOCOL_ERROR_LOG_FIRST: Final = 10  # per kind; afterwards every 1000th, so a flood cannot flood the log
 
 
-class ConnectionState(enum.Enum):
-    CONNECTING = "connecting"  # first connection, not yet established
-    CONNECTED = "connected"  # metadata received; audio flows
-    RECONNECTING = "reconnecting"  # an established conversation was lost; trying again
-    CLOSED = "closed"  # final; see StateChange.reason / EngineClient.wait()
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    state: ConnectionState
-    at_ns: int  # from the client's clock
-    attempt: int  # consecutive failed attempts so far (0 once connected)
-    conversation_id: str | None = None
-    close_code: int | None = None
-    reason: str | None = None  # already redacted
-
-
-EventCallback = Callable[[Event, int], None]  # (event, receive time in ns from the client's clock)
-StateCallback = Callable[[StateChange], None]
-
-
-@dataclass(frozen=True, slots=True)
-class InitiationData:
-    """What goes into ``conversation_initiation_client_data`` on every (re)connect."""
-
-    overrides: Mapping[str, Any] | None = None
-    dynamic_variables: Mapping[str, str | int | float | bool] | None = None
-    custom_llm_extra_body: Mapping[str, Any] | None = None
-    user_id: str | None = None
-    source_info: Mapping[str, str] | None = None
-
-
 @dataclass(slots=True)
 class ClientCounters:
     connects: int = 0  # conversations established (metadata received)
@@ -134,19 +107,6 @@ class ClientCounters:
     messages_sent: int = 0  # by the writer, all kinds
     callback_errors: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)  # protocol errors seen by the reader, by kind
-
-
-class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
-    """websockets logs the request line, query string included, at DEBUG: scrub every record it emits."""
-
-    def __init__(self, logger: logging.Logger, redactor: Redactor) -> None:
-        super().__init__(logger, {})
-        self._redactor = redactor
-
-    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        if self.isEnabledFor(level):
-            text = str(msg) % args if args else str(msg)
-            self.logger.log(level, "%s", self._redactor(text), **kwargs)
 
 
 class _AttemptFailed(Exception):
@@ -202,12 +162,12 @@ class EngineClient:
         self._metadata_timeout = metadata_timeout
         self._close_timeout = close_timeout
         self._keepalive = keepalive_interval
-        # 50 × 20 ms chunks = 1 s: beyond that the socket is stalled and old audio is worthless anyway.
         self._subprotocols = [Subprotocol(p) for p in subprotocols] or None
         self._proxy = proxy
         self.redactor = Redactor(secrets)
 
-        # The caller-audio format assumed when the metadata names none (as the JS SDK does).
+        # default_input_format: assumed when the metadata names none (as the JS SDK does); audio_queue_limit:
+        # 50 × 20 ms chunks = 1 s, beyond that the socket is stalled and old audio is worthless anyway.
         self.protocol = EngineProtocol(max_message_chars=max_message_bytes, default_input_format=default_input_format,
                                        audio_queue_limit=audio_queue_limit)
         self.counters = ClientCounters()
@@ -440,7 +400,7 @@ class EngineClient:
                 url, subprotocols=self._subprotocols, compression=None, open_timeout=self._open_timeout,
                 ping_interval=self._keepalive, ping_timeout=self._keepalive,
                 close_timeout=self._close_timeout, max_size=self._max_message_bytes, proxy=self._proxy,
-                logger=_RedactingLogger(_WS_LOG, self.redactor),
+                logger=RedactingLogger(_WS_LOG, self.redactor),
             )
         except InvalidStatus as exc:
             status = exc.response.status_code

@@ -84,14 +84,19 @@ __all__ = [
     "Alignment",
     "ClientToolCall",
     "CloseAction",
+    "ConnectionState",
     "ConversationMetadata",
     "EngineCounters",
     "EngineErrorEvent",
     "EngineProtocol",
     "Event",
+    "EventCallback",
+    "InitiationData",
     "InternalTentativeAgentResponse",
     "Interruption",
     "Ping",
+    "StateCallback",
+    "StateChange",
     "TentativeUserTranscript",
     "UnknownEvent",
     "UserTranscript",
@@ -271,6 +276,41 @@ _DOCUMENTED_UNMODELLED: Final = frozenset({
     "external_agent_disconnected", "agent_response_metadata", "agent_response_complete", "client_error",
     "dtmf_request", "internal_vad_score",
 })
+
+
+class ConnectionState(enum.Enum):
+    """The client's connection as the session sees it (the shell moves it; rule 7 decides after a close)."""
+
+    CONNECTING = "connecting"  # first connection, not yet established
+    CONNECTED = "connected"  # metadata received; audio flows
+    RECONNECTING = "reconnecting"  # an established conversation was lost; trying again
+    CLOSED = "closed"  # final; see StateChange.reason / EngineClient.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    state: ConnectionState
+    at_ns: int  # from the client's clock
+    attempt: int  # consecutive failed attempts so far (0 once connected)
+    conversation_id: str | None = None
+    close_code: int | None = None
+    reason: str | None = None  # already redacted
+
+
+# The shell's callbacks: (event, receive time in ns from the client's clock) and connection state changes.
+EventCallback = Callable[["Event", int], None]
+StateCallback = Callable[["StateChange"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class InitiationData:
+    """What goes into ``conversation_initiation_client_data`` on every (re)connect."""
+
+    overrides: Mapping[str, Any] | None = None
+    dynamic_variables: Mapping[str, str | int | float | bool] | None = None
+    custom_llm_extra_body: Mapping[str, Any] | None = None
+    user_id: str | None = None
+    source_info: Mapping[str, str] | None = None
 
 
 CLOSE_NORMAL: Final = 1000
