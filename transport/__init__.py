@@ -1,14 +1,15 @@
 """The two edges of the bridge and the session that wires them: the public embedding API.
 
-    from transport import BridgeSession, SessionConfig, EngineSettings, mint_token
+    from transport import BridgeSession, EngineSettings, RoomLinkConfig, SessionConfig, mint_token
 
-    session = BridgeSession(SessionConfig(livekit_url=url, livekit_token=token,
+    session = BridgeSession(SessionConfig(room=RoomLinkConfig(url, token, identity="agent"),
                                           engine=EngineSettings(api_key=key, agent_id=engine_id)))
     await session.start()
     async for event in session.events(): ...   # transport.events: one frozen dataclass per kind
     await session.stop()
 
-The library installs no signal handlers and configures no logging; many sessions share one event loop.
+The worker API (explicit dispatch) and the error tree are exported here too. The library installs no signal
+handlers and configures no logging; many sessions share one event loop.
 """
 
 from core.downlink import DownlinkConfig
@@ -41,6 +42,8 @@ from transport.events import (
 from transport.livekit_token import mint_token
 from transport.observe import SessionHooks, SessionStats
 from transport.session import BridgeSession, serve
+from transport.worker import Worker, run_worker
+from transport.worker_config import JobContext, JobRunner, WorkerConfig, WorkerStats
 
 __all__ = [
     "AgentResponse",
@@ -60,6 +63,8 @@ __all__ = [
     "EngineStateChanged",
     "InitiationData",
     "Interrupted",
+    "JobContext",
+    "JobRunner",
     "LiveKitError",
     "LiveKitTarget",
     "ProtocolError",
@@ -74,7 +79,11 @@ __all__ = [
     "SessionStateChanged",
     "SessionStats",
     "UserTranscript",
+    "Worker",
+    "WorkerConfig",
+    "WorkerStats",
     "from_env",
     "mint_token",
+    "run_worker",
     "serve",
 ]
