@@ -28,17 +28,12 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from benchmarks.common import run_loop, voice
 from benchmarks.procs import serve_json_lines
 from scripts.caller import Caller
 from transport.loop_lag import LoopLagProbe
 
 log = logging.getLogger("benchmarks.caller_host")
-
-Int16Array = npt.NDArray[np.int16]
 
 
 def heard_between(caller: Caller, since: int, until: int | None, audio: bool) -> dict[str, Any]:
