@@ -16,44 +16,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.downlink import DownlinkConfig
-from core.errors import BridgeError, ConfigError
+from core.errors import BridgeError
 from core.formats import ENGINE_FORMATS, parse_format
 from core.redact import Redactor
+from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
 from transport.livekit_token import mint_token
 from transport.log_context import ContextFilter
-from transport.session import BridgeSession, EngineSettings, SessionConfig, serve
-from transport.signed_url import DEFAULT_API_BASE
+from transport.session import BridgeSession, serve
 
 if TYPE_CHECKING:
     from transport.metrics import BridgeMetrics
 
 log = logging.getLogger("runner")
 
-DEFAULT_LIVEKIT_URL = "ws://127.0.0.1:7880"
-DEV_KEY, DEV_SECRET = "devkey", "secret"
-
-
-@dataclass(frozen=True, slots=True)
-class LiveKitTarget:
-    url: str
-    api_key: str
-    api_secret: str
-
-
-def livekit_from_env(env: dict[str, str] | None = None) -> LiveKitTarget:
-    env = dict(os.environ) if env is None else env
-    return LiveKitTarget(env.get("LIVEKIT_URL") or DEFAULT_LIVEKIT_URL,
-                         env.get("LIVEKIT_API_KEY") or DEV_KEY, env.get("LIVEKIT_API_SECRET") or DEV_SECRET)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -117,16 +102,13 @@ def setup_logging(level: str, json_logs: bool, redactor: Redactor) -> None:
 @contextlib.asynccontextmanager
 async def engine_settings(args: argparse.Namespace, env: dict[str, str]) -> AsyncIterator[EngineSettings]:
     """Real engine when asked for, else the embedded emulator for the life of the block."""
+    fallback = args.input_format or "pcm_16000"
     if args.engine_url:
-        yield EngineSettings(url=args.engine_url, fallback_input_format=args.input_format or "pcm_16000")
+        yield EngineSettings(url=args.engine_url, fallback_input_format=fallback)
         return
-    api_key, agent_id = env.get("ELEVENLABS_API_KEY"), env.get("SPEECH_ENGINE_ID")
-    if api_key or agent_id:
-        if not (api_key and agent_id):
-            raise ConfigError("set both ELEVENLABS_API_KEY and SPEECH_ENGINE_ID to use the hosted engine")
-        yield EngineSettings(api_key=api_key, agent_id=agent_id,
-                             api_base=env.get("ELEVENLABS_API_BASE") or DEFAULT_API_BASE,
-                             fallback_input_format=args.input_format or "pcm_16000")
+    hosted = from_env(env).engine
+    if hosted is not None:
+        yield dataclasses.replace(hosted, fallback_input_format=fallback)
         return
     from emulator import Emulator, EmulatorConfig
 
@@ -143,15 +125,15 @@ def session_config(args: argparse.Namespace, livekit: LiveKitTarget, engine: Eng
                    *, url: str | None = None, token: str | None = None) -> SessionConfig:
     token = token or mint_token(livekit.api_key, livekit.api_secret, room=args.room, identity=args.identity,
                                 agent=True)
-    return SessionConfig(livekit_url=url or livekit.url, livekit_token=token, engine=engine,
-                         identity=args.identity, chunk_ms=args.chunk_ms, queue_ms=args.queue_ms,
-                         downlink=DownlinkConfig(lead_frames=args.lead_frames),
+    return SessionConfig(room=RoomLinkConfig(url or livekit.url, token, identity=args.identity,
+                                             queue_ms=args.queue_ms),
+                         engine=engine, chunk_ms=args.chunk_ms, downlink=DownlinkConfig(lead_frames=args.lead_frames),
                          start_when=args.start, end_when_empty=not args.stay, linger_s=args.linger)
 
 
 async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event,
                    metrics: BridgeMetrics | None = None) -> int:
-    livekit = livekit_from_env(env)
+    livekit = from_env(env).livekit
     async with engine_settings(args, env) as engine:
         session = BridgeSession(session_config(args, livekit, engine))
         if metrics is not None:
@@ -169,7 +151,7 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
                      metrics: BridgeMetrics | None = None) -> int:
     from transport.worker import JobContext, Worker, WorkerConfig
 
-    livekit = livekit_from_env(env)
+    livekit = from_env(env).livekit
     async with engine_settings(args, env) as engine:
 
         async def job(ctx: JobContext) -> None:

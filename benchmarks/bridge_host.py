@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -35,7 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import run_loop
+from benchmarks.procs import serve_json_lines
+from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
+from transport.loop_lag import LoopLagProbe
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 
 log = logging.getLogger("benchmarks.bridge_host")
@@ -123,7 +125,7 @@ class Host:
         self.failed: dict[str, str] = {}
         self.lags: list[float] = []
         self.measuring = False
-        self._probe: asyncio.Task[None] | None = None
+        self._probe = LoopLagProbe(0.02, self._on_lag)
         self._mark: dict[str, Any] = {}
         self.ffi = FfiCounter()  # touching FfiClient.instance loads the native library
         self.rss_idle = rss_mb()
@@ -135,8 +137,8 @@ class Host:
 
         async def one(room: str) -> None:
             token = mint_token(cmd["api_key"], cmd["api_secret"], room=room, identity=AGENT, agent=True)
-            session = BridgeSession(SessionConfig(livekit_url=cmd["livekit_url"], livekit_token=token, engine=engine,
-                                                  identity=AGENT, start_when="immediately", end_when_empty=False,
+            session = BridgeSession(SessionConfig(room=RoomLinkConfig(cmd["livekit_url"], token, identity=AGENT),
+                                                  engine=engine, start_when="immediately", end_when_empty=False,
                                                   **self.session_kwargs))
             async with gate:
                 try:
@@ -150,34 +152,30 @@ class Host:
             self.sessions.append(session)
 
         await asyncio.gather(*(one(room) for room in cmd["rooms"]))
-        if self._probe is None:
-            self._probe = asyncio.get_running_loop().create_task(self._lag_probe())
+        self._probe.start()
         return {"started": len(self.sessions), "failed": self.failed, "rss_idle_mb": self.rss_idle,
                 "rss_mb": rss_mb()}
 
-    async def _lag_probe(self) -> None:
-        period = 0.02
-        while True:
-            t0 = time.monotonic()
-            await asyncio.sleep(period)
-            if self.measuring:
-                self.lags.append((time.monotonic() - t0 - period) * 1000)
+    def _on_lag(self, lag_s: float) -> None:
+        if self.measuring:
+            self.lags.append(lag_s * 1000)
 
     def _counters(self) -> dict[str, int]:
         c = {"underruns": 0, "underrun_samples": 0, "reanchors": 0, "lag_frames": 0, "frames_out": 0,
              "chunks_sent": 0, "chunks_dropped": 0, "audio_events": 0, "interruptions": 0, "refused_samples": 0}
         for s in self.sessions:
-            down = s.downlink
+            stats = s.stats(stages=False)
+            down = stats.downlink
             if down is not None:
-                c["underruns"] += down.playout.underruns
-                c["underrun_samples"] += down.playout.underrun_samples
-                c["refused_samples"] += down.playout.refused_samples
-                c["reanchors"] += down.pacer.reanchors
-                c["lag_frames"] += down.pacer.lag_frames
-            c["frames_out"] += s.room.stats.frames_out
-            c["chunks_sent"] += s.counters["chunks_sent"]
-            c["chunks_dropped"] += s.counters["chunks_dropped"]
-            c["audio_events"] += s.counters["audio_events"]
+                c["underruns"] += down.underruns
+                c["underrun_samples"] += down.underrun_samples
+                c["refused_samples"] += down.refused_samples
+                c["reanchors"] += down.reanchors
+                c["lag_frames"] += down.lag_frames
+            c["frames_out"] += stats.room.frames_out
+            c["chunks_sent"] += stats.session.chunks_sent
+            c["chunks_dropped"] += stats.session.chunks_dropped
+            c["audio_events"] += stats.session.audio_events
             c["interruptions"] += len(s.interruptions)
         return c
 
@@ -221,44 +219,27 @@ class Host:
                 "ffi_subscriptions_scanned": self.ffi.scanned - mark["ffi_scanned"]}
 
     async def stop(self) -> dict[str, Any]:
-        if self._probe is not None:
-            self._probe.cancel()
+        await self._probe.stop()
         await asyncio.gather(*(s.stop() for s in self.sessions), return_exceptions=True)
         return {}
 
 
 async def serve(what_if: list[str]) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     host = Host(apply_what_if(what_if))
-    out = sys.stdout
 
-    def answer(msg: dict[str, Any]) -> None:
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
+    async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
+        op = cmd.get("op")
+        if op == "start":
+            return await host.start(cmd)
+        if op == "measure_start":
+            return host.measure_start()
+        if op == "measure_stop":
+            return host.measure_stop()
+        if op == "stop":
+            return await host.stop()
+        raise ValueError(f"unknown op {op!r}")
 
-    answer({"event": "ready", "rss_idle_mb": host.rss_idle})
-    while line := await reader.readline():
-        cmd = json.loads(line)
-        op, ident = cmd.get("op"), cmd.get("id")
-        try:
-            if op == "start":
-                result = await host.start(cmd)
-            elif op == "measure_start":
-                result = host.measure_start()
-            elif op == "measure_stop":
-                result = host.measure_stop()
-            elif op == "stop":
-                result = await host.stop()
-                answer({"id": ident, "ok": True, **result})
-                break
-            else:
-                raise ValueError(f"unknown op {op!r}")
-            answer({"id": ident, "ok": True, **result})
-        except Exception as exc:
-            log.exception("command %s failed", op)
-            answer({"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    await serve_json_lines(handle, ready={"event": "ready", "rss_idle_mb": host.rss_idle})
 
 
 def main() -> None:

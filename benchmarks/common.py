@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from core.formats import ROOM_RATE
+
 __all__ = [
     "LOUD_BRIDGE",
     "LOUD_REMOTE",
@@ -39,7 +41,7 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
-RATE = 48_000
+RATE = ROOM_RATE
 # "Non-silent" at the bridge output: a peak above -60 dBFS. The bridge hands exact zeros or real audio.
 LOUD_BRIDGE = 32
 # "Non-silent" at a remote subscriber: a peak above about -36 dBFS. After Opus, the end of a voice leaves a

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import resource
@@ -30,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import run_loop, voice
+from benchmarks.common import RATE, run_loop, voice
+from benchmarks.procs import serve_json_lines
 from emulator import Conversation, Emulator, EmulatorConfig
 from emulator.signals import resample
 
@@ -41,7 +41,7 @@ class Script:
     def __init__(self, emulator: Emulator, seed: int, reply_ms: int, interrupt_share: float) -> None:
         self.emulator = emulator
         self.rng = random.Random(seed)
-        self.reply = resample(voice(reply_ms / 1000, 220.0, level=0.35), 48_000, 24_000)
+        self.reply = resample(voice(reply_ms / 1000, 220.0, level=0.35), RATE, 24_000)
         self.interrupt_share = interrupt_share
         self.on = False
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -93,11 +93,6 @@ async def serve(args: argparse.Namespace) -> None:
     emulator = Emulator(config)
     await emulator.start()
     script = Script(emulator, args.seed, args.reply_ms, args.interrupt_share)
-    out = sys.stdout
-
-    def emit(msg: dict[str, Any]) -> None:
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
 
     async def sweeper() -> None:
         while True:
@@ -105,40 +100,34 @@ async def serve(args: argparse.Namespace) -> None:
             script.sweep()
 
     sweep_task = asyncio.get_running_loop().create_task(sweeper())
-    emit({"event": "ready", "rest": emulator.rest_base_url, "api_key": emulator.api_key,
-          "agent_id": config.agent_id})
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     cpu0 = time.process_time()
-    while line := await reader.readline():
-        cmd = json.loads(line)
-        op, ident = cmd.get("op"), cmd.get("id")
-        try:
-            if op == "activity":
-                script.on = bool(cmd.get("on", True))
-                if not script.on:
-                    script.stop()
-                script.sweep()
-                emit({"id": ident, "ok": True})
-            elif op == "report":
-                script.sweep()
-                usage = resource.getrusage(resource.RUSAGE_SELF)
-                emit({"id": ident, "ok": True, "interruptions": script.interruptions, "replies": script.replies,
-                      "conversations": len(emulator.conversations), "active": len(emulator.active),
-                      "cpu_s": time.process_time() - cpu0, "max_rss_mb": usage.ru_maxrss / 1024})
-            elif op == "stop":
+
+    async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
+        op = cmd.get("op")
+        if op == "activity":
+            script.on = bool(cmd.get("on", True))
+            if not script.on:
                 script.stop()
-                emit({"id": ident, "ok": True})
-                break
-            else:
-                emit({"id": ident, "ok": False, "error": f"unknown op {op!r}"})
-        except Exception as exc:
-            log.exception("command %s failed", op)
-            emit({"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
-    sweep_task.cancel()
-    script.stop()
-    await emulator.stop()
+            script.sweep()
+            return {}
+        if op == "report":
+            script.sweep()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return {"interruptions": script.interruptions, "replies": script.replies,
+                    "conversations": len(emulator.conversations), "active": len(emulator.active),
+                    "cpu_s": time.process_time() - cpu0, "max_rss_mb": usage.ru_maxrss / 1024}
+        if op == "stop":
+            script.stop()
+            return {}
+        raise ValueError(f"unknown op {op!r}")
+
+    try:
+        await serve_json_lines(handle, ready={"event": "ready", "rest": emulator.rest_base_url,
+                                              "api_key": emulator.api_key, "agent_id": config.agent_id})
+    finally:
+        sweep_task.cancel()
+        script.stop()
+        await emulator.stop()
 
 
 def main() -> None:

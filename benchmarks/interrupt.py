@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import LOUD_BRIDGE, LOUD_REMOTE, Progress, ms, ratio, summarize, voice
+from benchmarks.common import LOUD_BRIDGE, LOUD_REMOTE, RATE, Progress, ms, ratio, summarize, voice
 from benchmarks.rig import Rig, Side, loud_after
 from emulator import EmulatorConfig, Reply
 from emulator.signals import resample
@@ -70,7 +70,7 @@ def bridge_silence(t_ref: int, captures: list[tuple[int, int, int]], clears: lis
     loud_caps = [c for c in captures[lo:hi] if c[1] > loud]
     if clear is None:
         after = [c for c in loud_caps if c[0] >= t_ref]
-        silent = (after[-1][0] + after[-1][2] * 1_000_000_000 // 48_000) if after else t_ref
+        silent = (after[-1][0] + after[-1][2] * 1_000_000_000 // RATE) if after else t_ref
         return {"silent_ns": silent, "clear_ns": None, "last_voice_ns": after[-1][0] if after else None,
                 "late_voice_captures": len(after)}
     before = [c for c in loud_caps if c[0] < clear]
@@ -94,7 +94,7 @@ def remote_silence(t_ref: int, times: np.ndarray, peaks: np.ndarray, window_end:
 
 def _reply_voice(ms_: int, rate: int) -> np.ndarray:
     # 220 Hz harmonic voice with a 3 Hz envelope that never drops below 0.2: loud in every 10 ms frame.
-    return resample(voice(ms_ / 1000, 220.0, level=0.35), 48_000, rate)
+    return resample(voice(ms_ / 1000, 220.0, level=0.35), RATE, rate)
 
 
 async def _wait(predicate: Any, timeout: float, interval: float = 0.005) -> None:

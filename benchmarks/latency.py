@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import LOUD_BRIDGE, LOUD_REMOTE, Progress, first_loud, ms, summarize, voice
+from benchmarks.common import LOUD_BRIDGE, LOUD_REMOTE, RATE, Progress, first_loud, ms, summarize, voice
 from benchmarks.rig import Rig, Side
+from core.signals import dominant_hz
 from emulator import EmulatorConfig, Reply
 from emulator.signals import resample
 from scripts.livekit_server import LiveKitServer
@@ -57,13 +58,6 @@ class LatencyConfig:
     trials: int = 30  # per bridge
     gap_s: float = 0.4
     seed: int = 7
-
-
-def dominant_hz(samples: np.ndarray, rate: int = 48_000) -> float:
-    if samples.size < 256:
-        return 0.0
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.size)))
-    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
 
 
 async def _echo_on_onset(side: Side, mark: int, echo: np.ndarray) -> tuple[int, Reply]:
@@ -109,8 +103,8 @@ async def _trial(rig: Rig, side: Side, echo: np.ndarray) -> dict[str, Any]:
         j = int(idx[0])
         frame = audio[j * 480:(j + 1) * 480]
         offset = first_loud(frame, LOUD_REMOTE) or 0
-        hear_ns = int(times[j]) + offset * 1_000_000_000 // 48_000
-        body = audio[j * 480: j * 480 + int(UTTERANCE_S * 48_000 * 0.8)]
+        hear_ns = int(times[j]) + offset * 1_000_000_000 // RATE
+        body = audio[j * 480: j * 480 + int(UTTERANCE_S * RATE * 0.8)]
         echo_hz = dominant_hz(body)
     caller_onset = next((t for t, p in side.caller_frames if t >= speak_ns and p > LOUD_REMOTE), None)
     first_event = next((t for t, _ in side.audio_events if t >= reply.start_ns), None)
@@ -140,7 +134,7 @@ async def run(server: LiveKitServer, cfg: LatencyConfig, progress: Progress, *,
     emu_cfg = EmulatorConfig(reply_mode="echo", input_format="pcm_16000", output_format="pcm_24000",
                              vad_threshold_dbfs=0.0, barge_in=False, think_time_ms=0.0, record_text=True,
                              seed=cfg.seed)
-    echo = resample(voice(UTTERANCE_S, FREQ), 48_000, 24_000)
+    echo = resample(voice(UTTERANCE_S, FREQ), RATE, 24_000)
     trials: list[dict[str, Any]] = []
     async with Rig(server, emu_cfg, progress, log_dir=log_dir, tag="lat") as rig:
         for side in rig.sides:  # warm-up, not counted

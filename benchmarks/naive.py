@@ -35,11 +35,13 @@ import soxr
 import websockets
 from livekit import rtc
 
+from core.formats import ROOM_RATE
+
 __all__ = ["NaiveBridge"]
 
 log = logging.getLogger(__name__)
 
-OUT_RATE = 48_000
+OUT_RATE = ROOM_RATE
 ENGINE_IN_RATE = 16_000
 ENGINE_OUT_RATE = 24_000
 

@@ -1,4 +1,8 @@
-"""Helper processes of the benchmarks, driven over JSON lines (see :mod:`benchmarks.caller_host`)."""
+"""Helper processes of the benchmarks, driven over JSON lines (see :mod:`benchmarks.caller_host`).
+
+Both ends live here: :class:`JsonLinesProcess` drives a helper from the benchmark, :func:`serve_json_lines` is the
+helper's side (one command per line on stdin, one answer per line on stdout with the command's ``id``).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,60 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
 from benchmarks.common import ROOT
 
-__all__ = ["HostError", "JsonLinesProcess"]
+__all__ = ["HostError", "JsonLinesProcess", "serve_json_lines"]
+
+log = logging.getLogger(__name__)
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def serve_json_lines(handle: Handler, *, ready: dict[str, Any] | None = None, concurrent: bool = False,
+                           stop_op: str = "stop") -> None:
+    """Answer commands until ``stop_op`` (answered, then return) or the end of stdin.
+
+    ``handle(cmd)`` returns the answer's fields (``ok: true`` is added) or raises (``ok: false`` and the error).
+    ``ready`` is written first, for a driver that waits for the helper to be up. With ``concurrent`` every
+    command runs in a task of its own, so a slow one (``join``) does not hold up the others.
+    """
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 26)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    out = sys.stdout
+
+    def answer(msg: dict[str, Any]) -> None:
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
+
+    async def run(cmd: dict[str, Any]) -> None:
+        try:
+            result = await handle(cmd)
+            answer({"id": cmd.get("id"), "ok": True, **result})
+        except Exception as exc:
+            log.exception("command %s failed", cmd.get("op"))
+            answer({"id": cmd.get("id"), "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+    if ready is not None:
+        answer(ready)
+    tasks: set[asyncio.Task[None]] = set()
+    while line := await reader.readline():
+        cmd = json.loads(line)
+        if cmd.get("op") == stop_op or not concurrent:
+            await run(cmd)
+            if cmd.get("op") == stop_op:
+                return
+            continue
+        task = asyncio.create_task(run(cmd))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await handle({"op": stop_op})
 
 
 class HostError(RuntimeError):

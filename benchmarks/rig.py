@@ -23,6 +23,7 @@ from benchmarks.procs import JsonLinesProcess
 from benchmarks.taps import SessionTap
 from emulator import Conversation, Emulator, EmulatorConfig
 from scripts.livekit_server import LiveKitServer
+from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 
@@ -94,10 +95,9 @@ class Rig:
         room_ours = f"{self.tag}-ours"
         tap = SessionTap()
         engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
-        config = SessionConfig(livekit_url=server.url, livekit_token=self.token(room_ours, AGENT, agent=True),
-                               engine=engine, identity=AGENT, start_when="immediately", end_when_empty=False)
-        session = BridgeSession(config, client_factory=tap.client_factory())
-        tap.attach(session)
+        link = RoomLinkConfig(server.url, self.token(room_ours, AGENT, agent=True), identity=AGENT)
+        config = SessionConfig(room=link, engine=engine, start_when="immediately", end_when_empty=False)
+        session = BridgeSession(config, hooks=tap.hooks())
         self._session = session
         await session.start()
         conv_ours = await emu.next_conversation()

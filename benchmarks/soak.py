@@ -45,6 +45,7 @@ import numpy as np
 
 from benchmarks.common import RESULTS, ROOT, Progress, machine, run_loop, voice, write_json
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
+from transport.config import RoomLinkConfig
 from transport.engine_client import InitiationData
 from transport.livekit_token import mint_token
 from transport.metrics import BridgeMetrics
@@ -116,8 +117,8 @@ async def run_soak(server: LiveKitServer, config: SoakConfig | None = None,
             engine = EngineSettings(api_key=hello["api_key"], agent_id=hello["agent_id"], api_base=hello["api_base"],
                                     init=InitiationData(user_id=room))
             token = mint_token(server.api_key, server.api_secret, room=room, identity=AGENT, agent=True)
-            session = BridgeSession(SessionConfig(livekit_url=server.url, livekit_token=token, engine=engine,
-                                                  identity=AGENT, start_when="immediately", end_when_empty=False))
+            session = BridgeSession(SessionConfig(room=RoomLinkConfig(server.url, token, identity=AGENT),
+                                                  engine=engine, start_when="immediately", end_when_empty=False))
             metrics.track(session)
             await session.start()
             sessions.append(session)
@@ -142,7 +143,7 @@ async def run_soak(server: LiveKitServer, config: SoakConfig | None = None,
         for i, (s, talk) in enumerate(zip(sessions, report.get("stats", []), strict=False)):
             m = s.metrics()
             result.per_session.append({
-                "state": s.state.value, **talk, "interruptions": s.counters["interruptions"],
+                "state": s.state.value, **talk, "interruptions": m["session"]["interruptions"],
                 "reconnects": max(0, m["engine"].get("connects", 1) - 1),
                 "underruns": m["downlink"].get("underruns", 0),
                 "stale_chunks": m["protocol"].get("stale_audio_chunks", 0),
@@ -200,23 +201,7 @@ async def _peer() -> None:
     from emulator import Conversation, Emulator, EmulatorConfig
     from scripts.caller import Caller
 
-    class CountingCaller(Caller):
-        """Counts what it hears instead of keeping it (a 10 minute soak would keep gigabytes)."""
-
-        frames = 0
-        loud_frames = 0
-
-        async def _listen(self, stream: Any, heard: Any) -> None:
-            try:
-                async for event in stream:
-                    self.frames += 1
-                    samples = np.frombuffer(event.frame.data, dtype=np.int16)
-                    if samples.size and int(np.abs(samples.astype(np.int32)).max()) > LOUD:
-                        self.loud_frames += 1
-            finally:
-                await stream.aclose()
-
-    async def talk(caller: CountingCaller, conversation: Conversation, deadline: float, rng: random.Random,
+    async def talk(caller: Caller, conversation: Conversation, deadline: float, rng: random.Random,
                    stats: dict[str, int]) -> None:
         loop = asyncio.get_running_loop()
         while loop.time() < deadline - 4.0:
@@ -249,7 +234,8 @@ async def _peer() -> None:
                                        "agent_id": config.agent_id}}), flush=True)
         order = json.loads(await reader.readline())
         rng = random.Random(order["seed"])
-        callers = [CountingCaller(order["url"], r["token"], identity=r["identity"]) for r in order["rooms"]]
+        # Counts what they hear instead of keeping it (a 10 minute soak would keep gigabytes).
+        callers = [Caller(order["url"], r["token"], identity=r["identity"], keep_audio=False) for r in order["rooms"]]
         stats = [{"utterances": 0, "barge_ins": 0, "unanswered": 0} for _ in callers]
         try:
             for c in callers:
@@ -264,7 +250,8 @@ async def _peer() -> None:
                                    for c, room, s in zip(callers, rooms, stats, strict=True)))
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             for c, s in zip(callers, stats, strict=True):
-                s["frames_heard"], s["loud_frames_heard"] = c.frames, c.loud_frames
+                s["frames_heard"] = c.frames_heard
+                s["loud_frames_heard"] = sum(p > LOUD for h in c.heard.values() for p in h.peaks)
             print(json.dumps({"stats": stats, "rss_mib": round(_rss_mib(), 1)}), flush=True)
             await reader.read()  # until the bridge side closes our stdin
         finally:

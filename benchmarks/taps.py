@@ -1,30 +1,21 @@
-"""Instrumentation of a :class:`~transport.session.BridgeSession` from the outside, without changing it.
+"""Instrumentation of a :class:`~transport.session.BridgeSession` through its public hooks.
 
-- The voice out: the session's ``RoomLink`` instance gets wrappers around ``send_voice`` and ``clear_voice``
-  (instance attributes shadow the methods; ``BridgeSession._play`` and ``_on_interruption`` call them through
-  ``self.room``). Each capture is recorded with the time it was handed over and its peak, each clear with the
-  time it returned (the native queue is empty from then on).
-- Caller frames in: ``RoomLink._on_audio`` (the callback the room calls per caller frame) is wrapped the
-  same way, recording arrival time and peak. A private name: if it is renamed this fails loudly, which is
-  what a benchmark should do.
-- Engine events in: ``BridgeSession`` takes a ``client_factory``; ours wraps ``on_event`` to record when each
-  ``audio`` event reached the session.
+:class:`~transport.observe.SessionHooks` are called by the session itself: ``voice_out`` just before a frame
+is handed to the AudioSource (its time and peak are recorded), ``voice_cleared`` right after the AudioSource
+queue was cleared (the native queue is empty from then on), ``caller_frame`` for every caller frame as it
+arrives (time and peak), and ``engine_event`` for every engine event before the session acts on it (the
+``audio`` events' receive time and id). Times are the session's clock, ``time.monotonic_ns`` by default.
 
-The wrappers cost a ``monotonic_ns`` call, a peak (``max``/``min`` over a 10–30 ms frame) and an append.
+Each hook costs a peak (``max``/``min`` over a 10–30 ms frame) and an append.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
-from transport.engine_client import EngineClient
 from transport.engine_protocol import AgentAudio, Event
-from transport.session import BridgeSession
+from transport.observe import SessionHooks
 
 __all__ = ["SessionTap"]
 
@@ -34,44 +25,26 @@ def _peak(samples: npt.NDArray[np.int16]) -> int:
 
 
 class SessionTap:
-    def __init__(self, session: BridgeSession | None = None) -> None:
+    """``BridgeSession(config, hooks=tap.hooks())``; read the lists afterwards."""
+
+    def __init__(self) -> None:
         self.captures: list[tuple[int, int, int]] = []  # (ns handed over, peak, samples)
         self.clears: list[int] = []
         self.caller_frames: list[tuple[int, int]] = []  # (arrival ns, peak)
         self.audio_events: list[tuple[int, int]] = []  # (recv ns, event_id)
-        if session is not None:
-            self.attach(session)
 
-    def client_factory(self) -> Callable[..., EngineClient]:
-        """Pass as ``BridgeSession(..., client_factory=tap.client_factory())``."""
-        events = self.audio_events
+    def hooks(self) -> SessionHooks:
+        captures, clears, frames, events = self.captures, self.clears, self.caller_frames, self.audio_events
 
-        def factory(url_provider: Any, on_event: Callable[[Event, int], None], **kwargs: Any) -> EngineClient:
-            def wrapped(event: Event, recv_ns: int) -> None:
-                if isinstance(event, AgentAudio):
-                    events.append((recv_ns, event.event_id))
-                on_event(event, recv_ns)
-            return EngineClient(url_provider, wrapped, **kwargs)
+        def voice_out(samples: npt.NDArray[np.int16], at_ns: int) -> None:
+            captures.append((at_ns, _peak(samples), int(samples.size)))
 
-        return factory
-
-    def attach(self, session: BridgeSession) -> None:
-        room = session.room
-        send, clear, on_audio = room.send_voice, room.clear_voice, room._on_audio
-        captures, clears, frames = self.captures, self.clears, self.caller_frames
-
-        async def send_voice(samples: npt.NDArray[np.int16]) -> None:
-            captures.append((time.monotonic_ns(), _peak(samples), int(samples.size)))
-            await send(samples)
-
-        def clear_voice() -> None:
-            clear()
-            clears.append(time.monotonic_ns())
-
-        def caller_audio(identity: str, samples: npt.NDArray[np.int16], recv_ns: int) -> None:
+        def caller_frame(_identity: str, samples: npt.NDArray[np.int16], recv_ns: int) -> None:
             frames.append((recv_ns, _peak(samples)))
-            on_audio(identity, samples, recv_ns)
 
-        room.send_voice = send_voice  # type: ignore[method-assign]
-        room.clear_voice = clear_voice  # type: ignore[method-assign]
-        room._on_audio = caller_audio
+        def engine_event(event: Event, recv_ns: int) -> None:
+            if isinstance(event, AgentAudio):
+                events.append((recv_ns, event.event_id))
+
+        return SessionHooks(voice_out=voice_out, voice_cleared=clears.append, caller_frame=caller_frame,
+                            engine_event=engine_event)

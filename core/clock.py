@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from core.errors import ConfigError
+
 __all__ = ["MS", "SECOND", "Clock", "FakeClock", "MonotonicClock"]
 
 MS = 1_000_000
@@ -41,11 +43,11 @@ class FakeClock:
 
     def advance(self, ns: int) -> int:
         if ns < 0:
-            raise ValueError("a monotonic clock cannot go back")
+            raise ConfigError("a monotonic clock cannot go back")
         self._now += ns
         return self._now
 
     def set(self, now_ns: int) -> None:
         if now_ns < self._now:
-            raise ValueError("a monotonic clock cannot go back")
+            raise ConfigError("a monotonic clock cannot go back")
         self._now = now_ns

@@ -19,15 +19,15 @@ import numpy as np
 import numpy.typing as npt
 
 from core.clock import MS, Clock
-from core.formats import AudioFormat
+from core.formats import ROOM_RATE, AudioFormat
 from core.pacer import Pacer
 from core.playout import PlayoutBuffer
 from core.resample import Resampler
 from core.timing import StageTimer
 
-__all__ = ["OUTPUT_RATE", "Downlink", "DownlinkConfig"]
+__all__ = ["OUTPUT_RATE", "Downlink", "DownlinkConfig", "DownlinkStats"]
 
-OUTPUT_RATE = 48_000
+OUTPUT_RATE = ROOM_RATE
 Int16Array = npt.NDArray[np.int16]
 
 
@@ -46,6 +46,22 @@ class DownlinkConfig:
     # keeps the interrupted voice audible, fading, for a hundred milliseconds and more; real silent packets
     # end it as soon as the receiver's jitter buffer has played out.
     silence_after_interrupt_ms: int = 120
+
+
+@dataclass(frozen=True, slots=True)
+class DownlinkStats:
+    state: str  # the playout buffer's state
+    depth_ms: float
+    chunks_in: int
+    bytes_in: int
+    underruns: int
+    underrun_samples: int
+    refused_samples: int
+    flushed_samples: int
+    samples_out: int
+    interruptions: int
+    reanchors: int  # the pacer's schedule restarted after the loop fell behind
+    lag_frames: int  # frames the pacer found overdue: the AudioSource may have run dry
 
 
 class Downlink:
@@ -162,9 +178,10 @@ class Downlink:
             self.playout.push(tail)
         self.playout.mark_end_of_stream()
 
-    def stats(self) -> dict[str, float | int | str]:
+    def stats(self) -> DownlinkStats:
         p = self.playout
-        return {"state": p.state.value, "depth_ms": p.depth_ms, "chunks_in": self.chunks_in,
-                "bytes_in": self.bytes_in, "underruns": p.underruns, "underrun_samples": p.underrun_samples,
-                "refused_samples": p.refused_samples, "flushed_samples": p.flushed_samples,
-                "samples_out": p.samples_out, "interruptions": self.interruptions}
+        return DownlinkStats(state=p.state.value, depth_ms=p.depth_ms, chunks_in=self.chunks_in,
+                             bytes_in=self.bytes_in, underruns=p.underruns, underrun_samples=p.underrun_samples,
+                             refused_samples=p.refused_samples, flushed_samples=p.flushed_samples,
+                             samples_out=p.samples_out, interruptions=self.interruptions,
+                             reanchors=self.pacer.reanchors, lag_frames=self.pacer.lag_frames)

@@ -15,9 +15,12 @@ import numpy.typing as npt
 from core.codec import pcm16_decode, pcm16_encode, ulaw_decode, ulaw_encode
 from core.errors import ConfigError
 
-__all__ = ["ENGINE_FORMATS", "SUPPORTED_RATES", "AudioFormat", "parse_format"]
+__all__ = ["ENGINE_FORMATS", "ROOM_RATE", "SUPPORTED_RATES", "AudioFormat", "parse_format"]
 
 Encoding = Literal["pcm", "ulaw"]
+# The room side of the bridge: callers are read, mixed and the agent voice is played at this rate (LiveKit
+# and WebRTC Opus run at 48 kHz). Defined here once; every 48 kHz in the code is this constant.
+ROOM_RATE = 48_000
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 ENGINE_FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
 

@@ -46,6 +46,7 @@ A driver, in outline::
 from __future__ import annotations
 
 from core.clock import MS
+from core.errors import ConfigError
 
 __all__ = ["Pacer"]
 
@@ -72,9 +73,9 @@ class Pacer:
 
     def __init__(self, *, frame_ns: int = 10 * MS, lead_frames: int = 3) -> None:
         if frame_ns <= 0:
-            raise ValueError(f"frame_ns must be positive, got {frame_ns}")
+            raise ConfigError(f"frame_ns must be positive, got {frame_ns}")
         if lead_frames < 1:
-            raise ValueError(f"lead_frames must be at least 1 (the sink needs a frame to play), got {lead_frames}")
+            raise ConfigError(f"lead_frames must be at least 1 (the sink needs a frame to play), got {lead_frames}")
         self._frame_ns = frame_ns
         self._lead = lead_frames
         self._anchor: int | None = None  # the sink's queue was empty here; None: no schedule yet

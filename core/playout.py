@@ -38,6 +38,7 @@ import enum
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import ConfigError
 from core.ring import OverflowPolicy, RingBuffer
 
 __all__ = ["PlayoutBuffer", "PlayoutState"]
@@ -91,9 +92,9 @@ class PlayoutBuffer:
         idle_after_ms: int = 200,
     ) -> None:
         if frame_ms <= 0 or rate * frame_ms % 1000:
-            raise ValueError(f"a {frame_ms} ms frame is not a whole number of samples at {rate} Hz")
+            raise ConfigError(f"a {frame_ms} ms frame is not a whole number of samples at {rate} Hz")
         if not 0 <= start_ms <= capacity_ms or idle_after_ms < 0:
-            raise ValueError("need 0 <= start_ms <= capacity_ms and idle_after_ms >= 0")
+            raise ConfigError("need 0 <= start_ms <= capacity_ms and idle_after_ms >= 0")
         self._rate = rate
         self._frame = rate * frame_ms // 1000
         self._start = max(1, rate * start_ms // 1000)

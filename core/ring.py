@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from core.errors import BufferOverflowError
+from core.errors import BufferOverflowError, ConfigError
 
 __all__ = ["OverflowPolicy", "RingBuffer"]
 
@@ -54,7 +54,7 @@ class RingBuffer(Generic[SampleT]):
 
     def __init__(self, capacity: int, *, dtype: type[SampleT], policy: OverflowPolicy) -> None:
         if capacity <= 0:
-            raise ValueError(f"ring capacity must be positive, got {capacity}")
+            raise ConfigError(f"ring capacity must be positive, got {capacity}")
         self._capacity = capacity
         self._buf: npt.NDArray[SampleT] = np.zeros(capacity, dtype=dtype)
         self._dtype: np.dtype[SampleT] = self._buf.dtype

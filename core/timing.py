@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from core.errors import ConfigError
+
 __all__ = ["StageSummary", "StageTimer"]
 
 
@@ -38,7 +40,7 @@ class StageTimer:
 
     def __init__(self, window: int = 2048) -> None:
         if window <= 0:
-            raise ValueError("window must be positive")
+            raise ConfigError("window must be positive")
         self._window = window
         self._stages: dict[str, _Stage] = {}
 

@@ -15,7 +15,21 @@ import os
 import sys
 from collections.abc import AsyncIterator
 
-from transport import BridgeSession, EngineSettings, SessionConfig, SessionEvent, mint_token
+from transport import (
+    AgentResponse,
+    BridgeSession,
+    CallerJoined,
+    CallerLeft,
+    EngineSettings,
+    EngineStateChanged,
+    Interrupted,
+    RoomLinkConfig,
+    SessionConfig,
+    SessionError,
+    SessionEvent,
+    UserTranscript,
+    mint_token,
+)
 
 
 @contextlib.asynccontextmanager
@@ -33,9 +47,15 @@ async def engine() -> AsyncIterator[EngineSettings]:
 async def watch(room: str, session: BridgeSession) -> None:
     event: SessionEvent
     async for event in session.events():
-        if event.kind in ("caller_joined", "caller_left", "user_transcript", "agent_response", "interruption",
-                          "engine_state", "error"):
-            logging.info("[%s] %s %s", room, event.kind, event.data)
+        match event:
+            case CallerJoined(identity=who) | CallerLeft(identity=who):
+                logging.info("[%s] %s %s", room, type(event).__name__, who)
+            case UserTranscript(text=text, final=True) | AgentResponse(text=text):
+                logging.info("[%s] %s: %s", room, type(event).__name__, text)
+            case Interrupted(event_id=event_id, dropped_ms=dropped_ms):
+                logging.info("[%s] interrupted reply %d, %d ms of it dropped", room, event_id, dropped_ms)
+            case EngineStateChanged() | SessionError():
+                logging.info("[%s] %s", room, event)
 
 
 async def main(rooms: list[str], run_for: float | None = None) -> None:
@@ -43,8 +63,9 @@ async def main(rooms: list[str], run_for: float | None = None) -> None:
     key, secret = os.environ.get("LIVEKIT_API_KEY", "devkey"), os.environ.get("LIVEKIT_API_SECRET", "secret")
     async with engine() as settings:
         sessions = {room: BridgeSession(SessionConfig(
-            livekit_url=url, engine=settings, identity="agent", end_when_empty=False,
-            livekit_token=mint_token(key, secret, room=room, identity="agent", agent=True))) for room in rooms}
+            room=RoomLinkConfig(url, mint_token(key, secret, room=room, identity="agent", agent=True),
+                                identity="agent"),
+            engine=settings, end_when_empty=False)) for room in rooms}
         await asyncio.gather(*(s.start() for s in sessions.values()))
         watchers = [asyncio.ensure_future(watch(room, s)) for room, s in sessions.items()]
         try:
@@ -52,7 +73,7 @@ async def main(rooms: list[str], run_for: float | None = None) -> None:
                 await asyncio.wait_for(asyncio.gather(*(s.wait() for s in sessions.values())), run_for)
         finally:
             for room, session in sessions.items():
-                logging.info("[%s] metrics: %s", room, session.metrics()["session"])
+                logging.info("[%s] stats: %s", room, session.stats(stages=False).session)
             await asyncio.gather(*(s.stop() for s in sessions.values()))
             for w in watchers:
                 w.cancel()

@@ -209,9 +209,14 @@ class LiveKitServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, crash: bool = False) -> None:
+        """SIGTERM and wait (the server drains, ~10 s with clients); ``crash``: SIGKILL, no goodbye to anyone."""
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
+            return
+        if crash:
+            proc.kill()
+            proc.wait()
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -220,9 +225,9 @@ class LiveKitServer:
             proc.kill()
             proc.wait()
 
-    def restart(self, timeout: float = 20.0) -> None:
-        """Stop and start again on the same HTTP port (clients reconnect to the same URL)."""
-        self.stop()
+    def restart(self, timeout: float = 20.0, *, crash: bool = False) -> None:
+        """Stop (or ``crash``) and start again on the same HTTP port (clients reconnect to the same URL)."""
+        self.stop(crash=crash)
         self._port = self.port
         # The old process may hold its listening socket for a moment after it exits.
         deadline = time.monotonic() + 10

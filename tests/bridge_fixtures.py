@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from livekit import rtc
 
+from core.formats import ROOM_RATE
+from core.signals import dominant_hz
 from scripts.caller import tone
 from transport.worker import JobContext, JobRunner, Worker, WorkerConfig
 
@@ -26,7 +28,7 @@ __all__ = ["ToneAgent", "dominant_hz", "running_worker", "unique", "wait_for"]
 
 log = logging.getLogger(__name__)
 
-RATE = 48_000
+RATE = ROOM_RATE
 FRAME = RATE // 100
 TOPIC = "lk.transcription"
 
@@ -40,12 +42,6 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interva
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(interval)
-
-
-def dominant_hz(samples: np.ndarray, rate: int = RATE) -> float:
-    window = np.hanning(samples.size)
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * window))
-    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
 
 
 @dataclass

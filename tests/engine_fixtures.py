@@ -15,6 +15,7 @@ import numpy.typing as npt
 from websockets.asyncio.client import ClientConnection, connect
 
 from core.formats import AudioFormat
+from core.signals import dominant_hz
 from emulator import Emulator, EmulatorConfig
 from emulator.signals import tone
 from transport.engine_protocol import Event
@@ -48,9 +49,7 @@ def chunks(samples: Int16Array, fmt: AudioFormat, chunk_ms: float = 20.0) -> lis
     return [fmt.encode(samples[i:i + step]) for i in range(0, samples.size, step)]
 
 
-def peak_hz(samples: Int16Array, rate: int) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.size)))
-    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
+peak_hz = dominant_hz  # the shared FFT-peak oracle (core.signals), under the name these tests use
 
 
 class Collector:

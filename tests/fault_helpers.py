@@ -31,19 +31,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from core.formats import parse_format
+from core.signals import dominant_hz, rms_dbfs
 from emulator import Conversation, Emulator, EmulatorConfig, Reply
 from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer
+from transport import BridgeSession, EngineSettings, RoomLinkConfig, SessionConfig, SessionEvent, SessionState
 from transport.backoff import constant
 from transport.engine_client import EngineClient
 from transport.livekit_token import mint_token
-from transport.session import BridgeSession, EngineSettings, SessionConfig, SessionEvent, SessionState
 
 __all__ = [
     "AGENT",
@@ -89,15 +90,6 @@ def voice(seconds: float, freq: float = 300.0, rate: int = RATE, level: float = 
     wave = np.sin(2 * np.pi * freq * t) + 0.5 * np.sin(2 * np.pi * 2 * freq * t + 1.0)
     envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)
     return (wave / 1.5 * envelope * level * 32767).astype(np.int16)
-
-
-def dominant_hz(samples: Int16Array, rate: int) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.size)))
-    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
-
-
-def rms_dbfs(samples: Int16Array) -> float:
-    return float(20 * np.log10(np.sqrt(np.mean((samples.astype(np.float64) / 32768) ** 2)) + 1e-12))
 
 
 def loud_span(samples: Int16Array, rate: int, *, trim_s: float = 0.15) -> Int16Array:
@@ -210,6 +202,8 @@ def _token(server: LiveKitServer, room: str, identity: str, *, agent: bool = Fal
     return mint_token(server.api_key, server.api_secret, room=room, identity=identity, agent=agent)
 
 
+_E = TypeVar("_E")
+
 # ------------------------------------------------------------------------------------------------ rig
 
 
@@ -247,8 +241,9 @@ class Rig:
     def heard(self, identity: str) -> Heard:
         return self.callers[identity].heard[AGENT]
 
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events]
+    def of(self, kind: type[_E]) -> list[_E]:
+        """The events of one kind, in order."""
+        return [e for e in self.events if isinstance(e, kind)]
 
     async def stop(self) -> None:
         for c in list(self.callers.values()):
@@ -340,12 +335,13 @@ class Scenario:
         room = f"{self.side}-{uuid.uuid4().hex[:8]}"
         engine = EngineSettings(api_key=emu.api_key, agent_id=config.agent_id, api_base=emu.rest_base_url,
                                 max_attempts=(client or {}).pop("max_attempts", 6))
-        options: dict[str, Any] = {"identity": AGENT, "start_when": "immediately", "end_when_empty": False}
+        options: dict[str, Any] = {"start_when": "immediately", "end_when_empty": False}
         options.update(session or {})
+        room_options = {k: options.pop(k) for k in ("queue_ms", "caller_frame_ms") if k in options}
         # Reconnect quickly in tests: the policy itself is tested in test_engine_client.
         factory = functools.partial(EngineClient, backoff=lambda: constant(0.1), **(client or {}))
-        s = BridgeSession(SessionConfig(livekit_url=server.url, engine=engine,
-                                        livekit_token=_token(server, room, AGENT, agent=True), **options),
+        link = RoomLinkConfig(server.url, _token(server, room, AGENT, agent=True), identity=AGENT, **room_options)
+        s = BridgeSession(SessionConfig(room=link, engine=engine, **options),
                           client_factory=factory)
         rig = Rig(server, room, s, emu)
         rig._collector = asyncio.ensure_future(_collect(s, rig.events))

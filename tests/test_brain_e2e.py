@@ -23,6 +23,7 @@ from tests.conftest import TEST_API_KEY, TEST_API_SECRET
 from tests.engine_fixtures import fast
 from tests.test_brain import Recorder
 from tests.test_bridge_e2e import AGENT, LOUD, agent_heard, played_out, until
+from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 
@@ -42,8 +43,8 @@ async def brain_bridge(livekit_server: LiveKitServer) -> AsyncIterator[tuple[Bri
         await emu.start()
         token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="brain", identity=AGENT, agent=True)
         engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
-        session = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=token, engine=engine,
-                                              identity=AGENT, start_when="immediately", end_when_empty=False))
+        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
+                                              engine=engine, start_when="immediately", end_when_empty=False))
         await session.start()
         try:
             yield session, emu, recorder

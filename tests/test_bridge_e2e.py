@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 from core.formats import parse_format
+from core.signals import dominant_hz, rms_dbfs, voiced_s
 from emulator import Emulator, EmulatorConfig
 from scripts.caller import RATE, Caller, Heard, tone
 from scripts.livekit_server import LiveKitServer
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
+from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 
@@ -33,28 +35,6 @@ def voice(seconds: float, freq: float = 300.0, rate: int = RATE, level: float = 
     wave = np.sin(2 * np.pi * freq * t) + 0.5 * np.sin(2 * np.pi * 2 * freq * t + 1.0)
     envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)
     return (wave / 1.5 * envelope * level * 32767).astype(np.int16)
-
-
-def dominant_hz(samples: np.ndarray, rate: int) -> float:
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.size)))
-    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
-
-
-def rms_dbfs(samples: np.ndarray) -> float:
-    return float(20 * np.log10(np.sqrt(np.mean((samples.astype(np.float64) / 32768) ** 2)) + 1e-12))
-
-
-def voiced_s(samples: np.ndarray, rate: int, threshold_dbfs: float = -40.0) -> float:
-    """Seconds of 10 ms frames whose level reaches ``threshold_dbfs``: how long something was heard.
-
-    Not a count of samples above an amplitude: that depends on the waveform's shape (the relative phase of
-    :func:`voice`'s two harmonics, which Opus and the resamplers do not keep), so the same second of voice at
-    the same level counts 0.58-0.78 s of "loud samples" depending on the path it took.
-    """
-    frame = rate // 100
-    frames = samples[: samples.size // frame * frame].astype(np.float64).reshape(-1, frame) / 32768
-    levels = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-24)
-    return float(np.count_nonzero(levels >= threshold_dbfs)) / 100
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -86,8 +66,8 @@ async def bridge(livekit_server: LiveKitServer, request: pytest.FixtureRequest) 
         await emu.start()
         token = mint_token(TEST_API_KEY, TEST_API_SECRET, room=room, identity=AGENT, agent=True)
         engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
-        session = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=token, engine=engine,
-                                              identity=AGENT, start_when="immediately", end_when_empty=False))
+        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
+                                              engine=engine, start_when="immediately", end_when_empty=False))
         await session.start()
         started.append((session, emu))
         return session, emu
@@ -327,8 +307,8 @@ async def test_the_session_ends_when_the_room_empties_after_the_linger(livekit_s
     async with Emulator(EmulatorConfig(reply_mode="echo")) as emu:
         engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
         token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="linger", identity=AGENT, agent=True)
-        session = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=token, engine=engine,
-                                              identity=AGENT, linger_s=0.5))
+        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
+                                              engine=engine, linger_s=0.5))
         await session.start()
         async with caller(livekit_server, "linger", "lou"):
             await until(lambda: session.engine is not None and session.engine.ready)
@@ -348,8 +328,8 @@ async def test_a_room_that_empties_while_the_engine_connects_still_ends(livekit_
         emu.faults.accept_delay_s = 1.5
         engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
         token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="gone-early", identity=AGENT, agent=True)
-        session = BridgeSession(SessionConfig(livekit_url=livekit_server.url, livekit_token=token, engine=engine,
-                                              identity=AGENT, linger_s=0.5))
+        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
+                                              engine=engine, linger_s=0.5))
         await session.start()
         async with caller(livekit_server, "gone-early", "gil"):
             await until(lambda: session.room.callers == ["gil"])

@@ -21,11 +21,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.formats import ROOM_RATE
 from emulator import Emulator, EmulatorConfig
 from scripts.livekit_server import LiveKitServer
 from tests.bridge_fixtures import ToneAgent, running_worker, unique, wait_for
 from tests.cdp import Chromium, Page, find_chromium
 from tests.conftest import need
+from transport.config import RoomLinkConfig
 from transport.session import BridgeSession, EngineSettings, SessionConfig, serve
 from transport.token_server import SDK_PATH, WEB_ROOT, TokenServer, TokenServerConfig
 from transport.worker import JobContext, JobRunner, WorkerConfig
@@ -33,7 +35,7 @@ from transport.worker import JobContext, JobRunner, WorkerConfig
 pytestmark = [pytest.mark.livekit, pytest.mark.browser]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "browser"
-RATE = 48_000
+RATE = ROOM_RATE
 
 
 def speech_like_wav(path: Path, seconds_on: float = 1.2, seconds_off: float = 1.3) -> Path:
@@ -163,8 +165,8 @@ def bridge_job_runner(engine: EngineSettings, sessions: list[BridgeSession]) -> 
     """The production job: one BridgeSession in the job's room, until it ends or the server ends the job."""
 
     async def run(ctx: JobContext) -> None:
-        session = BridgeSession(SessionConfig(livekit_url=ctx.url, livekit_token=ctx.token, engine=engine,
-                                              identity=ctx.identity, linger_s=2.0))
+        session = BridgeSession(SessionConfig(room=RoomLinkConfig(ctx.url, ctx.token, identity=ctx.identity),
+                                              engine=engine, linger_s=2.0))
         sessions.append(session)
         await serve(session, ctx.termination)
 
@@ -189,7 +191,7 @@ async def test_the_page_talks_to_the_engine_through_the_bridge(livekit_server: L
                 await page.evaluate("document.getElementById('join').click()", user_gesture=True)
                 await page.wait_for("window.bridgeState.connection === 'connected'", timeout=30)
                 await wait_for(lambda: len(sessions) == 1, timeout=30)
-                identity = sessions[0].config.identity
+                identity = sessions[0].config.room.identity
                 await page.wait_for(f"window.bridgeState.agentIdentity === {identity!r}", timeout=20)
 
                 # The microphone's speech reached the engine: the emulator's VAD found a user turn in it.

@@ -365,3 +365,21 @@ def test_client_message_round_trip(build: Any, expected: Any) -> None:
     p = EngineProtocol()
     assert wire.parse_client_message(build(p)) == expected
     assert sum(p.counters.sent.values()) == 1
+
+
+def test_outgoing_messages_leave_pong_first_then_control_then_audio_each_bounded() -> None:
+    p = EngineProtocol(audio_queue_limit=2)
+    p.receive(wire.metadata("conv_1", "pcm_16000", "pcm_16000"))
+    assert p.send_audio(b"\x00\x00") and p.send_audio(b"\x01\x00")
+    assert not p.send_audio(b"\x02\x00")  # the third chunk is refused: live audio does not wait
+    p.send_control(p.user_activity())
+    for i in range(40):  # a ping flood while nothing is sent: only the newest 32 pongs are kept
+        p.receive(wire.ping(i, None))
+    sent = []
+    while (text := p.next_to_send()) is not None:
+        sent.append(json.loads(text))
+    kinds = [m.get("type") or "user_audio_chunk" for m in sent]
+    assert kinds == ["pong"] * 32 + ["user_activity"] + ["user_audio_chunk"] * 2
+    assert [m["event_id"] for m in sent[:32]] == list(range(8, 40))  # the newest pongs
+    assert p.counters.pongs_dropped == 8
+    assert p.queued == (0, 0, 0)

@@ -36,7 +36,15 @@ from tests.fault_helpers import (
     until,
     voice,
 )
-from transport.session import SessionState
+from transport import (
+    ConnectionState,
+    EngineErrorOccurred,
+    EngineStateChanged,
+    RoomState,
+    RoomStateChanged,
+    SessionError,
+    SessionState,
+)
 
 pytestmark = pytest.mark.livekit
 
@@ -97,7 +105,7 @@ async def test_engine_socket_dropped_mid_reply(livekit_server: LiveKitServer) ->
         assert late == 0.0
         assert rig.session.state is SessionState.RUNNING
         assert rig.session.engine is not None and rig.session.engine.counters.connects == 2
-        assert "reconnecting" in [e.data.get("state") for e in rig.events if e.kind == "engine_state"]
+        assert ConnectionState.RECONNECTING in [e.state for e in rig.of(EngineStateChanged)]
         sc.happened(f"reconnected in {reconnect_s:.2f} s to a new conversation; {old:.2f} s of the cut reply "
                     f"played, the rest flushed; next utterance reached the new conversation at "
                     f"{after.said_hz:.0f} Hz and its echo was heard ({after.heard_loud_s:.1f} s)")
@@ -172,8 +180,7 @@ async def test_oversize_message_reconnects(livekit_server: LiveKitServer) -> Non
         first.inject("oversize")
         second = await rig.emu.next_conversation(timeout=30)
         await until(lambda: rig.session.engine is not None and rig.session.engine.ready, 15, "reconnect")
-        codes = [e.data.get("close_code") for e in rig.events
-                 if e.kind == "engine_state" and e.data.get("state") == "reconnecting"]
+        codes = [e.close_code for e in rig.of(EngineStateChanged) if e.state is ConnectionState.RECONNECTING]
         assert codes and codes[0] == 1009, codes
         after = await turn(rig, "alice", second, 400.0)
         assert_echo(after, 400.0)
@@ -213,8 +220,8 @@ async def test_unanswered_pings_end_the_conversation_and_the_bridge_reconnects(
         assert first.close_code == 1002 and "transport_receive_timeout" in (first.end_reason or "")
         assert first.received("pong"), "the bridge did not answer the pings"
         await until(lambda: rig.session.engine is not None and rig.session.engine.ready, 15, "reconnect")
-        errors = [e.data for e in rig.events if e.kind == "engine_error"]
-        assert errors and errors[0]["code"] == 1002
+        errors = rig.of(EngineErrorOccurred)
+        assert errors and errors[0].code == 1002
         after = await turn(rig, "alice", second, 440.0)
         assert_echo(after, 440.0)
         assert second.received("pong") and not second.ended
@@ -241,9 +248,9 @@ async def test_slow_engine_consumer_bounds_the_uplink_and_the_downlink_keeps_pla
         assert transport is not None
         # Small socket buffers at both ends fill the pipe in seconds rather than a minute: the client's
         # websockets keepalive (20 s ping, 20 s timeout) would otherwise end the connection first (1011).
-        assert engine._ws is not None
+        client_sock = engine.socket
+        assert client_sock is not None
         server_sock = transport.get_extra_info("socket")
-        client_sock = engine._ws.transport.get_extra_info("socket")
         sizes = (server_sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                  client_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
         server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -258,9 +265,8 @@ async def test_slow_engine_consumer_bounds_the_uplink_and_the_downlink_keeps_pla
         await asyncio.sleep(1.3)
         heard = loud_between(rig, "alice", reply.start_ns or 0, time.monotonic_ns())
         assert heard > 0.8, f"only {heard:.2f} s of a reply heard while the uplink was blocked"
-        assert len(engine._audio) <= 50  # the uplink queue's bound: 1 s of audio
-        for queue in rig.session._subscribers:
-            assert queue.qsize() <= 16
+        assert engine.queued_audio <= 50  # the uplink queue's bound: 1 s of audio
+        assert all(n <= 16 for n in rig.session.event_backlogs())
         server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sizes[0])  # a healthy pipe again
         client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sizes[1])
         transport.resume_reading()
@@ -288,7 +294,7 @@ async def test_refused_reconnects_until_the_cap_end_the_session(livekit_server: 
         assert "gave up after 6 failed attempts" in message and "HTTP 503" in message, message
         assert len(rig.emu.rejections) == 6 and len(rig.emu.conversations) == 1
         await until(lambda: AGENT in alice.departed, 10, "the agent to leave the room")
-        assert [e for e in rig.events if e.kind == "error"]
+        assert rig.of(SessionError)
         sc.happened(f"6 attempts refused (HTTP 503), then EngineError {message!r}; the session stopped and "
                     "the agent left the room")
 
@@ -362,14 +368,8 @@ GHOST_TIMEOUT_S = 30
 
 def crash_and_restart(server: LiveKitServer) -> None:
     """SIGKILL (a crash: no graceful leave for anyone), then start again on the same port. The graceful
-    ``LiveKitServer.restart`` waits ~10 s for the server to drain; a crash is the harder case anyway."""
-    proc = server._proc
-    assert proc is not None
-    proc.kill()
-    proc.wait()
-    server._proc = None
-    server._port = server.port
-    server.start()
+    restart waits ~10 s for the server to drain; a crash is the harder case anyway."""
+    server.restart(crash=True)
 
 
 async def test_livekit_server_restarts_mid_call(tmp_path: Any) -> None:
@@ -398,9 +398,9 @@ async def test_livekit_server_restarts_mid_call(tmp_path: Any) -> None:
             await asyncio.get_running_loop().run_in_executor(pool, crash_and_restart, server)
             restart_s = time.monotonic() - t0
             await until(lambda: session_ended(rig) or any(
-                e.kind == "room_state" and e.data.get("state") == "connected" and e.at_ns > reply.trigger_ns
-                for e in rig.events), 60, "the room to reconnect or the session to end")
-            room_states = [str(e.data.get("state")) for e in rig.events if e.kind == "room_state"]
+                e.state is RoomState.CONNECTED and e.at_ns > reply.trigger_ns
+                for e in rig.of(RoomStateChanged)), 60, "the room to reconnect or the session to end")
+            room_states = [e.state.value for e in rig.of(RoomStateChanged)]
             if session_ended(rig):
                 with pytest.raises(BridgeError) as info:
                     await rig.session.wait()

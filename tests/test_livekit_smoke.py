@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from core.signals import dominant_hz, rms_dbfs
 from scripts.caller import RATE, Caller, tone
 from scripts.livekit_server import LiveKitServer
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
@@ -17,16 +18,6 @@ pytestmark = pytest.mark.livekit
 
 def token(room: str, identity: str) -> str:
     return mint_token(TEST_API_KEY, TEST_API_SECRET, room=room, identity=identity)
-
-
-def dominant_hz(samples: np.ndarray, rate: int) -> float:
-    window = np.hanning(samples.size)
-    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * window))
-    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
-
-
-def rms_dbfs(samples: np.ndarray) -> float:
-    return 20 * np.log10(np.sqrt(np.mean((samples.astype(np.float64) / 32768) ** 2)) + 1e-12)
 
 
 async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]

@@ -65,7 +65,7 @@ async def test_metrics_are_scraped_over_http_per_session_and_in_total(livekit_se
             conversation.inject("garbage")
             engine = rig.session.engine
             assert engine is not None
-            await until(lambda: rig.session.counters["interruptions"] == 1
+            await until(lambda: rig.session.stats(stages=False).session.interruptions == 1
                         and engine.protocol.counters.errors["not_json"] == 2, 10)
             await asyncio.sleep(0.3)  # a few event-loop lag samples
 

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from core.clock import MS, SECOND, FakeClock
+from core.errors import ConfigError
 from core.pacer import Pacer
 
 F = 10 * MS
@@ -182,7 +183,7 @@ def test_resync_corrects_a_drifting_sink() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         Pacer(lead_frames=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         Pacer(frame_ns=0)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import BufferOverflowError
+from core.errors import BufferOverflowError, ConfigError
 from core.ring import OverflowPolicy, RingBuffer
 
 # An operation is ("write", n) | ("read", n) | ("read_into", n) | ("peek", n) | ("discard", n) | ("clear", 0).
@@ -138,7 +138,7 @@ def test_wrong_dtype_and_capacity_are_refused() -> None:
     ring = RingBuffer(4, dtype=np.int16, policy=OverflowPolicy.DROP_OLDEST)
     with pytest.raises(TypeError):
         ring.write(np.zeros(2, dtype=np.float32))
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError):
         RingBuffer(0, dtype=np.int16, policy=OverflowPolicy.REFUSE)
 
 

@@ -6,10 +6,10 @@ import numpy as np
 
 from core.clock import MS, FakeClock
 from core.downlink import Downlink, DownlinkConfig
-from core.formats import parse_format
+from core.formats import ROOM_RATE, parse_format
 from core.uplink import Uplink
 
-RATE = 48_000
+RATE = ROOM_RATE
 FRAME20 = RATE // 50
 
 

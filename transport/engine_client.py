@@ -4,10 +4,11 @@ Per connection there are two tasks. The **reader** takes each text message off t
 the injected clock, lets the protocol parse it, queues any pong *before* handing events on, and calls the
 synchronous ``on_event(event, recv_ns)`` callback. It never awaits anything but the socket, so an
 ``interruption`` is seen the moment it arrives whatever audio came before it; the callback must return at
-once too (push audio into a ring buffer, flush on interruption). The **writer** drains three queues, pongs
-first, then control messages (text, tool results), then audio, so a pong never waits behind a backlog of
-audio. The reader queues each pong rather than writing it itself: a write can wait on a full socket buffer,
-and the reader must never wait on anything but the next message. At most the newest 32 pongs wait.
+once too (push audio into a ring buffer, flush on interruption). The **writer** sends what the protocol hands
+out, pongs first, then control messages (text, tool results), then audio (rule 8 of
+:mod:`~transport.engine_protocol`, which also bounds each queue), so a pong never waits behind a backlog of
+audio. The reader only queues pongs: a write can wait on a full socket buffer, and the reader must never wait
+on anything but the next message.
 
 Sending audio (:meth:`EngineClient.send_audio`) is synchronous and never blocks: before the conversation's
 metadata has arrived, while reconnecting, or when the audio queue is full, the chunk is **dropped and
@@ -43,10 +44,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import socket
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -60,16 +60,25 @@ from core.clock import Clock, MonotonicClock
 from core.errors import ConfigError, EngineAuthError, EngineError, ProtocolError
 from core.formats import AudioFormat
 from core.redact import Redactor, redact_url
-from transport.backoff import DelayFactory, full_jitter
+from transport.backoff import DelayFactory, RetryPolicy, full_jitter
 from transport.engine_protocol import (
+    CLOSE_NORMAL,
+    CloseAction,
+    ConnectionState,
     ConversationMetadata,
     EngineErrorEvent,
     EngineProtocol,
     Event,
+    EventCallback,
+    InitiationData,
+    StateCallback,
+    StateChange,
+    classify_close,
 )
+from transport.log_context import RedactingLogger
 from transport.signed_url import UrlProvider
 
-__all__ = [
+__all__ = [  # the state and callback types live in transport.engine_protocol; re-exported here
     "ClientCounters",
     "ConnectionState",
     "EngineClient",
@@ -83,44 +92,7 @@ log = logging.getLogger(__name__)
 _WS_LOG = logging.getLogger("websockets.client")
 
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # the Python SDK's max_size
-_CLOSE_NORMAL: Final = 1000
-_CLOSE_POLICY: Final = 1008
-# Pongs waiting for a stalled socket: only the newest are worth sending, and an engine that keeps pinging while
-# it reads nothing must not grow the queue without bound.
-_MAX_QUEUED_PONGS: Final = 32
 _PROTOCOL_ERROR_LOG_FIRST: Final = 10  # per kind; afterwards every 1000th, so a flood cannot flood the log
-
-
-class ConnectionState(enum.Enum):
-    CONNECTING = "connecting"  # first connection, not yet established
-    CONNECTED = "connected"  # metadata received; audio flows
-    RECONNECTING = "reconnecting"  # an established conversation was lost; trying again
-    CLOSED = "closed"  # final; see StateChange.reason / EngineClient.wait()
-
-
-@dataclass(frozen=True, slots=True)
-class StateChange:
-    state: ConnectionState
-    at_ns: int  # from the client's clock
-    attempt: int  # consecutive failed attempts so far (0 once connected)
-    conversation_id: str | None = None
-    close_code: int | None = None
-    reason: str | None = None  # already redacted
-
-
-EventCallback = Callable[[Event, int], None]  # (event, receive time in ns from the client's clock)
-StateCallback = Callable[[StateChange], None]
-
-
-@dataclass(frozen=True, slots=True)
-class InitiationData:
-    """What goes into ``conversation_initiation_client_data`` on every (re)connect."""
-
-    overrides: Mapping[str, Any] | None = None
-    dynamic_variables: Mapping[str, str | int | float | bool] | None = None
-    custom_llm_extra_body: Mapping[str, Any] | None = None
-    user_id: str | None = None
-    source_info: Mapping[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -132,23 +104,9 @@ class ClientCounters:
     audio_dropped_not_ready: int = 0  # no conversation (connecting, reconnecting, closed)
     audio_dropped_backpressure: int = 0  # audio queue full: the socket is not keeping up
     control_dropped_not_ready: int = 0
-    pongs_dropped: int = 0  # oldest unsent pongs given up (more than _MAX_QUEUED_PONGS waiting)
     messages_sent: int = 0  # by the writer, all kinds
     callback_errors: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)  # protocol errors seen by the reader, by kind
-
-
-class _RedactingLogger(logging.LoggerAdapter[logging.Logger]):
-    """websockets logs the request line, query string included, at DEBUG: scrub every record it emits."""
-
-    def __init__(self, logger: logging.Logger, redactor: Redactor) -> None:
-        super().__init__(logger, {})
-        self._redactor = redactor
-
-    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
-        if self.isEnabledFor(level):
-            text = str(msg) % args if args else str(msg)
-            self.logger.log(level, "%s", self._redactor(text), **kwargs)
 
 
 class _AttemptFailed(Exception):
@@ -189,6 +147,7 @@ class EngineClient:
         subprotocols: Sequence[str] = (),
         secrets: Iterable[str] = (),
         proxy: str | Literal[True] | None = True,
+        default_input_format: str = "pcm_16000",
     ) -> None:
         if max_attempts < 1 or audio_queue_limit < 1 or max_message_bytes < 1:
             raise ConfigError("max_attempts, audio_queue_limit and max_message_bytes must be positive")
@@ -197,20 +156,20 @@ class EngineClient:
         self._on_state = on_state
         self._init = init or InitiationData()
         self._clock = clock or MonotonicClock()
-        self._backoff = backoff
-        self._max_attempts = max_attempts
+        self._retry = RetryPolicy(backoff, max_attempts)
         self._max_message_bytes = max_message_bytes
         self._open_timeout = open_timeout
         self._metadata_timeout = metadata_timeout
         self._close_timeout = close_timeout
         self._keepalive = keepalive_interval
-        # 50 × 20 ms chunks = 1 s: beyond that the socket is stalled and old audio is worthless anyway.
-        self._audio_queue_limit = audio_queue_limit
         self._subprotocols = [Subprotocol(p) for p in subprotocols] or None
         self._proxy = proxy
         self.redactor = Redactor(secrets)
 
-        self.protocol = EngineProtocol(max_message_chars=max_message_bytes)
+        # default_input_format: assumed when the metadata names none (as the JS SDK does); audio_queue_limit:
+        # 50 × 20 ms chunks = 1 s, beyond that the socket is stalled and old audio is worthless anyway.
+        self.protocol = EngineProtocol(max_message_chars=max_message_bytes, default_input_format=default_input_format,
+                                       audio_queue_limit=audio_queue_limit)
         self.counters = ClientCounters()
         self.state = ConnectionState.CLOSED
         self.last_error_event: EngineErrorEvent | None = None
@@ -224,10 +183,6 @@ class EngineClient:
         self._stop = asyncio.Event()
         self._closing = False
         self._fatal: EngineError | None = None
-        self._failures = 0
-        self._pongs: deque[str] = deque()
-        self._control: deque[str] = deque()
-        self._audio: deque[str] = deque()
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ public surface
@@ -243,6 +198,22 @@ class EngineClient:
     @property
     def output_format(self) -> AudioFormat | None:
         return self.protocol.output_format
+
+    @property
+    def queued_audio(self) -> int:
+        """Audio messages waiting for the socket (at most ``audio_queue_limit``)."""
+        return self.protocol.queued[2]
+
+    @property
+    def queued_pongs(self) -> int:
+        """Pongs waiting for the socket (at most 32: the newest are kept)."""
+        return self.protocol.queued[0]
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The current connection's OS socket, for diagnostics (buffer sizes); None between connections."""
+        ws = self._ws
+        return ws.transport.get_extra_info("socket") if ws is not None else None
 
     @property
     def ready(self) -> bool:
@@ -312,10 +283,9 @@ class EngineClient:
         if not self._ready:
             self.counters.audio_dropped_not_ready += 1
             return False
-        if len(self._audio) >= self._audio_queue_limit:
+        if not self.protocol.send_audio(data):
             self.counters.audio_dropped_backpressure += 1
             return False
-        self._audio.append(self.protocol.user_audio(data))
         self.counters.audio_chunks_queued += 1
         self.counters.audio_bytes_queued += len(data)
         self._wake.set()
@@ -350,16 +320,16 @@ class EngineClient:
         return False
 
     def _queue_control(self, text: str) -> bool:
-        self._control.append(text)
+        self.protocol.send_control(text)
         self._wake.set()
         return True
 
     def _set_state(self, state: ConnectionState, *, close_code: int | None = None,
                    reason: str | None = None) -> None:
         self.state = state
-        change = StateChange(state, self._clock.now_ns(), self._failures, self.protocol.conversation_id,
+        change = StateChange(state, self._clock.now_ns(), self._retry.failures, self.protocol.conversation_id,
                              close_code, reason)
-        log.info("engine %s (attempt %d, conversation %s%s)", state.value, self._failures,
+        log.info("engine %s (attempt %d, conversation %s%s)", state.value, self._retry.failures,
                  change.conversation_id, f", {reason}" if reason else "")
         if self._on_state is not None:
             try:
@@ -374,7 +344,6 @@ class EngineClient:
     # ------------------------------------------------------------------ internals: lifecycle
 
     async def _run(self) -> None:
-        delays: Iterator[float] | None = None
         last_reason = "no attempt made"
         ended: _Ended | None = None
         self._set_state(ConnectionState.CONNECTING)
@@ -383,28 +352,27 @@ class EngineClient:
                 try:
                     ended = await self._attempt()
                 except _AttemptFailed as exc:
-                    self._failures += 1
+                    self._retry.failed()
                     self.counters.failed_attempts += 1
                     last_reason = str(exc)
-                    log.warning("engine connection attempt %d failed: %s", self._failures, last_reason)
+                    log.warning("engine connection attempt %d failed: %s", self._retry.failures, last_reason)
                 else:
                     if ended.final:
                         if ended.error is not None:
                             raise ended.error
                         return
-                    delays = None  # a new outage starts a new backoff sequence
+                    self._retry.lost()  # a new outage starts a new backoff sequence
                     last_reason = ended.reason
                     log.warning("engine conversation lost (%s); reconnecting", last_reason)
                 if self._closing:
                     return
-                if self._failures >= self._max_attempts:
-                    raise EngineError(f"engine unreachable: gave up after {self._failures} failed attempts; "
+                failures = self._retry.failures
+                if self._retry.exhausted:
+                    raise EngineError(f"engine unreachable: gave up after {failures} failed attempts; "
                                       f"last: {last_reason}", close_code=self.close_code)
-                if delays is None:
-                    delays = self._backoff()
-                delay = next(delays, None)
+                delay = self._retry.next_delay()
                 if delay is None:
-                    raise EngineError(f"engine unreachable: backoff exhausted after {self._failures} failed "
+                    raise EngineError(f"engine unreachable: backoff exhausted after {failures} failed "
                                       f"attempts; last: {last_reason}", close_code=self.close_code)
                 # Announced before the wait, so the session flushes the old conversation's audio at once.
                 state = ConnectionState.RECONNECTING if self.counters.connects else ConnectionState.CONNECTING
@@ -432,7 +400,7 @@ class EngineClient:
                 url, subprotocols=self._subprotocols, compression=None, open_timeout=self._open_timeout,
                 ping_interval=self._keepalive, ping_timeout=self._keepalive,
                 close_timeout=self._close_timeout, max_size=self._max_message_bytes, proxy=self._proxy,
-                logger=_RedactingLogger(_WS_LOG, self.redactor),
+                logger=RedactingLogger(_WS_LOG, self.redactor),
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
@@ -443,16 +411,13 @@ class EngineClient:
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise _AttemptFailed(f"{self._describe(exc)} connecting to {where}") from None
         if self._closing:
-            await ws.close(_CLOSE_NORMAL, "client ended conversation")
-            return _Ended(_CLOSE_NORMAL, "closed by client", None, final=True)
+            await ws.close(CLOSE_NORMAL, "client ended conversation")
+            return _Ended(CLOSE_NORMAL, "closed by client", None, final=True)
         return await self._converse(ws)
 
     async def _converse(self, ws: ClientConnection) -> _Ended:
         self._ws = ws
         self.protocol.reset()
-        self._pongs.clear()
-        self._control.clear()
-        self._audio.clear()
         self._conn_ready.clear()
         self.last_error_event = None
         self._fatal = None
@@ -489,7 +454,7 @@ class EngineClient:
 
     async def _close_politely(self, ws: ClientConnection) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(_CLOSE_NORMAL, "client ended conversation"), self._close_timeout)
+            await asyncio.wait_for(ws.close(CLOSE_NORMAL, "client ended conversation"), self._close_timeout)
 
     def _ending(self, ws: ClientConnection) -> _Ended:
         """Classify a finished connection: retry, clean end, or final error."""
@@ -505,16 +470,17 @@ class EngineClient:
             reason += f" ({self.redactor(close.reason)})"
         if error is not None:
             reason += f", error {error.error_type}: {self.redactor(error.message or '')}"
+        action = classify_close(code, by_client=self._closing, fatal=self._fatal is not None)
+        if action is CloseAction.RETRY:
+            return _Ended(code, reason, None, final=False)
         if self._fatal is not None:
             return _Ended(code, reason, self._fatal, final=True)
         if self._closing:
             return _Ended(code, "closed by client", None, final=True)
-        if code == _CLOSE_NORMAL:
+        if action is CloseAction.DONE:
             return _Ended(code, f"engine ended the conversation: {reason}", None, final=True)
-        if code == _CLOSE_POLICY:
-            return _Ended(code, reason, EngineError(f"engine closed the conversation: {reason}",
-                                                    close_code=code), final=True)
-        return _Ended(code, reason, None, final=False)
+        return _Ended(code, reason, EngineError(f"engine closed the conversation: {reason}", close_code=code),
+                      final=True)
 
     # ------------------------------------------------------------------ internals: the two tasks
 
@@ -534,11 +500,7 @@ class EngineClient:
                         self._fatal = EngineError(f"engine announced an unsupported format: {exc}")
                         return
                     continue
-                for pong in self.protocol.data_to_send():  # sent ahead of anything else queued
-                    if len(self._pongs) >= _MAX_QUEUED_PONGS:
-                        self._pongs.popleft()
-                        self.counters.pongs_dropped += 1
-                    self._pongs.append(pong)
+                if self.protocol.queued[0]:  # a pong: the writer sends it ahead of anything else queued
                     self._wake.set()
                 for event in events:
                     if isinstance(event, ConversationMetadata):
@@ -553,7 +515,7 @@ class EngineClient:
         if self._ready:
             return
         self._ready = True
-        self._failures = 0
+        self._retry.connected()
         self.counters.connects += 1
         self._conn_ready.set()
         self._first_connected.set()
@@ -576,13 +538,8 @@ class EngineClient:
     async def _writer(self, ws: ClientConnection) -> None:
         try:
             while True:
-                if self._pongs:
-                    text = self._pongs.popleft()
-                elif self._control:
-                    text = self._control.popleft()
-                elif self._audio:
-                    text = self._audio.popleft()
-                else:
+                text = self.protocol.next_to_send()
+                if text is None:
                     self._wake.clear()
                     await self._wake.wait()
                     continue

@@ -27,9 +27,22 @@ Rules this module enforces (sources in ``/work/shared/PROTOCOL.md``; AAPI = the 
 5. A new connection is a new conversation whose event ids start again, so the shell calls :meth:`reset`
    after every reconnect; otherwise the previous conversation's gate would swallow the new one's audio.
    Counters survive :meth:`reset`; they describe the client's whole life.
-6. Pings are answered from inside :meth:`receive`: a ``pong`` with the same ``event_id`` is queued in
-   :meth:`data_to_send`, ahead of nothing else the protocol holds, for the shell to send at once. ``ping_ms``
-   is the server's RTT estimate from earlier pings (null at first, AAPI ``PingData``).
+6. Pings are answered from inside :meth:`receive`: a ``pong`` with the same ``event_id`` is queued for the
+   shell to send at once. ``ping_ms`` is the server's RTT estimate from earlier pings (null at first, AAPI
+   ``PingData``).
+8. Everything the client sends leaves through one place, in priority order: pongs, then control messages
+   (text, tool results), then audio (:meth:`EngineProtocol.next_to_send`), so a pong never waits behind a backlog
+   of audio and the engine's ping timeout does not end a conversation whose uplink is congested. Each queue has
+   a limit and a policy: at most 32 pongs (the newest are kept: an older pong answers a ping the server has
+   already given up on; ``pongs_dropped``), at most ``audio_queue_limit`` audio messages (default 50 × 20 ms =
+   1 s; a new chunk is refused and the shell counts it: live audio older than that is worthless); control
+   messages are few and all kept.
+7. How a connection ended decides what comes next (:func:`classify_close`, pure): the client closing it, or
+   the server closing with 1000 (the agent ended the call, ``max_duration_exceeded``), ends the conversation
+   (``DONE``); 1008 (our input or overrides broke the contract) and a fatal condition the shell found (an
+   audio format nothing here can decode) are final errors (``FAIL``): sending the same again cannot help.
+   Anything else (1002 operational errors, 1011 server crash, 1006 dropped socket, 1009 too big) is
+   ``RETRY``: a new conversation, after a backoff delay.
 
 Verified from the public SDK sources while writing this (2026-08 snapshots):
 
@@ -46,6 +59,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 import math
 from collections import Counter, deque
@@ -57,6 +71,8 @@ from core.errors import ConfigError, ProtocolError
 from core.formats import AudioFormat, parse_format
 
 __all__ = [
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY",
     "DEFAULT_MAX_MESSAGE_CHARS",
     "UNKNOWN_TYPE_KEY",
     "AgentAudio",
@@ -67,18 +83,25 @@ __all__ = [
     "AgentToolResponse",
     "Alignment",
     "ClientToolCall",
+    "CloseAction",
+    "ConnectionState",
     "ConversationMetadata",
     "EngineCounters",
     "EngineErrorEvent",
     "EngineProtocol",
     "Event",
+    "EventCallback",
+    "InitiationData",
     "InternalTentativeAgentResponse",
     "Interruption",
     "Ping",
+    "StateCallback",
+    "StateChange",
     "TentativeUserTranscript",
     "UnknownEvent",
     "UserTranscript",
     "VadScore",
+    "classify_close",
 ]
 
 # The Python SDK opens its socket with max_size=16 MiB (elevenlabs-python conversation.py ``_run``). We
@@ -255,6 +278,63 @@ _DOCUMENTED_UNMODELLED: Final = frozenset({
 })
 
 
+class ConnectionState(enum.Enum):
+    """The client's connection as the session sees it (the shell moves it; rule 7 decides after a close)."""
+
+    CONNECTING = "connecting"  # first connection, not yet established
+    CONNECTED = "connected"  # metadata received; audio flows
+    RECONNECTING = "reconnecting"  # an established conversation was lost; trying again
+    CLOSED = "closed"  # final; see StateChange.reason / EngineClient.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    state: ConnectionState
+    at_ns: int  # from the client's clock
+    attempt: int  # consecutive failed attempts so far (0 once connected)
+    conversation_id: str | None = None
+    close_code: int | None = None
+    reason: str | None = None  # already redacted
+
+
+# The shell's callbacks: (event, receive time in ns from the client's clock) and connection state changes.
+EventCallback = Callable[["Event", int], None]
+StateCallback = Callable[["StateChange"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class InitiationData:
+    """What goes into ``conversation_initiation_client_data`` on every (re)connect."""
+
+    overrides: Mapping[str, Any] | None = None
+    dynamic_variables: Mapping[str, str | int | float | bool] | None = None
+    custom_llm_extra_body: Mapping[str, Any] | None = None
+    user_id: str | None = None
+    source_info: Mapping[str, str] | None = None
+
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_POLICY: Final = 1008
+
+
+class CloseAction(enum.Enum):
+    RETRY = "retry"  # open a new conversation after a backoff delay
+    DONE = "done"  # the conversation is over, and that is not an error
+    FAIL = "fail"  # final, and an error: the same input would be refused again
+
+
+def classify_close(code: int, *, by_client: bool, fatal: bool = False) -> CloseAction:
+    """Rule 7: what a connection's end means. ``by_client``: we were closing it; ``fatal``: the shell found a
+    condition no retry can fix (it keeps the cause)."""
+    if fatal:
+        return CloseAction.FAIL
+    if by_client or code == CLOSE_NORMAL:
+        return CloseAction.DONE
+    if code == CLOSE_POLICY:
+        return CloseAction.FAIL
+    return CloseAction.RETRY
+
+
 @dataclass(slots=True)
 class EngineCounters:
     """What the protocol saw; plain ints and Counters so a metrics exporter can read them directly."""
@@ -270,6 +350,7 @@ class EngineCounters:
     bad_alignment: int = 0  # alignment dropped, audio kept
     unknown_events: int = 0  # types no source documents
     conversations: int = 0  # metadata events seen (one per conversation)
+    pongs_dropped: int = 0  # oldest unsent pongs given up (rule 8)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
@@ -364,6 +445,8 @@ _CHAT_PARTS: Final[dict[str, _ChatPart]] = {"start": "start", "delta": "delta", 
 
 # ---------------------------------------------------------------------------------------------- protocol
 
+_MAX_QUEUED_PONGS: Final = 32
+
 
 class EngineProtocol:
     """One client's view of the conversation socket. Not thread-safe; one per client, reused across
@@ -376,12 +459,18 @@ class EngineProtocol:
     ['{"type":"pong","event_id":3}']
     """
 
-    def __init__(self, *, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS) -> None:
-        if max_message_chars <= 0:
-            raise ConfigError("max_message_chars must be positive")
+    def __init__(self, *, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
+                 default_input_format: str = _DEFAULT_INPUT_FORMAT, audio_queue_limit: int = 50) -> None:
+        if max_message_chars <= 0 or audio_queue_limit <= 0:
+            raise ConfigError("max_message_chars and audio_queue_limit must be positive")
+        parse_format(default_input_format)  # a ConfigError now, not a ProtocolError on the first metadata
         self.max_message_chars = max_message_chars
+        self.default_input_format = default_input_format
         self.counters = EngineCounters()
-        self._outbox: deque[str] = deque()
+        self.audio_queue_limit = audio_queue_limit
+        self._pongs: deque[str] = deque()
+        self._control: deque[str] = deque()
+        self._audio: deque[str] = deque()
         self._reset_conversation()
 
     def _reset_conversation(self) -> None:
@@ -393,9 +482,11 @@ class EngineProtocol:
         self.last_audio_event_id: int | None = None
 
     def reset(self) -> None:
-        """Forget the conversation (metadata, gate, ping state, queued pongs) but keep the counters."""
+        """Forget the conversation (metadata, gate, ping state, everything queued) but keep the counters."""
         self._reset_conversation()
-        self._outbox.clear()
+        self._pongs.clear()
+        self._control.clear()
+        self._audio.clear()
 
     # -- state read by the shell
 
@@ -411,11 +502,36 @@ class EngineProtocol:
     def output_format(self) -> AudioFormat | None:
         return self.metadata.output_format if self.metadata else None
 
+    @property
+    def queued(self) -> tuple[int, int, int]:
+        """Messages waiting: (pongs, control, audio)."""
+        return len(self._pongs), len(self._control), len(self._audio)
+
+    def next_to_send(self) -> str | None:
+        """The next message for the socket (rule 8: pong, then control, then audio), or None when idle."""
+        for queue in (self._pongs, self._control, self._audio):
+            if queue:
+                return queue.popleft()
+        return None
+
     def data_to_send(self) -> list[str]:
-        """Messages the protocol produced on its own (pongs), oldest first; the list is handed over."""
-        out = list(self._outbox)
-        self._outbox.clear()
+        """Every queued message in the order :meth:`next_to_send` would hand them out; the queues are emptied."""
+        out = [*self._pongs, *self._control, *self._audio]
+        self._pongs.clear()
+        self._control.clear()
+        self._audio.clear()
         return out
+
+    def send_audio(self, data: bytes) -> bool:
+        """Queue one ``user_audio_chunk``; False (nothing queued) when ``audio_queue_limit`` messages wait."""
+        if len(self._audio) >= self.audio_queue_limit:
+            return False
+        self._audio.append(self.user_audio(data))
+        return True
+
+    def send_control(self, text: str) -> None:
+        """Queue a control message built by one of the command methods below."""
+        self._control.append(text)
 
     # -- receiving
 
@@ -461,7 +577,7 @@ class EngineProtocol:
         payload = _payload(message, "conversation_initiation_metadata_event", "metadata")
         event = ConversationMetadata(
             conversation_id=_str(payload, "conversation_id"),
-            input_format=_audio_format(payload, "user_input_audio_format", _DEFAULT_INPUT_FORMAT),
+            input_format=_audio_format(payload, "user_input_audio_format", self.default_input_format),
             output_format=_audio_format(payload, "agent_output_audio_format"),
         )
         self.metadata = event
@@ -510,7 +626,10 @@ class EngineProtocol:
         self.last_ping_id = event.event_id
         if event.ping_ms is not None:
             self.last_ping_ms = event.ping_ms
-        self._outbox.append(self.pong(event.event_id))
+        if len(self._pongs) >= _MAX_QUEUED_PONGS:
+            self._pongs.popleft()
+            self.counters.pongs_dropped += 1
+        self._pongs.append(self.pong(event.event_id))
         return [event]
 
     def _on_user_transcript(self, message: _JsonObject) -> list[Event]:

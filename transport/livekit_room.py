@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,9 +28,10 @@ from livekit import rtc
 
 from core.clock import Clock, MonotonicClock
 from core.errors import ConfigError, LiveKitError
+from core.formats import ROOM_RATE
 from core.redact import Redactor, redact_url
 
-__all__ = ["RoomLink", "RoomLinkConfig", "RoomStats"]
+__all__ = ["RoomLink", "RoomLinkConfig", "RoomState", "RoomStats"]
 
 log = logging.getLogger(__name__)
 # The SDK's native layer logs the server's refusal verbatim ("401 Unauthorized - invalid token: eyJ…", at
@@ -37,14 +39,21 @@ log = logging.getLogger(__name__)
 # masks JWTs and URL query values in its records before any handler sees them.
 _SDK_LOG_SCRUBBER = Redactor()
 
-VOICE_RATE = 48_000
+VOICE_RATE = ROOM_RATE
 CallerAudio = Callable[[str, npt.NDArray[np.int16], int], None]
+
+
+class RoomState(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"  # the SDK lost the server and is trying again on its own
+    DISCONNECTED = "disconnected"  # final: left, kicked or the room was closed
 
 
 @dataclass(frozen=True, slots=True)
 class RoomLinkConfig:
     url: str
-    token: str
+    token: str = field(repr=False)
     identity: str = ""
     # Native AudioSource queue. The pacer keeps 30 ms in it; 50 ms leaves room for the two clocks to disagree
     # by a frame without a capture having to wait. The SDK's default is 1000 ms (and the native side holds up
@@ -65,8 +74,21 @@ class RoomLinkConfig:
             raise ConfigError(f"caller frame must be a positive multiple of 10 ms, got {self.caller_frame_ms}")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RoomStats:
+    frames_in: int = 0
+    samples_in: int = 0
+    frames_out: int = 0
+    samples_out: int = 0
+    queue_clears: int = 0
+    capture_errors: int = 0
+    callers_seen: int = 0
+    reconnects: int = 0
+    ignored_tracks: int = 0
+
+
+@dataclass(slots=True)
+class _Counters:
     frames_in: int = 0
     samples_in: int = 0
     frames_out: int = 0
@@ -90,13 +112,13 @@ class RoomLink:
     def __init__(self, config: RoomLinkConfig, *, on_caller_audio: CallerAudio,
                  on_caller_joined: Callable[[str], None] = lambda _id: None,
                  on_caller_left: Callable[[str], None] = lambda _id: None,
-                 on_state: Callable[[str], None] = lambda _state: None,
+                 on_state: Callable[[RoomState], None] = lambda _state: None,
                  clock: Clock | None = None) -> None:
         sdk_log = logging.getLogger("livekit")
         if _SDK_LOG_SCRUBBER not in sdk_log.filters:
             sdk_log.addFilter(_SDK_LOG_SCRUBBER)
         self.config = config
-        self.stats = RoomStats()
+        self._counters = _Counters()
         self._clock = clock or MonotonicClock()
         self._on_audio = on_caller_audio
         self._on_joined = on_caller_joined
@@ -127,12 +149,20 @@ class RoomLink:
         return self._room.local_participant.identity if self._room.isconnected() else self.config.identity
 
     @property
+    def stats(self) -> RoomStats:
+        """A snapshot of the counters."""
+        c = self._counters
+        return RoomStats(frames_in=c.frames_in, samples_in=c.samples_in, frames_out=c.frames_out,
+                         samples_out=c.samples_out, queue_clears=c.queue_clears, capture_errors=c.capture_errors,
+                         callers_seen=c.callers_seen, reconnects=c.reconnects, ignored_tracks=c.ignored_tracks)
+
+    @property
     def callers(self) -> list[str]:
         return list(self._callers)
 
     async def connect(self) -> None:
         url = self.config.url
-        self._on_state("connecting")
+        self._on_state(RoomState.CONNECTING)
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 await self._room.connect(url, self.config.token, rtc.RoomOptions(auto_subscribe=True))
@@ -148,7 +178,7 @@ class RoomLink:
         # Participants already in the room were announced during connect; pick up any we did not see.
         for participant in self._room.remote_participants.values():
             self._participant_connected(participant)
-        self._on_state("connected")
+        self._on_state(RoomState.CONNECTED)
         log.info("joined room %s as %s", self._room.name, self.identity)
 
     async def close(self) -> None:
@@ -189,19 +219,19 @@ class RoomLink:
         source = self._source
         if source is None or samples.size == 0:
             return
-        self.stats.frames_out += 1
-        self.stats.samples_out += samples.size
+        self._counters.frames_out += 1
+        self._counters.samples_out += samples.size
         try:
             await source.capture_frame(rtc.AudioFrame(samples.tobytes(), VOICE_RATE, 1, samples.size))
         except Exception as exc:  # the SDK raises a bare Exception when a capture fails
-            self.stats.capture_errors += 1
+            self._counters.capture_errors += 1
             log.warning("capture_frame failed: %s", exc)
 
     def clear_voice(self) -> None:
         """Drop everything queued in the AudioSource: what has not been sent yet will never be heard."""
         if self._source is not None:
             self._source.clear_queue()
-            self.stats.queue_clears += 1
+            self._counters.queue_clears += 1
 
     # -- room events -----------------------------------------------------------------------------------
     def _is_caller(self, participant: rtc.RemoteParticipant) -> bool:
@@ -214,7 +244,7 @@ class RoomLink:
     def _participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if not self._closing and self._is_caller(participant) and participant.identity not in self._callers:
             self._callers[participant.identity] = _Caller(participant.identity)
-            self.stats.callers_seen += 1
+            self._counters.callers_seen += 1
             log.info("caller %s joined", participant.identity)
             self._on_joined(participant.identity)
 
@@ -232,7 +262,7 @@ class RoomLink:
         if track.kind != rtc.TrackKind.KIND_AUDIO or self._closing:
             return
         if not self._is_caller(participant):
-            self.stats.ignored_tracks += 1
+            self._counters.ignored_tracks += 1
             log.debug("ignoring audio of %s (agent or ignored identity)", participant.identity)
             return
         self._participant_connected(participant)
@@ -252,7 +282,7 @@ class RoomLink:
             task.cancel()
 
     async def _read_caller(self, identity: str, stream: rtc.AudioStream) -> None:
-        stats, on_audio, clock = self.stats, self._on_audio, self._clock
+        stats, on_audio, clock = self._counters, self._on_audio, self._clock
         try:
             async for event in stream:
                 samples = np.frombuffer(event.frame.data, dtype=np.int16)
@@ -264,18 +294,18 @@ class RoomLink:
 
     def _reconnecting(self) -> None:
         log.warning("LiveKit connection lost; the SDK is reconnecting")
-        self._on_state("reconnecting")
+        self._on_state(RoomState.RECONNECTING)
 
     def _reconnected(self) -> None:
-        self.stats.reconnects += 1
+        self._counters.reconnects += 1
         log.info("LiveKit connection restored")
-        self._on_state("connected")
+        self._on_state(RoomState.CONNECTED)
 
     def _disconnected(self, reason: object) -> None:
         self.disconnect_reason = _reason_name(reason)
         log.info("left the room (%s)", self.disconnect_reason)
         self.disconnected.set()
-        self._on_state("disconnected")
+        self._on_state(RoomState.DISCONNECTED)
 
 
 def _reason_name(reason: object) -> str:

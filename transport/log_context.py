@@ -21,8 +21,11 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["FIELDS", "ContextFilter", "LogContext", "bound", "current", "new_session_id"]
+from core.redact import Redactor
+
+__all__ = ["FIELDS", "ContextFilter", "LogContext", "RedactingLogger", "bound", "current", "new_session_id"]
 
 FIELDS = ("session", "room", "conversation_id")
 
@@ -71,3 +74,16 @@ class ContextFilter(logging.Filter):
         """Attach to these handlers, or to every handler of the root logger when none are given."""
         for handler in handlers or tuple(logging.getLogger().handlers):
             handler.addFilter(self)
+
+
+class RedactingLogger(logging.LoggerAdapter[logging.Logger]):
+    """websockets logs the request line, query string included, at DEBUG: scrub every record it emits."""
+
+    def __init__(self, logger: logging.Logger, redactor: Redactor) -> None:
+        super().__init__(logger, {})
+        self._redactor = redactor
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            text = str(msg) % args if args else str(msg)
+            self.logger.log(level, "%s", self._redactor(text), **kwargs)

@@ -2,8 +2,8 @@
 
 Nothing here runs per frame. The hot paths already keep plain counters (session, engine client, protocol,
 room, playout); a custom collector reads them when Prometheus scrapes, so a process that is never scraped
-pays nothing and one that is pays only on the scrape. The collector reads the counters directly rather than
-through :meth:`BridgeSession.metrics`, which also computes per-stage percentiles (numpy over 2048-sample
+pays nothing and one that is pays only on the scrape. The collector reads ``session.stats(stages=False)``:
+the same public snapshot as everyone else, without the per-stage percentiles (numpy over 2048-sample
 windows, about 0.5 ms a session measured): at a hundred sessions that alone would block the event loop for
 longer than the agent voice's 30 ms lead. Reading the counters costs about 50 µs a session on the loop; the
 text rendering (twice that) runs on a thread of the exporter's own.
@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import concurrent.futures
-import contextlib
 import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
@@ -64,6 +63,10 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from core.clock import SECOND
+from core.formats import ROOM_RATE
+from transport.engine_client import ConnectionState
+from transport.events import SessionState
+from transport.loop_lag import LoopLagProbe
 
 if TYPE_CHECKING:
     from transport.session import BridgeSession
@@ -76,7 +79,7 @@ log = logging.getLogger(__name__)
 INTERRUPTION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 # The agent voice has 30 ms of lead: lag beyond that is an audible gap.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-_VOICE_RATE = 48_000
+_VOICE_RATE = ROOM_RATE
 
 
 class _Histogram:
@@ -151,35 +154,34 @@ class _Snapshot:
 
 
 def _snapshot(session: BridgeSession) -> _Snapshot:
-    """Plain attribute reads; no percentiles, no copies of audio."""
+    """The session's public stats snapshot, without percentiles; no copies of audio."""
+    stats = session.stats(stages=False)
     snap = _Snapshot()
     c = snap.counters
-    engine, down, room = session.engine, session.downlink, session.room.stats
+    room, engine, protocol, down = stats.room, stats.engine, stats.protocol, stats.downlink
     c["livekit_frames_total", ("in",)] = room.frames_in
     c["livekit_frames_total", ("out",)] = room.frames_out
     c["livekit_reconnects_total", ()] = room.reconnects
-    c["interruptions_total", ()] = session.counters.get("interruptions", len(session.interruptions))
-    if engine is not None:
-        ec, pc = engine.counters, engine.protocol.counters
-        c["engine_chunks_total", ("sent",)] = ec.audio_chunks_queued
-        c["engine_bytes_total", ("sent",)] = ec.audio_bytes_queued
-        c["engine_chunks_total", ("received",)] = pc.audio_chunks
-        c["engine_bytes_total", ("received",)] = pc.audio_bytes
-        c["uplink_dropped_chunks_total", ("not_ready",)] = ec.audio_dropped_not_ready
-        c["uplink_dropped_chunks_total", ("backpressure",)] = ec.audio_dropped_backpressure
-        c["stale_chunks_dropped_total", ()] = pc.stale_audio_chunks
-        c["engine_reconnects_total", ()] = max(0, ec.connects - 1)
-        c["engine_failed_attempts_total", ()] = ec.failed_attempts
-        for kind, n in pc.errors.items():
+    c["interruptions_total", ()] = stats.session.interruptions
+    if engine is not None and protocol is not None:
+        c["engine_chunks_total", ("sent",)] = engine.audio_chunks_queued
+        c["engine_bytes_total", ("sent",)] = engine.audio_bytes_queued
+        c["engine_chunks_total", ("received",)] = protocol.audio_chunks
+        c["engine_bytes_total", ("received",)] = protocol.audio_bytes
+        c["uplink_dropped_chunks_total", ("not_ready",)] = engine.audio_dropped_not_ready
+        c["uplink_dropped_chunks_total", ("backpressure",)] = engine.audio_dropped_backpressure
+        c["stale_chunks_dropped_total", ()] = protocol.stale_audio_chunks
+        c["engine_reconnects_total", ()] = max(0, engine.connects - 1)
+        c["engine_failed_attempts_total", ()] = engine.failed_attempts
+        for kind, n in protocol.errors.items():
             c["protocol_errors_total", (kind,)] = n
     if down is not None:
-        p = down.playout
-        c["playout_underruns_total", ()] = p.underruns
-        c["playout_refused_seconds_total", ()] = p.refused_samples / _VOICE_RATE
-    snap.gauges["callers"] = len(session.room.callers)
-    snap.gauges["engine_connected"] = 1.0 if engine is not None and engine.ready else 0.0
-    snap.gauges["playout_depth_seconds"] = down.playout.depth_ms / 1000 if down is not None else 0.0
-    snap.running = session.state.value not in ("stopping", "stopped")
+        c["playout_underruns_total", ()] = down.underruns
+        c["playout_refused_seconds_total", ()] = down.refused_samples / _VOICE_RATE
+    snap.gauges["callers"] = len(stats.callers)
+    snap.gauges["engine_connected"] = 1.0 if stats.engine_state is ConnectionState.CONNECTED else 0.0
+    snap.gauges["playout_depth_seconds"] = down.depth_ms / 1000 if down is not None else 0.0
+    snap.running = stats.state not in (SessionState.STOPPING, SessionState.STOPPED)
     return snap
 
 
@@ -202,7 +204,7 @@ class _Tracked:
         """Observe the interruption flushes timed since the previous scrape (the session's own count says
         how many; its stage timer keeps the most recent 2048 durations)."""
         session = self.session
-        count = session.counters.get("interruptions", len(session.interruptions))
+        count = session.core.stats().interruptions
         new = count - self.flush_seen
         if new <= 0:
             return
@@ -213,37 +215,27 @@ class _Tracked:
 
 
 class LoopLagMonitor:
-    """Sleeps ``interval_s`` over and over and records how late each wakeup is."""
+    """Event-loop lag as a histogram and the worst value since the last read (a :class:`LoopLagProbe`)."""
 
     def __init__(self, interval_s: float = 0.1) -> None:
         self.interval_s = interval_s
         self.histogram = _Histogram(LAG_BUCKETS)
         self.max_since_read = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._probe = LoopLagProbe(interval_s, self._observe)
+
+    def _observe(self, lag: float) -> None:
+        self.histogram.observe(lag)
+        self.max_since_read = max(self.max_since_read, lag)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="metrics:loop-lag")
+        self._probe.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._probe.stop()
 
     def take_max(self) -> float:
         worst, self.max_since_read = self.max_since_read, 0.0
         return worst
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(self.interval_s)
-            lag = max(0.0, loop.time() - t0 - self.interval_s)
-            self.histogram.observe(lag)
-            self.max_since_read = max(self.max_since_read, lag)
 
 
 class BridgeMetrics:
@@ -324,7 +316,7 @@ class BridgeMetrics:
     # -- collection
     def collect(self) -> Iterator[Metric]:
         for key, tracked in list(self._tracked.items()):
-            if tracked.session.state.value == "stopped":
+            if tracked.session.state is SessionState.STOPPED:
                 del self._tracked[key]
                 self._retire(tracked)
         live = [(t, _snapshot(t.session)) for t in self._tracked.values()]

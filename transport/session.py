@@ -1,153 +1,85 @@
-"""One bridge session: one LiveKit room ⇄ one Speech Engine conversation.
+"""One bridge session: one LiveKit room ⇄ one Speech Engine conversation — the asyncio shell.
 
-Data flow (see ``shared/ARCHITECTURE.md``)::
+Every decision lives in :class:`~transport.session_core.SessionCore` (sans-I/O: lifecycle, callers, deadlines,
+the audio between the edges). This shell feeds it the edges' callbacks with their arrival times and carries out
+the actions it returns; it owns the :class:`~transport.livekit_room.RoomLink`, the
+:class:`~transport.engine_client.EngineClient`, the tasks, and one loop timer armed for the core's next deadline
+(linger, keepalive): aioquic's ``get_timer``/``handle_timer`` pattern, no polling.
 
-    callers' AudioStreams ─► Uplink (mixer → soxr → encode) ─► EngineClient.send_audio
-    EngineClient reader ─► on_event ─► Downlink (gate → decode → soxr → playout) ─► pacer ─► AudioSource
+Data flow (see ``docs/ARCHITECTURE.md``)::
+
+    callers' AudioStreams ─► core.caller_audio ─► Uplink (mixer → soxr → encode) ─► EngineClient.send_audio
+    EngineClient reader ─► core.engine_event ─► Downlink (gate → decode → soxr → playout) ─► _play ─► AudioSource
 
 Rules the code here keeps:
 
-- Callbacks from both edges are synchronous and short. A caller's frame goes into the mixer and, when a chunk
-  is complete, straight to the engine client's send queue; an engine ``audio`` event goes into the playout
-  buffer; an ``interruption`` flushes the playout buffer, clears the AudioSource queue and wakes the pacer,
-  all inside the reader's callback, before the reader reads the next message.
+- Callbacks from both edges are synchronous and short; an ``interruption`` flushes the playout buffer, clears
+  the AudioSource queue and wakes the player inside the reader's callback, before the next message is read.
 - Only :meth:`BridgeSession._play` awaits the AudioSource. It sleeps until the pacer's next deadline or until
   audio arrives, and never holds more than the pacer's lead in the native queue.
-- Nothing here installs signal handlers or configures logging: the session runs inside someone else's
-  process as easily as inside ``runner.py``.
+- Nothing here installs signal handlers or configures logging.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from core.clock import MS, SECOND, Clock, MonotonicClock
-from core.downlink import Downlink, DownlinkConfig
-from core.errors import BridgeError, ConfigError, EngineError, LiveKitError
+from core.clock import SECOND, Clock, MonotonicClock
+from core.downlink import Downlink
+from core.errors import BridgeError, ConfigError, EngineError
 from core.formats import AudioFormat
 from core.timing import StageTimer
-from core.uplink import DEFAULT_CHUNK_MS, Uplink
-from transport.engine_client import ConnectionState, EngineClient, InitiationData, StateChange
-from transport.engine_protocol import (
-    AgentAudio,
+from core.uplink import Uplink
+from transport.config import EngineSettings, SessionConfig
+from transport.engine_client import EngineClient, StateChange
+from transport.engine_protocol import ConversationMetadata, Event, Interruption
+from transport.events import (
     AgentResponse,
-    AgentResponseCorrection,
-    ConversationMetadata,
-    EngineErrorEvent,
-    Event,
-    Interruption,
-    TentativeUserTranscript,
+    RoomStateChanged,
+    SessionEvent,
+    SessionState,
     UserTranscript,
 )
-from transport.livekit_room import RoomLink, RoomLinkConfig
+from transport.livekit_room import RoomLink, RoomState
 from transport.log_context import LogContext, bound, new_session_id
-from transport.signed_url import DEFAULT_API_BASE, UrlProvider, signed_url_provider, static_url
+from transport.observe import SessionHooks, SessionStats, metrics_dict, session_stats
+from transport.session_core import Action, ClearVoice, End, SendAudio, SessionCore, StartEngine, WakePlayout
 from transport.transcripts import TranscriptPublisher
 
-__all__ = ["BridgeSession", "EngineSettings", "SessionConfig", "SessionEvent", "SessionState", "serve"]
+__all__ = ["BridgeSession", "EngineSettings", "SessionConfig", "SessionState", "serve"]  # config re-exported
 
 log = logging.getLogger(__name__)
 
-# While no caller audio flows (empty room, "start at once"), the engine still needs input or it ends the
-# conversation after 60 s (transport_receive_timeout): a quarter second of silence every quarter second,
-# the documented chunk size, costs 4 messages a second.
-_KEEPALIVE_NS = 250 * MS
 _KEEP_INTERRUPTIONS = 1000
-
-
-class SessionState(enum.Enum):
-    CREATED = "created"
-    STARTING = "starting"
-    WAITING = "waiting"  # in the room, engine not started (start_when="first_caller")
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True, slots=True)
-class EngineSettings:
-    """Where the conversation lives. One of: ``url`` (connect as given) or ``api_key`` + ``agent_id``
-    (mint a fresh signed URL per connection, the key never leaves this process)."""
-
-    url: str | None = None
-    api_key: str | None = None
-    agent_id: str | None = None
-    api_base: str = DEFAULT_API_BASE
-    init: InitiationData = field(default_factory=InitiationData)
-    max_attempts: int = 6
-    # Used only when the engine's metadata does not name a format (the JS SDK assumes pcm_16000 too).
-    fallback_input_format: str = "pcm_16000"
-
-    def url_provider(self) -> UrlProvider:
-        if self.url:
-            return static_url(self.url)
-        if self.api_key and self.agent_id:
-            return signed_url_provider(self.api_key, self.agent_id, base_url=self.api_base)
-        raise ConfigError("the engine needs either a conversation URL or an API key and agent id")
-
-    def secrets(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.api_key,) if s)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    livekit_url: str
-    livekit_token: str
-    engine: EngineSettings
-    identity: str = ""
-    chunk_ms: int = DEFAULT_CHUNK_MS
-    queue_ms: int = 50
-    caller_frame_ms: int = 20
-    downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
-    start_when: Literal["first_caller", "immediately"] = "first_caller"
-    end_when_empty: bool = True
-    linger_s: float = 10.0
-    publish_transcripts: bool = True
-    ignore_identity_prefixes: tuple[str, ...] = ()
-    events_queue: int = 256
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEvent:
-    """What a supervisor may want to know. ``kind``: state, caller_joined, caller_left, engine_state,
-    user_transcript, tentative_user_transcript, agent_response, agent_response_correction, interruption,
-    engine_error, error."""
-
-    kind: str
-    at_ns: int
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 class BridgeSession:
     """``await session.start()``, then ``await session.wait()``; ``await session.stop()`` from anywhere."""
 
-    def __init__(self, config: SessionConfig, *, clock: Clock | None = None,
+    def __init__(self, config: SessionConfig, *, clock: Clock | None = None, hooks: SessionHooks | None = None,
                  client_factory: Callable[..., EngineClient] = EngineClient) -> None:
         self.config = config
         self.clock = clock or MonotonicClock()
         self.timer = StageTimer()
-        self.state = SessionState.CREATED
+        self.hooks = hooks or SessionHooks()
         self.log_context = LogContext(session=new_session_id())  # ids on every log record of this session
         self._client_factory = client_factory
+        self.core = SessionCore(
+            start_immediately=config.start_when == "immediately", end_when_empty=config.end_when_empty,
+            linger_ns=int(config.linger_s * SECOND), make_uplink=self._make_uplink,
+            make_downlink=self._make_downlink, backlog_ms=config.backlog_ms)
         self.room = RoomLink(
-            RoomLinkConfig(url=config.livekit_url, token=config.livekit_token, identity=config.identity,
-                           queue_ms=config.queue_ms, caller_frame_ms=config.caller_frame_ms,
-                           ignore_identity_prefixes=config.ignore_identity_prefixes),
-            on_caller_audio=self._on_caller_audio, on_caller_joined=self._on_caller_joined,
+            config.room, on_caller_audio=self._on_caller_audio, on_caller_joined=self._on_caller_joined,
             on_caller_left=self._on_caller_left, on_state=self._on_room_state, clock=self.clock)
         self.engine: EngineClient | None = None
-        self.uplink: Uplink | None = None
-        self.downlink: Downlink | None = None
         self.transcripts: TranscriptPublisher | None = None
         self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -155,14 +87,24 @@ class BridgeSession:
         self._done = asyncio.Event()
         self._error: BaseException | None = None
         self._teardown_task: asyncio.Task[None] | None = None
-        self._linger: asyncio.TimerHandle | None = None
-        self._last_uplink_ns = 0
-        # The most recent interruptions (an engine can send any number of them); the count is in counters.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        # The most recent interruptions with their timings (an engine can send any number; the count is in stats).
         self.interruptions: deque[dict[str, int]] = deque(maxlen=_KEEP_INTERRUPTIONS)
-        self.counters: dict[str, int] = {"chunks_sent": 0, "chunks_dropped": 0, "audio_events": 0,
-                                         "bad_audio": 0, "keepalive_chunks": 0, "interruptions": 0}
 
     # ------------------------------------------------------------------ public API
+    @property
+    def state(self) -> SessionState:
+        return self.core.state
+
+    @property
+    def uplink(self) -> Uplink | None:
+        return self.core.uplink
+
+    @property
+    def downlink(self) -> Downlink | None:
+        return self.core.downlink
+
     async def start(self) -> None:
         """Join the room and (per ``start_when``) open the conversation; raise if either edge fails."""
         with bound(self.log_context):  # every task started from here on logs with this session's ids
@@ -171,18 +113,17 @@ class BridgeSession:
     async def _start(self) -> None:
         if self.state is not SessionState.CREATED:
             raise ConfigError("a session starts once")
-        self._set_state(SessionState.STARTING)
+        self._apply(self.core.begin(self._now()))
         try:
             await self.room.connect()
             self.log_context.room = self.room.room.name
             if self.config.publish_transcripts:
                 self.transcripts = TranscriptPublisher(self.room.room)
-            if self.config.start_when == "immediately" or self.room.callers:
-                await self._start_engine()
-            else:
-                self._set_state(SessionState.WAITING)
+            actions = self.core.room_joined(self._now())
+            if any(isinstance(a, StartEngine) for a in actions):
+                await self._start_engine()  # the first conversation opens inside start(): its errors raise here
+            self._apply([a for a in actions if not isinstance(a, StartEngine)])
             self._spawn(self._play(), "playout")
-            self._spawn(self._keepalive(), "keepalive")
             self._spawn(self._watch_room(), "room-watch")
         except BaseException:
             await self._teardown()
@@ -196,14 +137,15 @@ class BridgeSession:
 
     async def stop(self) -> None:
         """Close both sides and every task. Safe to call more than once and from any task."""
-        if self.state in (SessionState.STOPPING, SessionState.STOPPED):
+        if self.core.ending:
             await self._done.wait()
             return
         with bound(self.log_context):
             await self._teardown()
 
     async def events(self) -> AsyncIterator[SessionEvent]:
-        """Every event from now until the session stops. Slow consumers lose the oldest events."""
+        """Every event from now until the session stops (:mod:`transport.events`). Slow consumers lose the
+        oldest events."""
         queue: asyncio.Queue[SessionEvent | None] = asyncio.Queue(self.config.events_queue)
         self._subscribers.append(queue)
         try:
@@ -212,203 +154,162 @@ class BridgeSession:
         finally:
             self._subscribers.remove(queue)
 
+    def event_backlogs(self) -> list[int]:
+        """Events waiting in each subscriber's queue (each at most ``config.events_queue``)."""
+        return [queue.qsize() for queue in self._subscribers]
+
+    def stats(self, *, stages: bool = True) -> SessionStats:
+        """One snapshot of every component's counters (``stages``: also per-stage timing percentiles)."""
+        return session_stats(self, stages=stages)
+
     def metrics(self) -> dict[str, Any]:
-        engine, up, down = self.engine, self.uplink, self.downlink
-        return {
-            "state": self.state.value,
-            "callers": len(self.room.callers),
-            "conversation_id": engine.conversation_id if engine else None,
-            "engine_state": engine.state.value if engine else None,
-            "session": dict(self.counters),
-            "room": vars_of(self.room.stats),
-            "engine": vars_of(engine.counters) if engine else {},
-            "protocol": vars_of(engine.protocol.counters) if engine else {},
-            "uplink": {"chunks": up.chunks, "bytes": up.bytes_out,
-                       "starved_samples": up.mixer.starved_samples,
-                       "trimmed_samples": up.mixer.trimmed_samples} if up else {},
-            "downlink": down.stats() if down else {},
-            "interruptions": self.counters["interruptions"],
-            "stages": {k: vars_of(v) for k, v in self.timer.summary().items()},
-        }
+        """:meth:`stats` as plain JSON-ready data."""
+        return metrics_dict(self.stats())
+
+    # ------------------------------------------------------------------ actions
+    def _now(self) -> int:
+        return self.clock.now_ns()
+
+    def _apply(self, actions: Iterable[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendAudio):
+                self._send_audio(action)
+            elif isinstance(action, WakePlayout):
+                self._wake.set()
+            elif isinstance(action, ClearVoice):
+                self.room.clear_voice()
+                self._wake.set()
+                if self.hooks.voice_cleared is not None:
+                    self.hooks.voice_cleared(self._now())
+            elif isinstance(action, StartEngine):
+                self._spawn(self._start_engine_safely(), "engine-start")
+            elif isinstance(action, End):
+                if action.error is None:
+                    log.info("ending the session: %s", action.reason)
+                self._finish(action.error)
+            else:
+                self._publish(action)
+        self._arm_timer()
+
+    def _send_audio(self, action: SendAudio) -> None:
+        engine = self.engine
+        self.core.audio_sent(engine is not None and engine.send_audio(action.payload))
+        if action.recv_ns is not None:
+            self.timer.add("uplink.total", self._now() - action.recv_ns)
+
+    def _arm_timer(self) -> None:
+        """One loop timer for the core's deadlines. Re-armed only when a deadline comes *earlier*: a later one
+        (the keepalive moving with every chunk sent) is picked up when the armed timer fires."""
+        if self.core.ending:
+            return
+        now = self._now()
+        wake = self.core.next_wakeup_ns(now)
+        if wake is None or (self._timer_at is not None and self._timer_at <= wake):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = wake
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, (wake - now) / SECOND), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        with bound(self.log_context):
+            self._apply(self.core.timer(self._now()))
+
+    def _publish(self, event: SessionEvent) -> None:
+        transcripts = self.transcripts
+        if transcripts is not None:
+            if isinstance(event, UserTranscript):
+                transcripts.user(self.core.speaker(), event.text, event_id=event.event_id, final=event.final)
+            elif isinstance(event, AgentResponse):
+                transcripts.agent(self.room.identity, event.text, event_id=event.event_id)
+        for queue in self._subscribers:
+            _put_latest(queue, event)
 
     # ------------------------------------------------------------------ engine side
+    def _make_uplink(self, fmt: AudioFormat) -> Uplink:
+        return Uplink(fmt, self.clock, chunk_ms=self.config.chunk_ms, timer=self.timer)
+
+    def _make_downlink(self, fmt: AudioFormat) -> Downlink:
+        return Downlink(fmt, self.clock, self.config.downlink, timer=self.timer)
+
     async def _start_engine(self) -> None:
-        if self.engine is not None:
-            return
         settings = self.config.engine
         self.engine = self._client_factory(
             settings.url_provider(), self._on_engine_event, on_state=self._on_engine_state,
             init=settings.init, clock=self.clock, max_attempts=settings.max_attempts,
-            secrets=settings.secrets())
+            secrets=settings.secrets(), default_input_format=settings.fallback_input_format)
         await self.engine.start()
-        self._set_state(SessionState.RUNNING)
+        self._apply(self.core.engine_started(self._now()))
         self._spawn(self._watch_engine(self.engine), "engine-watch")
-        # The callers may all have left while the conversation was being opened: nobody would arm the linger
-        # then, and an empty room would keep a billed conversation open for good.
-        self._linger_if_empty()
-
-    def _configure_formats(self, metadata: ConversationMetadata) -> None:
-        """(Re)build both directions for the formats this conversation announced."""
-        self.log_context.conversation_id = metadata.conversation_id
-        up, down = self.uplink, self.downlink
-        if up is None or up.format != metadata.input_format:
-            self.uplink = Uplink(metadata.input_format, self.clock, chunk_ms=self.config.chunk_ms, timer=self.timer)
-            for caller in self.room.callers:
-                self.uplink.join(caller)
-        if down is None or down.format != metadata.output_format:
-            self.downlink = Downlink(metadata.output_format, self.clock, self.config.downlink, timer=self.timer)
-        log.info("conversation %s: user audio %s, agent audio %s", metadata.conversation_id,
-                 metadata.input_format, metadata.output_format)
-
-    def _on_engine_event(self, event: Event, recv_ns: int) -> None:
-        if isinstance(event, AgentAudio):
-            self._on_agent_audio(event, recv_ns)
-        elif isinstance(event, Interruption):
-            self._on_interruption(event, recv_ns)
-        elif isinstance(event, ConversationMetadata):
-            self._configure_formats(event)
-        elif isinstance(event, UserTranscript | TentativeUserTranscript):
-            final = isinstance(event, UserTranscript)
-            self._emit("user_transcript" if final else "tentative_user_transcript",
-                       text=event.text, event_id=event.event_id)
-            if self.transcripts is not None:
-                self.transcripts.user(self._speaker(), event.text, event_id=event.event_id, final=final)
-        elif isinstance(event, AgentResponse):
-            self._emit("agent_response", text=event.text, event_id=event.event_id)
-            if self.transcripts is not None:
-                self.transcripts.agent(self.room.identity, event.text, event_id=event.event_id)
-        elif isinstance(event, AgentResponseCorrection):
-            self._emit("agent_response_correction", original=event.original, corrected=event.corrected,
-                       event_id=event.event_id)
-            if self.transcripts is not None:
-                self.transcripts.agent(self.room.identity, event.corrected, event_id=event.event_id)
-        elif isinstance(event, EngineErrorEvent):
-            self._emit("engine_error", code=event.code, error_type=event.error_type, message=event.message)
-
-    def _on_agent_audio(self, event: AgentAudio, recv_ns: int) -> None:
-        down = self.downlink
-        if down is None:
-            return
-        self.counters["audio_events"] += 1
-        try:
-            down.push(event.audio, recv_ns)
-        except BridgeError as exc:
-            self.counters["bad_audio"] += 1
-            log.warning("dropped an audio event: %s", exc)
-            return
-        self._wake.set()
-
-    def _on_interruption(self, event: Interruption, recv_ns: int) -> None:
-        """Silence first, bookkeeping after: nothing here awaits."""
-        down = self.downlink
-        dropped = down.interrupt() if down is not None else 0
-        self.room.clear_voice()
-        self._wake.set()
-        done_ns = self.clock.now_ns()
-        self.timer.add("interrupt.flush", done_ns - recv_ns)
-        self.counters["interruptions"] += 1
-        self.interruptions.append({"event_id": event.event_id, "recv_ns": recv_ns, "silenced_ns": done_ns,
-                                   "dropped_samples": dropped})
-        self._emit("interruption", event_id=event.event_id, dropped_ms=dropped * 1000 // 48_000)
-
-    def _on_engine_state(self, change: StateChange) -> None:
-        if change.state is ConnectionState.RECONNECTING:
-            # The next conversation's audio has nothing to continue; what is buffered belongs to the old one.
-            if self.downlink is not None:
-                self.downlink.interrupt()
-            self.room.clear_voice()
-        self._emit("engine_state", state=change.state.value, attempt=change.attempt,
-                   conversation_id=change.conversation_id, close_code=change.close_code, reason=change.reason)
-
-    async def _watch_engine(self, engine: EngineClient) -> None:
-        try:
-            await engine.wait()
-            log.info("the engine ended the conversation")
-            self._finish(None)
-        except EngineError as exc:
-            log.error("engine connection failed: %s", exc)
-            self._emit("error", message=str(exc))
-            self._finish(exc)
-
-    # ------------------------------------------------------------------ room side
-    def _speaker(self) -> str:
-        callers = self.room.callers
-        return callers[0] if len(callers) == 1 else ""
-
-    def _on_caller_joined(self, identity: str) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-        if self.uplink is not None:
-            self.uplink.join(identity)
-        self._emit("caller_joined", identity=identity)
-        if self.engine is None and self.state is SessionState.WAITING:
-            self._spawn(self._start_engine_safely(), "engine-start")
 
     async def _start_engine_safely(self) -> None:
         try:
             await self._start_engine()
         except BridgeError as exc:
             log.error("could not start the engine conversation: %s", exc)
-            self._emit("error", message=str(exc))
-            self._finish(exc)
+            self._apply(self.core.engine_failed(exc, str(exc), self._now()))
+
+    def _on_engine_event(self, event: Event, recv_ns: int) -> None:
+        if self.hooks.engine_event is not None:
+            self.hooks.engine_event(event, recv_ns)
+        if isinstance(event, ConversationMetadata):
+            self.log_context.conversation_id = event.conversation_id
+            log.info("conversation %s: user audio %s, agent audio %s", event.conversation_id, event.input_format,
+                     event.output_format)
+        self._apply(self.core.engine_event(event, recv_ns))
+        if isinstance(event, Interruption):
+            done_ns = self._now()
+            self.timer.add("interrupt.flush", done_ns - recv_ns)
+            self.interruptions.append({"event_id": event.event_id, "recv_ns": recv_ns, "silenced_ns": done_ns,
+                                       "dropped_samples": self.core.last_interrupt_dropped})
+
+    def _on_engine_state(self, change: StateChange) -> None:
+        self._apply(self.core.engine_state(change, change.at_ns))
+
+    async def _watch_engine(self, engine: EngineClient) -> None:
+        try:
+            await engine.wait()
+            self._apply(self.core.engine_ended(self._now()))
+        except EngineError as exc:
+            log.error("engine connection failed: %s", exc)
+            self._apply(self.core.engine_failed(exc, str(exc), self._now()))
+
+    # ------------------------------------------------------------------ room side
+    def _on_caller_joined(self, identity: str) -> None:
+        self._apply(self.core.caller_joined(identity, self._now()))
 
     def _on_caller_left(self, identity: str) -> None:
-        if self.uplink is not None:
-            self.uplink.leave(identity)
-        self._emit("caller_left", identity=identity)
-        self._linger_if_empty()
-
-    def _linger_if_empty(self) -> None:
-        # "Empty" means everyone left: a room nobody has joined yet (start_when="immediately") is waited in.
-        if (self.config.end_when_empty and not self.room.callers and self.room.stats.callers_seen
-                and self.state is SessionState.RUNNING and self._linger is None):
-            loop = asyncio.get_running_loop()
-            self._linger = loop.call_later(self.config.linger_s, self._room_empty)
-
-    def _room_empty(self) -> None:
-        self._linger = None
-        if not self.room.callers:
-            log.info("room empty for %.1f s: ending the session", self.config.linger_s)
-            self._finish(None)
+        self._apply(self.core.caller_left(identity, self._now()))
 
     def _on_caller_audio(self, identity: str, samples: npt.NDArray[np.int16], recv_ns: int) -> None:
-        up, engine = self.uplink, self.engine
-        if up is None or engine is None:
-            return
-        up.write(identity, samples, recv_ns)
-        while up.ready(recv_ns):
-            chunk = up.next_chunk()
-            if not chunk:
-                continue
-            if engine.send_audio(chunk):
-                self.counters["chunks_sent"] += 1
-            else:
-                self.counters["chunks_dropped"] += 1
-            self._last_uplink_ns = self.clock.now_ns()
-            self.timer.add("uplink.total", self._last_uplink_ns - recv_ns)
+        if self.hooks.caller_frame is not None:
+            self.hooks.caller_frame(identity, samples, recv_ns)
+        actions = self.core.caller_audio(identity, samples, recv_ns)
+        if actions:
+            self._apply(actions)
 
-    def _on_room_state(self, state: str) -> None:
-        self._emit("room_state", state=state)
+    def _on_room_state(self, state: RoomState) -> None:
+        self._publish(RoomStateChanged(self._now(), state))
 
     async def _watch_room(self) -> None:
         await self.room.disconnected.wait()
-        if self.state not in (SessionState.STOPPING, SessionState.STOPPED):
-            self._finish(None if self.room.disconnect_reason == "CLIENT_INITIATED" else
-                         LiveKitError(f"removed from the room ({self.room.disconnect_reason})"))
+        self._apply(self.core.room_left(self.room.disconnect_reason, self._now()))
 
-    # ------------------------------------------------------------------ playout and keepalive
+    # ------------------------------------------------------------------ playout
     async def _play(self) -> None:
         """The only writer of the agent's voice: pacer deadlines in, 10 ms frames out."""
-        clock, room, wake = self.clock, self.room, self._wake
+        clock, room, wake, core, hooks = self.clock, self.room, self._wake, self.core, self.hooks
         loop = asyncio.get_running_loop()
         while True:
-            down = self.downlink
+            down = core.downlink
             now = clock.now_ns()
             if down is not None:
                 samples = down.due(now)
                 if samples is not None:
                     t0 = clock.now_ns()
+                    if hooks.voice_out is not None:
+                        hooks.voice_out(samples, t0)
                     await room.send_voice(samples)
                     self.timer.add("downlink.capture", clock.now_ns() - t0)
                     continue
@@ -426,17 +327,6 @@ class BridgeSession:
                 await wake.wait()
             finally:
                 timer.cancel()
-
-    async def _keepalive(self) -> None:
-        while True:
-            await asyncio.sleep(_KEEPALIVE_NS / SECOND)
-            up, engine = self.uplink, self.engine
-            if up is None or engine is None or not engine.ready:
-                continue
-            if self.clock.now_ns() - self._last_uplink_ns >= _KEEPALIVE_NS:
-                engine.send_audio(silence(up.format, _KEEPALIVE_NS // MS))
-                self.counters["keepalive_chunks"] += 1
-                self._last_uplink_ns = self.clock.now_ns()
 
     # ------------------------------------------------------------------ plumbing
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
@@ -456,7 +346,7 @@ class BridgeSession:
 
     def _finish(self, error: BaseException | None) -> None:
         """End the session from a callback: record why and let a task do the teardown."""
-        if self.state in (SessionState.STOPPING, SessionState.STOPPED):
+        if self.core.ending:
             return
         if error is not None and self._error is None:
             self._error = error
@@ -464,11 +354,12 @@ class BridgeSession:
             self._teardown_task = asyncio.ensure_future(self._teardown())
 
     async def _teardown(self) -> None:
-        if self.state in (SessionState.STOPPING, SessionState.STOPPED):
+        if self.core.ending:
             return
-        self._set_state(SessionState.STOPPING)
-        if self._linger is not None:
-            self._linger.cancel()
+        self._apply(self.core.stop(self._now()))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._timer_at = None
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:
@@ -483,21 +374,10 @@ class BridgeSession:
         if self.transcripts is not None:
             await self.transcripts.close()
         await self.room.close()
-        self._set_state(SessionState.STOPPED)
+        self._apply(self.core.stopped(self._now()))
         for queue in self._subscribers:
             _put_latest(queue, None)
         self._done.set()
-
-    def _set_state(self, state: SessionState) -> None:
-        self.state = state
-        self._emit("state", state=state.value)
-
-    def _emit(self, kind: str, **data: Any) -> None:
-        if not self._subscribers:
-            return
-        event = SessionEvent(kind, self.clock.now_ns(), data)
-        for queue in self._subscribers:
-            _put_latest(queue, event)
 
 
 def _put_latest(queue: asyncio.Queue[SessionEvent | None], item: SessionEvent | None) -> None:
@@ -507,20 +387,10 @@ def _put_latest(queue: asyncio.Queue[SessionEvent | None], item: SessionEvent | 
     queue.put_nowait(item)
 
 
-def silence(fmt: AudioFormat, ms: int) -> bytes:
-    return fmt.encode(np.zeros(fmt.rate * ms // 1000, dtype=np.int16))
-
-
-def vars_of(obj: object) -> dict[str, Any]:
-    if hasattr(obj, "__dataclass_fields__"):
-        return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
-    return dict(vars(obj))
-
-
 async def serve(session: BridgeSession, stop: asyncio.Event) -> None:
     """Start ``session`` and run it until it ends by itself or ``stop`` is set; then stop it cleanly.
 
-    Re-raises the error that ended the session, if any. A worker's job and a one-room runner are both this.
+    Re-raises the error that ended it, if any. A worker's job and a one-room runner are both this.
     """
     await session.start()
     ended = asyncio.ensure_future(session.wait())
@@ -534,3 +404,4 @@ async def serve(session: BridgeSession, stop: asyncio.Event) -> None:
         ended.result()
     else:
         ended.cancel()
+

@@ -24,25 +24,21 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import os
 import signal
 import time
 import warnings
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable
 
 import websockets
 from livekit import api
 from websockets.asyncio.client import ClientConnection, connect
 
-from core.errors import ConfigError, LiveKitError, ProtocolError
+from core.errors import LiveKitError, ProtocolError
 from core.redact import Redactor, redact_url
-from transport.backoff import DelayFactory, full_jitter
+from transport.backoff import DelayFactory, RetryPolicy, full_jitter
 from transport.livekit_token import mint_token
+from transport.worker_config import JobContext, JobRunner, WorkerConfig, WorkerStats, agent_endpoint
 from transport.worker_protocol import (
-    DEFAULT_FULL_LOAD,
     GoAway,
     JobAssigned,
     JobOffer,
@@ -53,7 +49,7 @@ from transport.worker_protocol import (
     WorkerProtocol,
 )
 
-__all__ = [
+__all__ = [  # the data types live in transport.worker_config; re-exported here
     "JobContext",
     "JobRunner",
     "Worker",
@@ -69,100 +65,6 @@ log = logging.getLogger(__name__)
 # through a logger of ours whose filter masks tokens before any handler sees them.
 _socket_log = logging.getLogger(f"{__name__}.socket")
 _socket_log.addFilter(Redactor())
-
-VERSION: Final = "lk-speech-bridge/0.1"
-DEV_URL, DEV_KEY, DEV_SECRET = "ws://127.0.0.1:7880", "devkey", "secret"
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    url: str
-    api_key: str
-    api_secret: str = field(repr=False)
-    agent_name: str
-    max_jobs: int = 4
-    version: str = VERSION
-    # Our WorkerPing cadence (round-trip time only; the WebSocket's own pings detect a dead socket).
-    ping_interval_s: float = 10.0
-    # Periodic UpdateWorkerStatus on top of the ones sent on every change; also frees lapsed reservations.
-    status_interval_s: float = 5.0
-    # A job asked to end (JobTermination, or drain after its grace) is cancelled if still running after this.
-    stop_timeout_s: float = 5.0
-    full_load: float = DEFAULT_FULL_LOAD
-    identity_prefix: str = "agent-"
-    open_timeout_s: float = 10.0
-    # Reconnect attempts per outage before run() gives up; None retries for ever (a worker's normal life).
-    max_reconnects: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.agent_name:
-            raise ConfigError("an agent name is needed for explicit dispatch")
-        if not self.api_key or not self.api_secret:
-            raise ConfigError("LiveKit API key and secret must both be set")
-        agent_endpoint(self.url)  # validates the scheme
-
-    @classmethod
-    def from_env(cls, agent_name: str, **overrides: object) -> WorkerConfig:
-        """LIVEKIT_URL / LIVEKIT_API_KEY / LIVEKIT_API_SECRET, defaulting to a local ``--dev`` server."""
-        values: dict[str, object] = {
-            "url": os.environ.get("LIVEKIT_URL") or DEV_URL,
-            "api_key": os.environ.get("LIVEKIT_API_KEY") or DEV_KEY,
-            "api_secret": os.environ.get("LIVEKIT_API_SECRET") or DEV_SECRET,
-            "agent_name": agent_name,
-        }
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """Everything a job runner needs to join its room; ``termination`` is set when it should end."""
-
-    job_id: str
-    dispatch_id: str
-    room_name: str
-    url: str
-    token: str = field(repr=False)
-    identity: str
-    agent_name: str
-    metadata: str  # the dispatch's metadata (RoomAgentDispatch.metadata)
-    worker_id: str
-    termination: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
-
-    @property
-    def termination_requested(self) -> bool:
-        return self.termination.is_set()
-
-
-JobRunner = Callable[[JobContext], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class WorkerStats:
-    registered: bool
-    worker_id: str
-    draining: bool
-    max_jobs: int
-    jobs_running: int
-    jobs_reserved: int
-    load: float
-    jobs_offered: int
-    jobs_declined: int
-    jobs_completed: int
-    jobs_failed: int
-    registrations: int
-    connection_failures: int
-    last_rtt_ms: float | None
-
-
-def agent_endpoint(url: str) -> str:
-    """``ws(s)://host[/prefix]/agent`` for a LiveKit URL given as ws(s):// or http(s)://."""
-    parts = urlsplit(url)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if scheme is None or not parts.netloc:
-        raise ConfigError(f"LiveKit URL must be ws(s):// or http(s)://, got {redact_url(url)!r}")
-    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/agent", "", ""))
-
 
 def _worker_token(api_key: str, api_secret: str) -> str:
     # The agent grant alone: the server's /agent handler checks claims.video.agent and nothing else.
@@ -238,8 +140,9 @@ class Worker:
         ``max_reconnects`` attempts in a row failed.
         """
         endpoint = agent_endpoint(self.config.url)
-        delays: Iterator[float] | None = None
-        failures = 0
+        limit = self.config.max_reconnects
+        # The lost connection counts as the first failure; max_reconnects attempts may follow it.
+        retry = RetryPolicy(self._backoff, None if limit is None else limit + 1)
         try:
             while not self._stop.is_set():
                 self._registered_here = False
@@ -263,15 +166,14 @@ class Worker:
                 if self._stop.is_set():
                     break
                 if self._registered_here:  # that connection worked: this is a fresh outage
-                    delays, failures = None, 0
-                delays = delays or self._backoff()
-                failures += 1
-                delay = next(delays, None)
-                if delay is None or (self.config.max_reconnects is not None
-                                     and failures > self.config.max_reconnects):
+                    retry.connected()
+                    retry.lost()
+                retry.failed()
+                delay = retry.next_delay()
+                if delay is None:
                     raise LiveKitError(f"gave up reconnecting to {redact_url(endpoint)} after "
-                                       f"{failures - 1} attempts")
-                log.info("reconnecting to the agent endpoint in %.2f s (attempt %d)", delay, failures)
+                                       f"{retry.failures - 1} attempts")
+                log.info("reconnecting to the agent endpoint in %.2f s (attempt %d)", delay, retry.failures)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:

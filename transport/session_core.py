@@ -1,0 +1,426 @@
+"""The session's decisions without I/O: lifecycle, callers, deadlines, and the audio path between the edges.
+
+:class:`SessionCore` is to :class:`~transport.session.BridgeSession` what a sans-I/O protocol object is to its
+socket shell (aioquic's ``QuicConnection`` and its ``get_timer``/``handle_timer``). Every input is a method
+that takes the time (``now_ns``) and returns the **actions** the shell must carry out, in order; the shell
+owns the room, the engine client, the tasks and exactly one loop timer, armed for :meth:`next_wakeup_ns`.
+Tests drive the core with literal times and need no server.
+
+Lifecycle (:data:`TRANSITIONS`; any other move is a bug and raises ``AssertionError``)::
+
+    created ─begin─► starting ─room_joined─► waiting ─caller_joined/StartEngine─┐
+                        │ (start immediately, or callers already there)          ▼
+                        └──────────────── StartEngine … engine_started ──────► running
+    any state but stopped ─stop─► stopping ─stopped─► stopped
+
+Inputs: :meth:`begin`, :meth:`room_joined`, :meth:`caller_joined`, :meth:`caller_left`, :meth:`caller_audio`,
+:meth:`engine_started`, :meth:`engine_event`, :meth:`engine_state`, :meth:`timer`, :meth:`stop`,
+:meth:`stopped`. Actions: :class:`StartEngine`, :class:`SendAudio`, :class:`ClearVoice`, :class:`WakePlayout`,
+:class:`End`, and the public :mod:`~transport.events` themselves (the shell publishes those).
+
+Deadlines (all in :meth:`next_wakeup_ns`):
+
+- **linger**: the room emptied while running and ``end_when_empty``; a caller joining cancels it.
+- **keepalive**: with a conversation open and no caller audio for 250 ms (empty room, "start at once"), a
+  quarter second of silence goes out, the documented chunk size; else the engine ends the conversation after
+  60 s (``transport_receive_timeout``). 4 messages a second when idle, none while callers talk.
+- **duck hold** (not built yet): the pre-emptive ducking input (``caller_onset(identity, now_ns)``) belongs
+  here as one more input, its release deadline as one more entry in :meth:`next_wakeup_ns`, and the
+  duck/unduck as actions, next to :meth:`_interrupt` which it races.
+
+Caller audio before the conversation can take it (waiting for the first caller, connecting, reconnecting) is
+held in a :class:`~core.backlog.CallerBacklog` (2 s per caller, oldest dropped and counted) and replayed into
+the uplink when the conversation's formats arrive, in messages of up to 250 ms so a 2 s backlog is 8 messages,
+well inside the engine client's 50-message audio queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from core.backlog import BacklogStats, CallerBacklog
+from core.clock import MS
+from core.downlink import Downlink
+from core.errors import BridgeError, LiveKitError
+from core.formats import ROOM_RATE, AudioFormat
+from core.uplink import Uplink
+from transport import engine_protocol as ep
+from transport.engine_client import ConnectionState, StateChange
+from transport.events import (
+    AgentResponse,
+    CallerJoined,
+    CallerLeft,
+    EngineErrorOccurred,
+    EngineStateChanged,
+    Interrupted,
+    SessionError,
+    SessionEvent,
+    SessionState,
+    SessionStateChanged,
+    UserTranscript,
+)
+
+__all__ = [
+    "KEEPALIVE_NS",
+    "TRANSITIONS",
+    "Action",
+    "ClearVoice",
+    "CoreStats",
+    "End",
+    "SendAudio",
+    "SessionCore",
+    "StartEngine",
+    "WakePlayout",
+]
+
+KEEPALIVE_NS = 250 * MS
+REPLAY_MESSAGE_MS = 250  # replayed backlog goes out in messages of up to this much audio
+Int16Array = npt.NDArray[np.int16]
+
+S = SessionState
+TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    S.CREATED: frozenset({S.STARTING, S.STOPPING}),
+    S.STARTING: frozenset({S.WAITING, S.RUNNING, S.STOPPING}),
+    S.WAITING: frozenset({S.RUNNING, S.STOPPING}),
+    S.RUNNING: frozenset({S.STOPPING}),
+    S.STOPPING: frozenset({S.STOPPED}),
+    S.STOPPED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StartEngine:
+    """Open the conversation; report :meth:`SessionCore.engine_started` or the failure."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendAudio:
+    """Hand ``payload`` (engine format) to the engine client."""
+
+    payload: bytes
+    recv_ns: int | None  # arrival of the caller frame that completed it; None for keepalive and replay
+    keepalive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClearVoice:
+    """The playout buffer was flushed: clear the AudioSource queue and wake the player (silence follows)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WakePlayout:
+    """Agent audio was buffered: the player has something due."""
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """End the session: ``error`` None is a normal end."""
+
+    reason: str
+    error: BaseException | None = None
+
+
+Action = StartEngine | SendAudio | ClearVoice | WakePlayout | End | SessionEvent
+_START, _CLEAR, _WAKE = StartEngine(), ClearVoice(), WakePlayout()
+_NOTHING: tuple[Action, ...] = ()
+_WAKE_ONLY: tuple[Action, ...] = (_WAKE,)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreStats:
+    chunks_sent: int
+    chunks_dropped: int
+    keepalive_chunks: int
+    replayed_chunks: int
+    audio_events: int
+    bad_audio: int
+    interruptions: int
+    backlog: BacklogStats
+
+
+@dataclass(slots=True)
+class _Counters:
+    chunks_sent: int = 0  # accepted by the engine client (the shell counts)
+    chunks_dropped: int = 0  # refused by it: not ready or its queue full
+    keepalive_chunks: int = 0
+    replayed_chunks: int = 0
+    audio_events: int = 0
+    bad_audio: int = 0
+    interruptions: int = 0
+
+
+class SessionCore:
+    """One room ⇄ one conversation, as decisions. ``make_uplink``/``make_downlink`` build the pipelines for
+    the formats a conversation announces (the shell binds chunk size, clock and stage timer)."""
+
+    def __init__(self, *, start_immediately: bool, end_when_empty: bool, linger_ns: int,
+                 make_uplink: Callable[[AudioFormat], Uplink], make_downlink: Callable[[AudioFormat], Downlink],
+                 backlog_ms: int = 2000, keepalive_ns: int = KEEPALIVE_NS) -> None:
+        self.state = SessionState.CREATED
+        self.callers: list[str] = []
+        self.uplink: Uplink | None = None
+        self.downlink: Downlink | None = None
+        self.counters = _Counters()
+        self.backlog = CallerBacklog(backlog_ms)
+        self._start_immediately = start_immediately
+        self._end_when_empty = end_when_empty
+        self._linger_ns = linger_ns
+        self._keepalive_ns = keepalive_ns
+        self._make_uplink, self._make_downlink = make_uplink, make_downlink
+        self._engine_requested = False
+        self._engine_ready = False  # a conversation's metadata arrived and it has not been lost since
+        self._linger_at: int | None = None
+        self._seen_caller = False
+        self._last_sent_ns = 0
+        self.last_interrupt_dropped = 0  # 48 kHz samples the latest interruption discarded
+
+    # ------------------------------------------------------------------ lifecycle
+    def begin(self, now_ns: int) -> list[Action]:
+        return [self._move(S.STARTING, now_ns)]
+
+    def room_joined(self, now_ns: int) -> list[Action]:
+        """In the room; callers already there were reported through :meth:`caller_joined`."""
+        if self.state is not S.STARTING:
+            return []
+        if self._start_immediately or self.callers:
+            return self._request_engine()
+        return [self._move(S.WAITING, now_ns)]
+
+    def engine_started(self, now_ns: int) -> list[Action]:
+        if self.state not in (S.STARTING, S.WAITING):
+            return []
+        actions: list[Action] = [self._move(S.RUNNING, now_ns)]
+        # Everyone may have left while the conversation was being opened: no caller_left will come then, and
+        # an empty room would keep a billed conversation open until the engine's own idle timeout.
+        self._linger_if_empty(now_ns)
+        return actions
+
+    def engine_failed(self, error: BaseException, message: str, now_ns: int) -> list[Action]:
+        """The conversation could not be opened, or a running one failed for good."""
+        return [SessionError(now_ns, message), End(message, error)]
+
+    def engine_ended(self, now_ns: int) -> list[Action]:
+        return [End("the engine ended the conversation")]
+
+    def room_left(self, reason: str | None, now_ns: int) -> list[Action]:
+        if self.state in (S.STOPPING, S.STOPPED):
+            return []
+        if reason == "CLIENT_INITIATED":
+            return [End("left the room")]
+        return [End(f"removed from the room ({reason})", LiveKitError(f"removed from the room ({reason})"))]
+
+    def stop(self, now_ns: int) -> list[Action]:
+        if self.state in (S.STOPPING, S.STOPPED):
+            return []
+        self._linger_at = None
+        return [self._move(S.STOPPING, now_ns)]
+
+    def stopped(self, now_ns: int) -> list[Action]:
+        return [self._move(S.STOPPED, now_ns)]
+
+    @property
+    def ending(self) -> bool:
+        return self.state in (S.STOPPING, S.STOPPED)
+
+    # ------------------------------------------------------------------ callers
+    def caller_joined(self, identity: str, now_ns: int) -> list[Action]:
+        if identity not in self.callers:
+            self.callers.append(identity)
+        self._linger_at = None
+        if self.uplink is not None:
+            self.uplink.join(identity)
+        actions: list[Action] = [CallerJoined(now_ns, identity)]
+        if self.state is S.WAITING:
+            actions += self._request_engine()
+        return actions
+
+    def caller_left(self, identity: str, now_ns: int) -> list[Action]:
+        if identity in self.callers:
+            self.callers.remove(identity)
+        if self.uplink is not None:
+            self.uplink.leave(identity)
+        self.backlog.forget(identity)
+        self._seen_caller = True
+        self._linger_if_empty(now_ns)
+        return [CallerLeft(now_ns, identity)]
+
+    def _linger_if_empty(self, now_ns: int) -> None:
+        # "Empty" means everyone left: a room nobody has joined yet (start immediately) is waited in.
+        if (self._end_when_empty and not self.callers and self._seen_caller and self.state is S.RUNNING
+                and self._linger_at is None):
+            self._linger_at = now_ns + self._linger_ns
+
+    def speaker(self) -> str:
+        """Whom a user transcript belongs to: the one caller, or nobody in particular."""
+        return self.callers[0] if len(self.callers) == 1 else ""
+
+    def caller_audio(self, identity: str, samples: Int16Array, recv_ns: int) -> Sequence[Action]:
+        """One caller frame (48 kHz). Chunks the uplink completes go out; held while no conversation is open."""
+        up = self.uplink
+        if up is None or not self._engine_ready:
+            if not self.ending:
+                self.backlog.push(identity, samples, recv_ns)
+            return _NOTHING
+        up.write(identity, samples, recv_ns)
+        if not up.ready(recv_ns):
+            return _NOTHING
+        actions: list[Action] = []
+        while up.ready(recv_ns):
+            chunk = up.next_chunk()
+            if chunk:
+                actions.append(SendAudio(chunk, recv_ns))
+        if actions:
+            self._last_sent_ns = recv_ns
+        return actions
+
+    def _replay(self, up: Uplink, now_ns: int) -> list[Action]:
+        chunks: list[bytes] = []
+        for frame in self.backlog.drain():
+            up.write(frame.identity, frame.samples, frame.recv_ns)
+            while up.ready(frame.recv_ns):
+                chunk = up.next_chunk()
+                if chunk:
+                    chunks.append(chunk)
+        if not chunks:
+            return []
+        self.counters.replayed_chunks += len(chunks)
+        self._last_sent_ns = now_ns
+        # PCM16 and μ-law are sample-wise encodings: consecutive chunks concatenate into one longer chunk.
+        limit = len(silence(up.format, REPLAY_MESSAGE_MS))
+        messages: list[Action] = []
+        pending: list[bytes] = []
+        size = 0
+        for chunk in chunks:
+            if pending and size + len(chunk) > limit:
+                messages.append(SendAudio(b"".join(pending), None))
+                pending, size = [], 0
+            pending.append(chunk)
+            size += len(chunk)
+        messages.append(SendAudio(b"".join(pending), None))
+        return messages
+
+    # ------------------------------------------------------------------ engine
+    def engine_event(self, event: ep.Event, recv_ns: int) -> Sequence[Action]:
+        if isinstance(event, ep.AgentAudio):
+            return self._agent_audio(event, recv_ns)
+        if isinstance(event, ep.Interruption):
+            return self._interrupt(event, recv_ns)
+        if isinstance(event, ep.ConversationMetadata):
+            return self._conversation(event, recv_ns)
+        if isinstance(event, ep.UserTranscript | ep.TentativeUserTranscript):
+            return [UserTranscript(recv_ns, event.text, event.event_id, isinstance(event, ep.UserTranscript))]
+        if isinstance(event, ep.AgentResponse):
+            return [AgentResponse(recv_ns, event.text, event.event_id)]
+        if isinstance(event, ep.AgentResponseCorrection):
+            return [AgentResponse(recv_ns, event.corrected, event.event_id, corrected_from=event.original)]
+        if isinstance(event, ep.EngineErrorEvent):
+            return [EngineErrorOccurred(recv_ns, event.code, event.error_type, event.message)]
+        return _NOTHING
+
+    def _agent_audio(self, event: ep.AgentAudio, recv_ns: int) -> Sequence[Action]:
+        down = self.downlink
+        if down is None:
+            return _NOTHING
+        self.counters.audio_events += 1
+        try:
+            down.push(event.audio, recv_ns)
+        except BridgeError:
+            self.counters.bad_audio += 1  # the protocol layer already validated it; a codec refusal is rare
+            return _NOTHING
+        return _WAKE_ONLY
+
+    def _interrupt(self, event: ep.Interruption, recv_ns: int) -> list[Action]:
+        """Silence first (the flush and the ClearVoice), bookkeeping after."""
+        down = self.downlink
+        dropped = self.last_interrupt_dropped = down.interrupt() if down is not None else 0
+        self.counters.interruptions += 1
+        return [_CLEAR, Interrupted(recv_ns, event.event_id, dropped * 1000 // ROOM_RATE)]
+
+    def _conversation(self, metadata: ep.ConversationMetadata, now_ns: int) -> list[Action]:
+        """(Re)build both directions for the formats this conversation announced; replay held audio."""
+        up, down = self.uplink, self.downlink
+        if up is None or up.format != metadata.input_format:
+            up = self.uplink = self._make_uplink(metadata.input_format)
+            for caller in self.callers:
+                up.join(caller)
+        if down is None or down.format != metadata.output_format:
+            self.downlink = self._make_downlink(metadata.output_format)
+        self._engine_ready = True
+        self._last_sent_ns = now_ns
+        return self._replay(up, now_ns)
+
+    def engine_state(self, change: StateChange, now_ns: int) -> list[Action]:
+        actions: list[Action] = []
+        if change.state is not ConnectionState.CONNECTED:
+            self._engine_ready = False  # audio waits in the backlog until the next conversation's metadata
+        if change.state is ConnectionState.RECONNECTING:
+            # The next conversation's audio has nothing to continue; what is buffered belongs to the old one.
+            if self.downlink is not None:
+                self.downlink.interrupt()
+            actions.append(_CLEAR)
+        actions.append(EngineStateChanged(now_ns, change.state, change.attempt, change.conversation_id,
+                                          change.close_code, change.reason))
+        return actions
+
+    def audio_sent(self, accepted: bool) -> None:
+        """The shell's report on a :class:`SendAudio`: did the engine client take it?"""
+        if accepted:
+            self.counters.chunks_sent += 1
+        else:
+            self.counters.chunks_dropped += 1
+
+    # ------------------------------------------------------------------ deadlines
+    def next_wakeup_ns(self, now_ns: int) -> int | None:
+        """The earliest deadline (linger, keepalive), or None: call :meth:`timer` then."""
+        wake = self._linger_at
+        keepalive = self._keepalive_at()
+        if keepalive is not None:
+            wake = keepalive if wake is None else min(wake, keepalive)
+        return wake
+
+    def _keepalive_at(self) -> int | None:
+        if self.state is not S.RUNNING or not self._engine_ready or self.uplink is None:
+            return None
+        return self._last_sent_ns + self._keepalive_ns
+
+    def timer(self, now_ns: int) -> list[Action]:
+        actions: list[Action] = []
+        if self._linger_at is not None and now_ns >= self._linger_at:
+            self._linger_at = None
+            if not self.callers:
+                actions.append(End(f"room empty for {self._linger_ns / 1e9:.1f} s"))
+        keepalive = self._keepalive_at()
+        if keepalive is not None and now_ns >= keepalive and self.uplink is not None:
+            fmt = self.uplink.format
+            actions.append(SendAudio(silence(fmt, self._keepalive_ns // MS), None, keepalive=True))
+            self.counters.keepalive_chunks += 1
+            self._last_sent_ns = now_ns
+        return actions
+
+    # ------------------------------------------------------------------ plumbing
+    def _request_engine(self) -> list[Action]:
+        if self._engine_requested:
+            return []
+        self._engine_requested = True
+        return [_START]
+
+    def _move(self, state: SessionState, now_ns: int) -> SessionStateChanged:
+        if state not in TRANSITIONS[self.state]:
+            raise AssertionError(f"session cannot go from {self.state.value} to {state.value}")
+        self.state = state
+        return SessionStateChanged(now_ns, state)
+
+    def stats(self) -> CoreStats:
+        c = self.counters
+        return CoreStats(chunks_sent=c.chunks_sent, chunks_dropped=c.chunks_dropped,
+                         keepalive_chunks=c.keepalive_chunks, replayed_chunks=c.replayed_chunks,
+                         audio_events=c.audio_events, bad_audio=c.bad_audio, interruptions=c.interruptions,
+                         backlog=self.backlog.stats())
+
+
+def silence(fmt: AudioFormat, ms: int) -> bytes:
+    return fmt.encode(np.zeros(fmt.rate * ms // 1000, dtype=np.int16))
