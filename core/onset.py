@@ -77,7 +77,7 @@ class OnsetConfig:
     echo_margin_db: float = 6.0
     echo_delay_ms: tuple[int, int] = (40, 240)
     echo_tail_db_per_10ms: float = 3.0
-    echo_learn_db_s: float = 20.0  # how fast the learnt echo level falls when the echo is quieter
+    echo_learn_db_s: float = 10.0  # how fast the learnt echo level falls when the echo is quieter
     echo_floor_db: float = 45.0  # the learnt echo bound never goes below -45 dB
     speech_hangover_ms: int = 100  # ``speaking`` stays true this long after the last loud block
 
@@ -185,6 +185,7 @@ class OnsetDetector:
         self._echo_gain = self._echo_max
         self._erl = self._echo_max / self._margin
         self._learn: deque[float] = deque()
+        self._learn_power = _power(-40.0)  # learn only while the voice is clearly playing
         self._learn_delay = max(1, config.unvoiced_ms // config.block_ms)
         self._erl_decay = 10.0 ** (-config.echo_learn_db_s * config.block_ms / 1000.0 / 10.0)
         lo, hi = config.echo_delay_ms
@@ -264,12 +265,11 @@ class OnsetDetector:
             self._floor = max(1.0, floor + 0.1 * (power - floor)) if power > 0.25 * floor else max(1.0, floor * 0.5)
         else:
             self._floor = min(power, floor * self._rise)
-        if power < threshold:
-            self._quiet_block()
-            return None
+        # The echo test runs on quiet blocks too: they are what teaches it how little echo this caller has.
         own = self._own_energy(end_ns, threshold)
         if own < threshold:
-            self.echo_vetoes += 1
+            if power >= threshold:
+                self.echo_vetoes += 1
             self._quiet_block()
             return None
         self.last_speech_ns = end_ns
@@ -299,19 +299,18 @@ class OnsetDetector:
     def _own_energy(self, end_ns: int, threshold: float) -> float:
         """This block's energy not explained by the played voice (at the delay that explains the window best)."""
         ref = self.reference
-        if ref is None:
-            return float(self._powers[-1])
-        n, delays = self._n, self._delays
         last = end_ns // self._block_ns - 1  # this block's index on the reference grid
+        if ref is None or ref.last_voice_block < last - int(self._delays[-1]) - self._n:
+            return float(self._powers[-1])  # nothing played that could echo here
+        n, delays = self._n, self._delays
         first = last - n + 1 - int(delays[-1])
         env = ref.window(first, n + int(delays[-1]))
         if not env.any():
             return float(self._powers[-1])
         # echo[d, j]: the bound on the echo in window block j if the echo path delay were delays[d].
         idx = self._idx
-        echo_now = env[idx[:, -1]]
-        echo = env[idx] * self._echo_gain
-        residual = np.maximum(self._powers[None, :] - echo, 0.0)
+        played = env[idx]
+        residual = np.maximum(self._powers[None, :] - played * self._echo_gain, 0.0)
         best = int(np.argmin(residual.sum(axis=1)))
         own = float(residual[best, -1])
         # Learn how loud this caller's echo really is: the mic's level against the loudest the played voice
@@ -319,8 +318,8 @@ class OnsetDetector:
         # echo path that is quieter than the worst case (headphones, a phone at the ear) lowers the bound.
         # A block is committed ``_learn_delay`` blocks later, and only if no onset fired meanwhile: the quiet
         # start of the caller's own words ("h" of "hold") must not teach the bound that speech is echo.
-        loudest = float(echo_now.max())
-        if own < threshold and loudest > self._min_power and not self._fired:
+        loudest = float(played[:, -1].max())
+        if own < threshold and loudest > self._learn_power and not self._fired:
             self._learn.append(float(self._powers[-1]) / loudest)
             if len(self._learn) > self._learn_delay:
                 self._erl = max(self._learn.popleft(), self._erl * self._erl_decay)
