@@ -76,6 +76,10 @@ class Ducker:
         self.rewinds = 0
         self.rewound_samples = 0
         self.last_onset_to_duck_ns: int | None = None
+        # What happened, for the shell to turn into session events: (kind, at_ns, data). Bounded: a shell that
+        # never drains loses the oldest.
+        self._events: deque[tuple[str, int, dict[str, Any]]] = deque(maxlen=64)
+        self._released_seen = 0
 
     # ------------------------------------------------------------------ callers
     def caller_frame(self, identity: str, samples: Int16Array, now_ns: int) -> bool:
@@ -88,6 +92,7 @@ class Ducker:
         if detector.speaking(now_ns):
             duck.caller_active(now_ns)
         duck.poll(now_ns)
+        self._note_release(now_ns)
         if onset is not None:
             self.onsets += 1
         elif not detector.in_speech or duck.ducked:
@@ -103,7 +108,15 @@ class Ducker:
         self._rewind_pending = True
         self.last_onset_to_duck_ns = now_ns - start
         self.timer.add("duck.onset_to_duck", now_ns - start)
+        self._events.append(("duck_started", now_ns, {"caller": identity,
+                                                     "onset_to_duck_ms": (now_ns - start) / 1e6}))
         return True
+
+    def drain_events(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """``duck_started`` / ``duck_released`` / ``duck_confirmed`` since the last call, oldest first."""
+        events = list(self._events)
+        self._events.clear()
+        return events
 
     def caller_left(self, identity: str) -> None:
         self._detectors.pop(identity, None)
@@ -118,6 +131,7 @@ class Ducker:
         start = max(self._cursor_ns, now_ns)
         gain = self.duck.gain
         out = self.duck.apply(samples, now_ns)
+        self._note_release(now_ns)
         self._remember(_Sent(start, samples, gain), out)
         return out
 
@@ -165,7 +179,10 @@ class Ducker:
         """The engine's interruption, after the shell flushed the reply and cleared the queue. True if it
         confirmed a duck."""
         self.voice_cleared(now_ns)
-        return self.duck.interruption(now_ns)
+        confirmed = self.duck.interruption(now_ns)
+        if confirmed:
+            self._events.append(("duck_confirmed", now_ns, {}))
+        return confirmed
 
     def voice_cleared(self, now_ns: int) -> None:
         """The AudioSource queue was cleared for a reason of the shell's (interruption, reconnect)."""
@@ -190,6 +207,11 @@ class Ducker:
                 "echo_vetoes": sum(x.echo_vetoes for x in self._detectors.values()),
                 "onset_to_duck_p50_ms": s.p50_ns / 1e6 if s else None,
                 "onset_to_duck_p95_ms": s.p95_ns / 1e6 if s else None}
+
+    def _note_release(self, now_ns: int) -> None:
+        if self.duck.released != self._released_seen:
+            self._released_seen = self.duck.released
+            self._events.append(("duck_released", now_ns, {}))
 
     def _remember(self, sent: _Sent, out: Int16Array) -> None:
         n = out.shape[0]

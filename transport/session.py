@@ -33,6 +33,8 @@ import numpy.typing as npt
 
 from core.clock import MS, SECOND, Clock, MonotonicClock
 from core.downlink import Downlink, DownlinkConfig
+from core.duck import DuckConfig
+from core.ducker import Ducker, DuckerConfig
 from core.errors import BridgeError, ConfigError, EngineError, LiveKitError
 from core.formats import AudioFormat
 from core.timing import StageTimer
@@ -115,13 +117,16 @@ class SessionConfig:
     publish_transcripts: bool = True
     ignore_identity_prefixes: tuple[str, ...] = ()
     events_queue: int = 256
+    # Local ducking of the voice when a caller talks over it (0 = off); see core/ducker.py and the README.
+    duck_db: float = 18.0
+    duck_hold_ms: int = 500
 
 
 @dataclass(frozen=True, slots=True)
 class SessionEvent:
     """What a supervisor may want to know. ``kind``: state, caller_joined, caller_left, engine_state,
     user_transcript, tentative_user_transcript, agent_response, agent_response_correction, interruption,
-    engine_error, error."""
+    duck_started, duck_released, duck_confirmed, engine_error, error."""
 
     kind: str
     at_ns: int
@@ -149,6 +154,8 @@ class BridgeSession:
         self.uplink: Uplink | None = None
         self.downlink: Downlink | None = None
         self.transcripts: TranscriptPublisher | None = None
+        self.ducker = (Ducker(DuckerConfig(duck=DuckConfig(depth_db=config.duck_db, hold_ms=config.duck_hold_ms)),
+                              timer=self.timer) if config.duck_db > 0 else None)
         self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
@@ -228,6 +235,7 @@ class BridgeSession:
                        "trimmed_samples": up.mixer.trimmed_samples} if up else {},
             "downlink": down.stats() if down else {},
             "interruptions": self.counters["interruptions"],
+            "duck": self.ducker.stats() if self.ducker else {},
             "stages": {k: vars_of(v) for k, v in self.timer.summary().items()},
         }
 
@@ -302,6 +310,9 @@ class BridgeSession:
         self.room.clear_voice()
         self._wake.set()
         done_ns = self.clock.now_ns()
+        if self.ducker is not None:
+            self.ducker.interruption(done_ns)
+            self._emit_duck_events()
         self.timer.add("interrupt.flush", done_ns - recv_ns)
         self.counters["interruptions"] += 1
         self.interruptions.append({"event_id": event.event_id, "recv_ns": recv_ns, "silenced_ns": done_ns,
@@ -314,6 +325,8 @@ class BridgeSession:
             if self.downlink is not None:
                 self.downlink.interrupt()
             self.room.clear_voice()
+            if self.ducker is not None:
+                self.ducker.voice_cleared(self.clock.now_ns())
         self._emit("engine_state", state=change.state.value, attempt=change.attempt,
                    conversation_id=change.conversation_id, close_code=change.close_code, reason=change.reason)
 
@@ -351,6 +364,8 @@ class BridgeSession:
             self._finish(exc)
 
     def _on_caller_left(self, identity: str) -> None:
+        if self.ducker is not None:
+            self.ducker.caller_left(identity)
         if self.uplink is not None:
             self.uplink.leave(identity)
         self._emit("caller_left", identity=identity)
@@ -364,6 +379,10 @@ class BridgeSession:
             self._finish(None)
 
     def _on_caller_audio(self, identity: str, samples: npt.NDArray[np.int16], recv_ns: int) -> None:
+        if self.ducker is not None:
+            if self.ducker.caller_frame(identity, samples, recv_ns):
+                self._wake.set()  # the playout loop re-sends the AudioSource's queue ducked
+            self._emit_duck_events()
         up, engine = self.uplink, self.engine
         if up is None or engine is None:
             return
@@ -391,14 +410,21 @@ class BridgeSession:
     # ------------------------------------------------------------------ playout and keepalive
     async def _play(self) -> None:
         """The only writer of the agent's voice: pacer deadlines in, 10 ms frames out."""
-        clock, room, wake = self.clock, self.room, self._wake
+        clock, room, wake, ducker = self.clock, self.room, self._wake, self.ducker
         loop = asyncio.get_running_loop()
         while True:
             down = self.downlink
             now = clock.now_ns()
+            if ducker is not None and ducker.rewind_pending:
+                redo = ducker.rewind(now)  # what the AudioSource holds, ducked: it replaces the queue
+                if redo.size:
+                    room.clear_voice()
+                    await room.send_voice(redo)
             if down is not None:
                 samples = down.due(now)
                 if samples is not None:
+                    if ducker is not None:
+                        samples = ducker.voice_frame(samples, now)
                     t0 = clock.now_ns()
                     await room.send_voice(samples)
                     self.timer.add("downlink.capture", clock.now_ns() - t0)
@@ -478,6 +504,11 @@ class BridgeSession:
         for queue in self._subscribers:
             _put_latest(queue, None)
         self._done.set()
+
+    def _emit_duck_events(self) -> None:
+        if self.ducker is not None:
+            for kind, at_ns, data in self.ducker.drain_events():
+                self._emit(kind, at_ns=at_ns, **data)
 
     def _set_state(self, state: SessionState) -> None:
         self.state = state
