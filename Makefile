@@ -6,12 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 IN_NS := scripts/netns.sh exec
 
-.PHONY: demo test faults soak venv server chromium web bench bench-quick lint clean
+.PHONY: demo test faults soak venv server chromium espeak web bench bench-quick bench-ducking lint clean
 
-demo: venv server web
+demo: venv server web espeak
 	$(IN_NS) $(PY) -m scripts.demo $(DEMO_ARGS)
 
-test: venv server chromium web
+test: venv server chromium web espeak
 	$(IN_NS) $(PY) -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -35,6 +35,15 @@ chromium:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium is missing: install it (e.g. apt-get install chromium) to run the browser test"; fi; }
 
+# Debian's espeak-ng: the real speech (backchannels, talk-overs, the agent's echo) of the ducking benchmark
+# and its smoke test (needs root and apt; elsewhere install it yourself).
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's espeak-ng for the ducking benchmark..."; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
+		else echo "espeak-ng is missing: install it (e.g. apt-get install espeak-ng) for the ducking benchmark"; fi; }
+
 # The browser page's livekit-client, pinned by web/package-lock.json.
 web: web/node_modules/livekit-client/package.json
 web/node_modules/livekit-client/package.json: web/package.json web/package-lock.json
@@ -56,6 +65,10 @@ bench-quick: venv server
 
 bench: venv server
 	$(IN_NS) $(PY) -m benchmarks
+
+# False ducks and onset->duck latency on the labelled espeak-ng set, offline (~5 min; no server needed).
+bench-ducking: venv espeak
+	$(PY) -m benchmarks.ducking $(DUCK_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -259,3 +259,28 @@ def test_ducker_interruption_confirms_and_an_onset_without_voice_does_not_duck()
     assert ducker2.interruption(t + 10 * MS)
     assert ducker2.stats()["confirmed"] == 1 and not ducker2.duck.ducked
     assert ducker2.rewind(t + 20 * MS).size == 0  # nothing to re-send after a flush
+
+
+# ---------------------------------------------------------------------- the benchmark's labelled set
+def test_false_duck_benchmark_on_a_slice_of_the_labelled_set() -> None:
+    """A slice of ``benchmarks.ducking`` (espeak-ng speech): the done-when targets hold on it."""
+    import shutil
+
+    from tests.conftest import need
+
+    if shutil.which("espeak-ng") is None:
+        need("espeak-ng is missing (apt-get install espeak-ng)")
+    from benchmarks import ducking
+
+    clips = ducking.build_set(quick=True)
+    picked = [c for c in clips if c.cls in ("noise", "echo_-20dB", "talkover")
+              or (c.cls == "click" and c.name.endswith("-6 dBFS"))]
+    result = ducking.run_set(picked, DuckerConfig(), engine_delay_ms=600)
+    classes = result["classes"]
+    assert classes["noise"]["ducks"] == 0
+    assert classes["click"]["ducks"] == 0
+    assert classes["echo_-20dB"]["ducks"] == 0
+    talk = classes["talkover"]
+    assert talk["clips_ducked"] == talk["clips"] > 0
+    assert talk["unresolved"] == 0 and talk["flaps"] == 0
+    assert result["onset_to_duck_ms"]["p50"] <= 60
