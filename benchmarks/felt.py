@@ -8,14 +8,14 @@ loud from its first sample) and a *listener* who only listens. The emulator inte
 What is measured, all on ``time.monotonic_ns()`` in this one process (run it in the network namespace,
 ``scripts/netns.sh exec``; it starts its own livekit-server):
 
-- **felt** (``felt_ms``): the talker's first sample handed to its track → the first 10 ms frame at the
-  listener whose RMS is 12 dB below the listener's level over the 500 ms before the talk-over.
+- **felt** (``felt_ms``): the talker's first sample handed to its track → the first of five 10 ms frames in a
+  row at the listener whose RMS is 12 dB below the listener's level over the 500 ms before the talk-over.
 - **hop up** (``up_ms``): the talker's first sample → the bridge's first loud frame from the room
   (:class:`~benchmarks.taps.SessionTap`): Opus, the SFU, the bridge's AudioStream.
-- **hop down** (``down_ms``): the bridge's first ``clear_queue()`` after the talk-over (the duck's re-sent
-  queue, or with ducking off the interruption's flush) → that listener frame: the native queue tick, Opus,
-  the SFU, the listener's jitter buffer. The same path a duck and a flush take.
-- **decision** (``decision_ms``): the bridge's first loud frame → that clear (ducking: the onset detector,
+- **hop down** (``down_ms``): the bridge's first action on the voice after the talk-over (the duck decided,
+  ``duck_started``; with ducking off the interruption's flush) → that listener frame: the pacer's next frame
+  or the re-sent queue, the native queue tick, Opus, the SFU, the listener's jitter buffer.
+- **decision** (``decision_ms``): the bridge's first loud frame → that action (ducking: the onset detector,
   30 ms of speech plus frame arrival; off: the engine's VAD and its delay and the trip to it and back).
 
 Done-when of issue 13: with ducking, felt p95 ≤ (hop up + hop down) p95 + 40 ms, flat across engine delays.
@@ -49,8 +49,8 @@ MS = 1_000_000
 
 
 def first_down(heard: Heard, onset_ns: int, until_ns: int) -> tuple[int | None, float]:
-    """The first of three frames in a row after ``onset_ns`` 12 dB below the level of the 500 ms before it
-    (three, so a lone concealment glitch of a loaded machine is not taken for the duck); and that level."""
+    """The first of five frames in a row after ``onset_ns`` 12 dB below the level of the 500 ms before it
+    (five, so a concealment glitch of a loaded machine is not taken for the duck); and that level."""
     frames = list(zip(heard.times_ns, heard.frames, strict=True))
     pre = [f for t, f in frames if onset_ns - 600 * MS <= t < onset_ns - 100 * MS]
     if not pre:
@@ -62,7 +62,7 @@ def first_down(heard: Heard, onset_ns: int, until_ns: int) -> tuple[int | None, 
             continue
         if float(np.sqrt(np.mean(f.astype(np.float64) ** 2))) <= level / 4:
             run.append(t)
-            if len(run) == 3:
+            if len(run) == 5:
                 return run[0], level
         else:
             run = []
@@ -81,7 +81,15 @@ async def trial(server: LiveKitServer, duck_db: float, delay_ms: int, k: int, rn
                                           identity=AGENT, start_when="immediately", end_when_empty=False,
                                           duck_db=duck_db), client_factory=tap.client_factory())
     tap.attach(session)
+    actions: list[int] = []  # when the bridge acted on the voice: a duck decided, an interruption's flush
+
+    async def watch() -> None:
+        async for event in session.events():
+            if event.kind == "duck_started":
+                actions.append(event.data["at_ns"])
+
     await session.start()
+    watcher = asyncio.ensure_future(watch())
     out: dict[str, Any] = {"duck_db": duck_db, "engine_delay_ms": delay_ms, "trial": k}
     try:
         conversation = await emu.next_conversation()
@@ -106,7 +114,8 @@ async def trial(server: LiveKitServer, duck_db: float, delay_ms: int, k: int, rn
         interrupted = session.interruptions[0]["recv_ns"]
         down_at, level = first_down(heard, onset, interrupted + 1000 * MS)
         up_at = next((t for t, p in tap.caller_frames if t >= onset and p > LOUD), None)
-        clear_at = next((t for t in tap.clears if t >= onset), None)
+        actions.append(session.interruptions[0]["silenced_ns"])
+        clear_at = min(t for t in actions if t >= onset)
         out.update({
             "felt_ms": (down_at - onset) / MS if down_at else None,
             "up_ms": (up_at - onset) / MS if up_at else None,
@@ -120,6 +129,7 @@ async def trial(server: LiveKitServer, duck_db: float, delay_ms: int, k: int, rn
                              if onset - 300 * MS <= t < interrupted + 300 * MS],
         })
     finally:
+        watcher.cancel()
         await session.stop()
         await emu.stop()
     return out
