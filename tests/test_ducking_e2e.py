@@ -27,6 +27,20 @@ def window(heard: Heard, t0: int, t1: int) -> np.ndarray:
     return np.concatenate(picked) if picked else np.zeros(0, np.int16)
 
 
+def stretches_db(heard: Heard, t0: int, t1: int, span_ms: int = 200) -> list[float]:
+    """The tone level of every ``span_ms`` stretch (every 50 ms) of what arrived between ``t0`` and ``t1``;
+    stretches holding less than half their length (frames of a loaded machine arrive in bursts) are skipped."""
+    parts = [window(heard, t, t + span_ms * MS) for t in range(t0, t1 - span_ms * MS + 1, 50 * MS)]
+    levels = [level_db(p) for p in parts if p.size >= RATE * span_ms // 2000]
+    assert levels, "no stretch with enough audio"
+    return levels
+
+
+def lowest_db(heard: Heard, t0: int, t1: int) -> float:
+    """Where the duck is, whenever the media hops of a loaded machine put it."""
+    return min(stretches_db(heard, t0, t1))
+
+
 def level_db(samples: np.ndarray) -> float:
     assert samples.size >= RATE // 10, f"only {samples.size} samples in the window"
     return 20 * float(np.log10(band_level(samples, RATE, TONE) + 1e-9))
@@ -49,10 +63,10 @@ async def test_a_talk_over_ducks_the_voice_before_the_engine_interrupts(
     talk_ns = bob.speech_started_ns[-1]
     assert interrupted_ns - talk_ns > 600 * MS  # the slow engine's decision, as configured
 
-    before = level_db(window(heard, talk_ns - 700 * MS, talk_ns - 100 * MS))
-    # From 250 ms after the caller started (two media hops, the detector, the ramp, generous for a loaded
-    # machine) until the interruption reached the bridge: the voice is at least 12 dB down at the listener.
-    ducked = level_db(window(heard, talk_ns + 250 * MS, interrupted_ns))
+    before = level_db(window(heard, talk_ns - 1000 * MS, talk_ns - 100 * MS))
+    # Before the interruption even reached the bridge (so before anything of it could reach the listener), the
+    # listener heard the voice at least 12 dB down for 200 ms.
+    ducked = lowest_db(heard, talk_ns, interrupted_ns)
     assert ducked <= before - 12, (before, ducked)
     stats = session.metrics()["duck"]
     assert stats["started"] == 1 and stats["confirmed"] == 1 and stats["released"] == 0
@@ -74,17 +88,20 @@ async def test_a_backchannel_dips_the_voice_and_it_recovers_with_the_reply_intac
     talk_ns = carol.speech_started_ns[-1]
     assert session.counters["interruptions"] == 0
 
-    before = level_db(window(heard, talk_ns - 700 * MS, talk_ns - 100 * MS))
-    dip = level_db(window(heard, talk_ns + 200 * MS, talk_ns + 500 * MS))
-    # The caller stopped at +300 ms; the hold (500 ms) and the release ramp end before +1.1 s, plus the hops.
-    after = level_db(window(heard, talk_ns + 1300 * MS, talk_ns + 1900 * MS))
+    first = heard.first_loud_after(reply.trigger_ns, LOUD)
+    last = heard.last_loud_time(LOUD)
+    assert first is not None and last is not None
+    before = level_db(window(heard, talk_ns - 1000 * MS, talk_ns - 100 * MS))
+    # The caller spoke for 300 ms; the hold (500 ms after) and the release ramp (60 ms) end 0.9 s after the
+    # onset at the bridge: the dip lies within the 1.5 s after it, whatever the media hops.
+    dip = lowest_db(heard, talk_ns, talk_ns + 1500 * MS)
+    # From then to the reply's end (2 s or more after the onset): back at the level it had before. The loudest
+    # stretch, since a loaded machine's receiver may conceal a lost packet (a dip), never add level.
+    after = max(stretches_db(heard, talk_ns + 1500 * MS, last - 100 * MS))
     assert dip <= before - 12, (before, dip)
     assert abs(after - before) <= 1.5, (before, after)
 
     # Intact: the whole 4 s reply reached the listener, nothing skipped or repeated.
-    first = heard.first_loud_after(reply.trigger_ns, LOUD)
-    last = heard.last_loud_time(LOUD)
-    assert first is not None and last is not None
     assert abs((last - first) / MS - 4000) < 150, (last - first) / MS
     assert session.metrics()["downlink"]["samples_out"] >= 4 * RATE - 480
     stats = session.metrics()["duck"]
