@@ -98,7 +98,9 @@ class Ducker:
         elif not detector.in_speech or duck.ducked:
             return False
         # An onset, or a caller still talking when the voice (re)starts: a talk-over either way.
-        if not self.reference.audible_at(now_ns, self.config.audible_within_ms):
+        # Audible when the caller spoke (its timeline), not when a late burst of its frames was read.
+        spoke_ns = detector.stream_ns if detector.stream_ns is not None else now_ns
+        if not self.reference.audible_at(spoke_ns, self.config.audible_within_ms):
             if onset is not None:
                 self.onsets_while_silent += 1
             return False

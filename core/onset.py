@@ -80,6 +80,7 @@ class OnsetConfig:
     echo_learn_db_s: float = 10.0  # how fast the learnt echo level falls when the echo is quieter
     echo_floor_db: float = 45.0  # the learnt echo bound never goes below -45 dB
     speech_hangover_ms: int = 100  # ``speaking`` stays true this long after the last loud block
+    max_lag_ms: int = 500  # frames arriving in a burst are dated back by up to this much
 
     def validate(self) -> None:
         if self.rate % 1000 or self.rate * self.block_ms % 1000 or self.block_ms <= 0:
@@ -150,9 +151,14 @@ class VoiceReference:
         slots = blocks % self._cap
         return np.where(self._ids[slots] == blocks, self._energy[slots], 0.0)
 
-    def audible_at(self, now_ns: int, within_ms: int = 60) -> bool:
-        """Was the voice audible within ``within_ms`` before ``now_ns`` (or is it queued after)?"""
-        return self.last_voice_block >= (now_ns - within_ms * MS) // self._block_ns
+    def audible_at(self, t_ns: int, within_ms: int = 60, ahead_ms: int = 30) -> bool:
+        """Was the voice audible within ``within_ms`` before ``t_ns`` or ``ahead_ms`` after it (a voice just
+        starting is already queued)? False for times older than the history."""
+        if self.last_voice_block < 0:
+            return False
+        first = (t_ns - within_ms * MS) // self._block_ns
+        last = (t_ns + ahead_ms * MS) // self._block_ns
+        return bool((self.window(first, last - first + 1) >= self._audible).any())
 
     def clear_after(self, now_ns: int, *, silent: bool = False) -> None:
         """The audio queued after ``now_ns`` was taken back (the queue was cleared): it will not be heard.
@@ -200,6 +206,8 @@ class OnsetDetector:
         self._lags = (int(dec_rate / _PITCH_HZ[1]), math.ceil(dec_rate / _PITCH_HZ[0]))
         self._pending = np.zeros(0, dtype=np.int16)
         self._floor: float | None = None
+        self._stream_ns: int | None = None  # the caller's timeline: when its last sample would have arrived
+        self._max_lag_ns = config.max_lag_ms * MS
         self._prev_raw = 0.0
         self._loud_run = 0  # blocks in a row the window was loud (caller's own energy)
         self._quiet_in_run = 0
@@ -210,6 +218,11 @@ class OnsetDetector:
         self.onsets = 0
         self.echo_vetoes = 0  # windows loud on the raw signal but explained by the played voice
         self.unvoiced_vetoes = 0  # loud runs that never became periodic before they ended
+
+    @property
+    def stream_ns(self) -> int | None:
+        """The caller's timeline: when the last sample pushed would have arrived in a steady stream."""
+        return self._stream_ns
 
     @property
     def in_speech(self) -> bool:
@@ -227,14 +240,24 @@ class OnsetDetector:
     def push(self, samples: Int16Array, now_ns: int) -> int | None:
         """A frame that reached the bridge at ``now_ns`` (its last sample). Returns the onset time (ns, the
         first loud block of the run) if speech started in it, else None."""
+        # The caller's own timeline: frames that arrive in a burst (our loop stalled, the caller's network
+        # bunched them) are dated back to when they would have arrived in a steady stream, up to
+        # ``max_lag_ms``; a real gap (muted, track restarted) re-anchors at ``now_ns``. So a word that ended
+        # before the agent started is not taken for a talk-over just because it was read late, and the echo
+        # test lines the caller's blocks up with what was played *then*.
+        dur = samples.shape[0] * 1_000_000_000 // self.config.rate
+        prev = self._stream_ns
+        steady = prev is not None and now_ns - (prev + dur) <= self._max_lag_ns
+        stream = min(now_ns, prev + dur) if steady and prev is not None else now_ns
+        self._stream_ns = stream
         data = np.concatenate((self._pending, samples)) if self._pending.size else samples
         bs = self._bs
         n = data.shape[0] // bs
         self._pending = data[n * bs:].copy()
         if n == 0:
             return None
-        # Block k ends this many ns before now (the pending remainder is later still).
-        end0 = now_ns - (self._pending.shape[0] + (n - 1) * bs) * 1_000_000_000 // self.config.rate
+        # Block k ends this many ns before the frame's last sample (the pending remainder is later still).
+        end0 = stream - (self._pending.shape[0] + (n - 1) * bs) * 1_000_000_000 // self.config.rate
         x = data[: n * bs].astype(np.float64)
         dec = x.reshape(-1, _DECIMATE).mean(axis=1)
         xb = x.reshape(n, bs)

@@ -284,3 +284,26 @@ def test_false_duck_benchmark_on_a_slice_of_the_labelled_set() -> None:
     assert talk["clips_ducked"] == talk["clips"] > 0
     assert talk["unresolved"] == 0 and talk["flaps"] == 0
     assert result["onset_to_duck_ms"]["p50"] <= 60
+
+
+def test_a_late_burst_of_caller_frames_is_dated_back_and_does_not_duck_a_voice_that_started_after_it() -> None:
+    """The caller spoke from 0.3 to 0.7 s, before the agent's voice started at 0.75 s; our loop stalled and read
+    the frames after 0.3 s only at 0.8 s, all at once. On the caller's timeline it was no talk-over: no duck."""
+    ducker = Ducker()
+    talk = np.concatenate((noise(RATE * 3 // 10, -65), speech_like(RATE, 400, -18.0, seed=4),
+                           noise(RATE // 10, -65)))
+    fs = frames(talk, 960)  # 40 frames: 0 .. 0.8 s
+    for k, f in enumerate(fs[:15]):  # until 0.3 s, on time
+        assert not ducker.caller_frame("bob", f, (k + 1) * 20 * MS)
+    voice = tone(10 * FRAME)
+    for k in range(5):  # the voice plays from 0.75 s
+        ducker.voice_frame(voice[k * FRAME:(k + 1) * FRAME], 750 * MS + k * 10 * MS)
+    started = [ducker.caller_frame("bob", f, 800 * MS) for f in fs[15:]]  # 0.3-0.8 s, read late
+    assert not any(started) and ducker.onsets == 1 and ducker.onsets_while_silent == 1
+    # Read on time, the same frames would have been a talk-over from 0.75 s on.
+    on_time = Ducker()
+    for k in range(5):
+        on_time.voice_frame(voice[k * FRAME:(k + 1) * FRAME], 750 * MS + k * 10 * MS)
+    late_talk = np.concatenate((noise(RATE * 3 // 4, -65), speech_like(RATE, 400, -18.0, seed=4)))
+    hits = [on_time.caller_frame("bob", f, (k + 1) * 20 * MS) for k, f in enumerate(frames(late_talk, 960))]
+    assert any(hits)
