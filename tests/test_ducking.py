@@ -307,3 +307,28 @@ def test_a_late_burst_of_caller_frames_is_dated_back_and_does_not_duck_a_voice_t
     late_talk = np.concatenate((noise(RATE * 3 // 4, -65), speech_like(RATE, 400, -18.0, seed=4)))
     hits = [on_time.caller_frame("bob", f, (k + 1) * 20 * MS) for k, f in enumerate(frames(late_talk, 960))]
     assert any(hits)
+
+
+def test_several_callers_each_with_its_own_detector() -> None:
+    """Ann's speakers leak the agent back at -20 dB (never a duck); Ben, on headphones, talks over at 1.5 s."""
+    ducker = Ducker()
+    voice = speech_like(3 * RATE, 3000, -12.0, seed=5)
+    delay = RATE * 100 // 1000
+    ann = noise(voice.size, -65).astype(np.float64)
+    ann[delay:] += voice[:-delay] * 10 ** (-20 / 20)
+    ann_i16 = np.clip(ann, -32768, 32767).astype(np.int16)
+    ben = np.concatenate((noise(RATE * 3 // 2, -65), speech_like(RATE, 700, -20.0, seed=8),
+                          noise(RATE * 8 // 10, -65)))
+    duck_at = []
+    for k in range(voice.size // 960):
+        now = (k + 1) * 20 * MS
+        ducker.voice_frame(voice[k * 960:k * 960 + 480], now - 20 * MS)
+        ducker.voice_frame(voice[k * 960 + 480:(k + 1) * 960], now - 10 * MS)
+        if ducker.caller_frame("ann", ann_i16[k * 960:(k + 1) * 960], now):
+            duck_at.append(("ann", now))
+        if ducker.caller_frame("ben", ben[k * 960:(k + 1) * 960], now):
+            duck_at.append(("ben", now))
+    assert [who for who, _ in duck_at] == ["ben"]
+    assert 1_500 * MS < duck_at[0][1] <= 1_600 * MS
+    ducker.caller_left("ann")
+    assert ducker.stats()["started"] == 1
