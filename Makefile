@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 IN_NS := scripts/netns.sh exec
 
-.PHONY: demo test test-loaded faults soak venv server chromium espeak web bench bench-quick lint clean
+.PHONY: demo test test-loaded faults soak venv server chromium espeak web bench bench-quick bench-ducking lint clean
 
 # Writes demo-call.wav and demo-call.png here (DEMO_ARGS="--out-dir DIR" to move them).
 demo: venv server web espeak
@@ -42,13 +42,14 @@ chromium:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium is missing: install it (e.g. apt-get install chromium) to run the browser test"; fi; }
 
-# Debian's espeak-ng: the emulator speaks the brain's text with it, the demo's callers speak with it.
+# Debian's espeak-ng: the emulator speaks the brain's text with it, the demo's callers speak with it, and the
+# ducking benchmark's backchannels, talk-overs and echoes are made with it.
 espeak:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing Debian's espeak-ng for the emulator's speech..."; \
+			echo "installing Debian's espeak-ng for the emulator's speech and the ducking benchmark..."; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
-		else echo "espeak-ng is missing: install it (e.g. apt-get install espeak-ng) for the demo and the brain tests"; fi; }
+		else echo "espeak-ng is missing: install it (e.g. apt-get install espeak-ng) for the demo and the speech tests"; fi; }
 
 # The browser page's livekit-client, pinned by web/package-lock.json.
 web: web/node_modules/livekit-client/package.json
@@ -71,6 +72,10 @@ bench-quick: venv server
 
 bench: venv server
 	$(IN_NS) $(PY) -m benchmarks
+
+# False ducks and onset->duck latency on the labelled espeak-ng set, offline (~5 min; no server needed).
+bench-ducking: venv espeak
+	$(PY) -m benchmarks.ducking $(DUCK_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -54,6 +54,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-ms", type=int, default=20, help="user_audio_chunk length (default 20 ms)")
     p.add_argument("--queue-ms", type=int, default=50, help="AudioSource queue, a multiple of 10 ms (default 50)")
     p.add_argument("--lead-frames", type=int, default=3, help="10 ms frames kept queued ahead (default 3)")
+    p.add_argument("--duck-db", type=float, default=18.0,
+                   help="duck the agent's voice this much when a caller talks over it, until the engine "
+                        "decides (default 18 dB; 0 = off)")
+    p.add_argument("--duck-hold-ms", type=int, default=500,
+                   help="release the duck this long after the caller stops if no interruption came (default 500)")
     p.add_argument("--start", choices=("first_caller", "immediately"), default="first_caller",
                    help="open the engine conversation when the first caller appears (default) or at once")
     p.add_argument("--linger", type=float, default=10.0, help="seconds an empty room is kept before ending")
@@ -128,7 +133,8 @@ def session_config(args: argparse.Namespace, livekit: LiveKitTarget, engine: Eng
     return SessionConfig(room=RoomLinkConfig(url or livekit.url, token, identity=args.identity,
                                              queue_ms=args.queue_ms),
                          engine=engine, chunk_ms=args.chunk_ms, downlink=DownlinkConfig(lead_frames=args.lead_frames),
-                         start_when=args.start, end_when_empty=not args.stay, linger_s=args.linger)
+                         start_when=args.start, end_when_empty=not args.stay, linger_s=args.linger,
+                         duck_db=args.duck_db, duck_hold_ms=args.duck_hold_ms)
 
 
 async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event,

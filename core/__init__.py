@@ -15,11 +15,16 @@ The public surface, one concept per module:
 - :mod:`core.timing`   per-stage timings on the injected clock
 - :mod:`core.uplink`   callers → mixer → engine rate → encoded chunks
 - :mod:`core.downlink` engine audio → 48 kHz → playout → paced frames
+- :mod:`core.onset`    a caller's speech onset: noise floor, duration, voicing, the played voice's echo
+- :mod:`core.duck`     the voice's gain envelope while a caller talks over it
+- :mod:`core.ducker`   onset detectors + duck for one session, the shell's side of local ducking
 """
 
 from core.clock import MS, SECOND, Clock, FakeClock, MonotonicClock
 from core.codec import pcm16_decode, pcm16_encode, ulaw_decode, ulaw_encode
 from core.downlink import OUTPUT_RATE, Downlink, DownlinkConfig
+from core.duck import Duck, DuckConfig, DuckState
+from core.ducker import Ducker, DuckerConfig
 from core.errors import (
     BridgeError,
     BufferOverflowError,
@@ -31,6 +36,7 @@ from core.errors import (
 )
 from core.formats import ENGINE_FORMATS, SUPPORTED_RATES, AudioFormat, parse_format
 from core.mixer import MIXER_RATE, SILENCE_DBFS, CallerStats, Mixer
+from core.onset import OnsetConfig, OnsetDetector, VoiceReference
 from core.pacer import Pacer
 from core.playout import PlayoutBuffer, PlayoutState
 from core.redact import MASK, Redactor, redact_url
@@ -58,12 +64,19 @@ __all__ = [
     "ConfigError",
     "Downlink",
     "DownlinkConfig",
+    "Duck",
+    "DuckConfig",
+    "DuckState",
+    "Ducker",
+    "DuckerConfig",
     "EngineAuthError",
     "EngineError",
     "FakeClock",
     "LiveKitError",
     "Mixer",
     "MonotonicClock",
+    "OnsetConfig",
+    "OnsetDetector",
     "OverflowPolicy",
     "Pacer",
     "PlayoutBuffer",
@@ -76,6 +89,7 @@ __all__ = [
     "StageSummary",
     "StageTimer",
     "Uplink",
+    "VoiceReference",
     "parse_format",
     "pcm16_decode",
     "pcm16_encode",

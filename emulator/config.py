@@ -67,6 +67,10 @@ class EmulatorConfig:
     vad_hangover_ms: float = 400.0
     barge_in: bool = True
     barge_in_extra_ms: float = 0.0  # widen the "still playing at the client" window
+    # Wait this long after the VAD hears speech start over a reply before interrupting it (0: at once): the
+    # hosted engine's barge-in decision is undocumented and likely slower than this VAD's 60 ms. The reply
+    # plays on meanwhile; if it has ended by then, nothing is sent.
+    barge_in_delay_ms: float = 0.0
     interrupt_id_mode: InterruptIdMode = "next_turn"
     reply_shares_interrupt_id: bool = False
     stale_chunks_after_interrupt: int = 0
@@ -98,6 +102,8 @@ class EmulatorConfig:
                               f"not {self.host!r}")
         parse_format(self.input_format)
         parse_format(self.output_format)
+        if self.barge_in_delay_ms < 0:
+            raise ConfigError("barge_in_delay_ms must be >= 0")
         if self.chunk_ms <= 0 or self.burst_factor <= 0 or self.vad_frame_ms <= 0:
             raise ConfigError("chunk_ms, burst_factor and vad_frame_ms must be positive")
 

@@ -115,6 +115,7 @@ class Conversation:
         self._initiated = False
         self._end_task: asyncio.Task[None] | None = None
         self._brain_open: asyncio.Task[None] | None = None
+        self._barge_timer: asyncio.TimerHandle | None = None  # barge_in_delay_ms pending
         self._changed = asyncio.Event()
         self._replies_handed_out = 0
 
@@ -357,6 +358,21 @@ class Conversation:
             self._utt_start = (edge.sample, now)
         reply = self.current_reply
         if self._config.barge_in and reply is not None and reply.playing_at(now, self._extra_ns()):
+            delay = self._config.barge_in_delay_ms
+            if delay > 0:
+                # A slower engine's decision: interrupt later, if that reply is still playing then (or when the
+                # user's turn ends first, see _on_user_turn).
+                if self._barge_timer is not None:
+                    self._barge_timer.cancel()
+                self._barge_timer = asyncio.get_running_loop().call_later(
+                    delay / 1000, self._delayed_interrupt, reply)
+            else:
+                self._interrupt(reply, None)
+
+    def _delayed_interrupt(self, reply: Reply) -> None:
+        self._barge_timer = None
+        if (reply is self.current_reply and self._end_task is None
+                and reply.playing_at(time.monotonic_ns(), self._extra_ns())):
             self._interrupt(reply, None)
 
     def _on_speech_end(self, edge: VadEdge, now: int) -> None:
@@ -367,6 +383,9 @@ class Conversation:
 
     def _on_user_turn(self, utterance: Utterance | None, now: int, transcript: str | None = None) -> None:
         reply = self.current_reply
+        if self._barge_timer is not None and reply is not None:
+            self._barge_timer.cancel()  # the turn ended before the delayed barge-in: decide now
+            self._delayed_interrupt(reply)
         if utterance is None and reply is not None and reply.playing_at(now, self._extra_ns()):
             self._interrupt(reply, None)  # a typed user message interrupts like speech does
         if self._pending_reply is not None:

@@ -273,6 +273,43 @@ async def test_barge_in_while_reply_is_still_playing_at_the_client(share: bool) 
         assert following.event_id == (reply.event_id + 1 if share else reply.event_id + 2)
 
 
+@pytest.mark.parametrize("delay_ms", [0.0, 300.0])
+async def test_barge_in_delay_holds_the_interruption_back(delay_ms: float) -> None:
+    """barge_in_delay_ms: the VAD hears the talk-over at once, the interruption comes that much later."""
+    config = fast(require_auth=False, reply_mode="speech", speech_ms=3000, chunk_ms=100, burst_factor=1,
+                  barge_in_delay_ms=delay_ms, vad_hangover_ms=2000)  # the turn outlasts the delay
+    async with running(config) as emu, raw(emu.public_url()) as client:
+        await client.init()
+        conversation = await emu.next_conversation()
+        reply = conversation.trigger_reply()
+        await conversation.wait_for(lambda: reply.chunks_sent >= 2)
+        for data in chunks(utterance(200, 0), PCM16):
+            await client.audio(data)
+        spoke_ns = time.monotonic_ns()  # the VAD has its 60 ms of speech by now
+        await client.next("interruption")
+        waited_ms = (time.monotonic_ns() - spoke_ns) / 1e6
+        assert reply.interrupted_ns is not None
+        if delay_ms:
+            assert waited_ms >= delay_ms - 20  # timer slack only
+        else:
+            assert waited_ms < 250  # generous: a loaded machine, but far below the delayed case
+
+
+async def test_barge_in_delay_sends_nothing_when_the_reply_ended_first() -> None:
+    config = fast(require_auth=False, reply_mode="speech", speech_ms=300, chunk_ms=100, burst_factor=8,
+                  barge_in_delay_ms=600, vad_hangover_ms=2000)
+    async with running(config) as emu, raw(emu.public_url()) as client:
+        await client.init()
+        conversation = await emu.next_conversation()
+        reply = conversation.trigger_reply()
+        await conversation.wait_for(lambda: reply.end_ns is not None)
+        for data in chunks(utterance(200, 0), PCM16):
+            await client.audio(data)
+        await asyncio.sleep(0.9)  # the reply (300 ms) has played out at the client before the 600 ms delay ends
+        assert reply.interrupted_ns is None
+        assert "interruption" not in [m["type"] for m in client.received]
+
+
 async def test_interruption_stops_the_reply_and_can_send_stale_chunks() -> None:
     config = fast(require_auth=False, reply_mode="speech", speech_ms=3000, chunk_ms=100, burst_factor=2,
                   stale_chunks_after_interrupt=3)

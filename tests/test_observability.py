@@ -83,6 +83,8 @@ async def test_metrics_are_scraped_over_http_per_session_and_in_total(livekit_se
             for direction in ("in", "out"):
                 assert value(live, "bridge_session_livekit_frames_total", **per, direction=direction) > 10
             assert value(live, "bridge_session_interruptions_total", **per) == 1
+            # An interruption with no caller talking over the voice: no duck, but the series is there.
+            assert value(live, "bridge_session_ducks_total", **per, outcome="started") == 0
             assert value(live, "bridge_interruption_to_silence_seconds_count") == 1
             assert 0 < value(live, "bridge_interruption_to_silence_seconds_sum") < 0.05
             assert value(live, "bridge_session_interruption_to_silence_seconds_bucket", **per, le="0.05") == 1

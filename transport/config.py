@@ -78,6 +78,11 @@ class SessionConfig:
     publish_transcripts: bool = True
     events_queue: int = 256  # per subscriber; the oldest are dropped beyond it
     backlog_ms: int = 2000  # caller audio held per caller while no conversation can take it
+    # Local ducking of the voice while a caller talks over it, until the engine decides (0 = off): depth in dB
+    # and how long after the caller stops the voice comes back if no interruption came. See core/ducker.py and
+    # the README for the false-duck measurements behind the defaults.
+    duck_db: float = 18.0
+    duck_hold_ms: int = 500
 
     def __post_init__(self) -> None:
         down, room = self.downlink, self.room
@@ -90,6 +95,9 @@ class SessionConfig:
             raise ConfigError(f"start_when must be 'first_caller' or 'immediately', got {self.start_when!r}")
         if self.linger_s < 0 or self.events_queue < 1 or self.backlog_ms <= 0:
             raise ConfigError("linger_s must be ≥ 0, events_queue ≥ 1 and backlog_ms > 0")
+        if not 0 <= self.duck_db <= 60 or self.duck_hold_ms < 0:
+            raise ConfigError(f"duck_db must be in 0..60 (0 = off) and duck_hold_ms ≥ 0, got {self.duck_db} dB, "
+                              f"{self.duck_hold_ms} ms")
 
 
 @dataclass(frozen=True, slots=True)

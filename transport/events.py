@@ -18,6 +18,8 @@ one was injected). The list, with what triggers each:
 ``UserTranscript``         the engine's transcript of the callers (``final`` False: tentative)
 ``AgentResponse``          the text of the agent's reply (``corrected_from`` set: a correction of it)
 ``Interrupted``            the engine's ``interruption``: the voice was stopped, ``dropped_ms`` discarded
+``Ducked``                 a caller started talking over the voice: it was lowered at once (local ducking)
+``DuckEnded``              the duck ended: ``confirmed`` by an interruption, or ``released`` (none came)
 ``EngineErrorOccurred``    the engine sent an ``error`` event (the conversation may go on)
 ``SessionError``           the session failed and is ending; :meth:`BridgeSession.wait` raises it
 =========================  ===========================================================================
@@ -37,6 +39,8 @@ __all__ = [
     "AgentResponse",
     "CallerJoined",
     "CallerLeft",
+    "DuckEnded",
+    "Ducked",
     "EngineErrorOccurred",
     "EngineStateChanged",
     "Interrupted",
@@ -117,6 +121,19 @@ class Interrupted:
 
 
 @dataclass(frozen=True, slots=True)
+class Ducked:
+    at_ns: int
+    caller: str
+    onset_to_duck_ms: float  # from the first frame of the caller's speech to the duck decision
+
+
+@dataclass(frozen=True, slots=True)
+class DuckEnded:
+    at_ns: int
+    outcome: str  # "confirmed" (the engine interrupted) or "released" (it did not: the voice came back)
+
+
+@dataclass(frozen=True, slots=True)
 class EngineErrorOccurred:
     at_ns: int
     code: int  # the close code the engine says it will use
@@ -131,4 +148,5 @@ class SessionError:
 
 
 SessionEvent = (SessionStateChanged | RoomStateChanged | CallerJoined | CallerLeft | EngineStateChanged
-                | UserTranscript | AgentResponse | Interrupted | EngineErrorOccurred | SessionError)
+                | UserTranscript | AgentResponse | Interrupted | Ducked | DuckEnded | EngineErrorOccurred
+                | SessionError)

@@ -23,6 +23,8 @@ ended (their final values are folded in when they stop), so totals never go back
 ``[session_]stale_chunks_dropped_total``    counter    agent audio older than the last interruption
 ``[session_]interruptions_total``           counter
 ``[session_]interruption_to_silence_seconds``  hist.   interruption received → playout flushed and queue cleared
+``[session_]ducks_total{outcome}``          counter    local ducks ``started`` / ``confirmed`` by an interruption /
+                                                       ``released`` without one
 ``[session_]playout_underruns_total``       counter    the engine's audio came late mid-reply
 ``[session_]playout_depth_seconds``         gauge      agent audio buffered, not yet played
 ``[session_]playout_refused_seconds_total`` counter    agent audio refused by the 30 s playout cap
@@ -125,6 +127,7 @@ _COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("uplink_dropped_chunks_total", "Caller audio chunks not sent to the engine.", ("reason",)),
     ("stale_chunks_dropped_total", "Agent audio chunks dropped as older than the last interruption.", ()),
     ("interruptions_total", "Interruptions (barge-ins) handled.", ()),
+    ("ducks_total", "Local ducks of the agent's voice, by outcome.", ("outcome",)),
     ("playout_underruns_total", "Agent audio arrived late mid-reply (silence was played).", ()),
     ("playout_refused_seconds_total", "Agent audio refused by the playout buffer's cap.", ()),
     ("engine_reconnects_total", "Engine conversations re-established after a loss.", ()),
@@ -163,6 +166,11 @@ def _snapshot(session: BridgeSession) -> _Snapshot:
     c["livekit_frames_total", ("out",)] = room.frames_out
     c["livekit_reconnects_total", ()] = room.reconnects
     c["interruptions_total", ()] = stats.session.interruptions
+    ducker = session.core.ducker
+    if ducker is not None:
+        c["ducks_total", ("started",)] = ducker.duck.started
+        c["ducks_total", ("confirmed",)] = ducker.duck.confirmed
+        c["ducks_total", ("released",)] = ducker.duck.released
     if engine is not None and protocol is not None:
         c["engine_chunks_total", ("sent",)] = engine.audio_chunks_queued
         c["engine_bytes_total", ("sent",)] = engine.audio_bytes_queued

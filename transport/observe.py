@@ -104,6 +104,7 @@ class SessionStats:
     uplink: UplinkStats | None
     downlink: DownlinkStats | None
     stages: Mapping[str, StageSummary]
+    duck: Mapping[str, Any] | None = None  # local ducking (core.ducker.Ducker.stats); None when off
 
 
 def _frozen_copy(cls: type[_T], source: object) -> _T:
@@ -131,6 +132,7 @@ def session_stats(session: BridgeSession, *, stages: bool = True) -> SessionStat
                            trimmed_samples=up.mixer.trimmed_samples) if up else None,
         downlink=down.stats() if down else None,
         stages=session.timer.summary() if stages else {},
+        duck=core.ducker.stats() if core.ducker is not None else None,
     )
 
 

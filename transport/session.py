@@ -34,6 +34,8 @@ import numpy.typing as npt
 
 from core.clock import SECOND, Clock, MonotonicClock
 from core.downlink import Downlink
+from core.duck import DuckConfig
+from core.ducker import Ducker, DuckerConfig
 from core.errors import BridgeError, ConfigError, EngineError
 from core.formats import AudioFormat
 from core.timing import StageTimer
@@ -75,7 +77,9 @@ class BridgeSession:
         self.core = SessionCore(
             start_immediately=config.start_when == "immediately", end_when_empty=config.end_when_empty,
             linger_ns=int(config.linger_s * SECOND), make_uplink=self._make_uplink,
-            make_downlink=self._make_downlink, backlog_ms=config.backlog_ms)
+            make_downlink=self._make_downlink, backlog_ms=config.backlog_ms,
+            ducker=Ducker(DuckerConfig(duck=DuckConfig(depth_db=config.duck_db, hold_ms=config.duck_hold_ms)),
+                          timer=self.timer) if config.duck_db > 0 else None)
         self.room = RoomLink(
             config.room, on_caller_audio=self._on_caller_audio, on_caller_joined=self._on_caller_joined,
             on_caller_left=self._on_caller_left, on_state=self._on_room_state, clock=self.clock)
@@ -300,13 +304,23 @@ class BridgeSession:
     async def _play(self) -> None:
         """The only writer of the agent's voice: pacer deadlines in, 10 ms frames out."""
         clock, room, wake, core, hooks = self.clock, self.room, self._wake, self.core, self.hooks
+        ducker = core.ducker
         loop = asyncio.get_running_loop()
         while True:
             down = core.downlink
             now = clock.now_ns()
+            if ducker is not None and ducker.rewind_pending:
+                # A duck started: what the AudioSource already holds (the pacer's lead) is replaced by the same
+                # audio, ducked, so the caller hears the duck now rather than after the lead has played.
+                redo = ducker.rewind(now)
+                if redo.size:
+                    room.clear_voice()
+                    await room.send_voice(redo)
             if down is not None:
                 samples = down.due(now)
                 if samples is not None:
+                    if ducker is not None:
+                        samples = ducker.voice_frame(samples, now)
                     t0 = clock.now_ns()
                     if hooks.voice_out is not None:
                         hooks.voice_out(samples, t0)

@@ -45,6 +45,7 @@ import numpy.typing as npt
 from core.backlog import BacklogStats, CallerBacklog
 from core.clock import MS
 from core.downlink import Downlink
+from core.ducker import Ducker
 from core.errors import BridgeError, LiveKitError
 from core.formats import ROOM_RATE, AudioFormat
 from core.uplink import Uplink
@@ -54,6 +55,8 @@ from transport.events import (
     AgentResponse,
     CallerJoined,
     CallerLeft,
+    Ducked,
+    DuckEnded,
     EngineErrorOccurred,
     EngineStateChanged,
     Interrupted,
@@ -159,13 +162,14 @@ class SessionCore:
 
     def __init__(self, *, start_immediately: bool, end_when_empty: bool, linger_ns: int,
                  make_uplink: Callable[[AudioFormat], Uplink], make_downlink: Callable[[AudioFormat], Downlink],
-                 backlog_ms: int = 2000, keepalive_ns: int = KEEPALIVE_NS) -> None:
+                 backlog_ms: int = 2000, keepalive_ns: int = KEEPALIVE_NS, ducker: Ducker | None = None) -> None:
         self.state = SessionState.CREATED
         self.callers: list[str] = []
         self.uplink: Uplink | None = None
         self.downlink: Downlink | None = None
         self.counters = _Counters()
         self.backlog = CallerBacklog(backlog_ms)
+        self.ducker = ducker  # local ducking (core/ducker.py); the shell applies its gain to the voice
         self._start_immediately = start_immediately
         self._end_when_empty = end_when_empty
         self._linger_ns = linger_ns
@@ -244,6 +248,8 @@ class SessionCore:
         if self.uplink is not None:
             self.uplink.leave(identity)
         self.backlog.forget(identity)
+        if self.ducker is not None:
+            self.ducker.caller_left(identity)
         self._seen_caller = True
         self._linger_if_empty(now_ns)
         return [CallerLeft(now_ns, identity)]
@@ -259,7 +265,28 @@ class SessionCore:
         return self.callers[0] if len(self.callers) == 1 else ""
 
     def caller_audio(self, identity: str, samples: Int16Array, recv_ns: int) -> Sequence[Action]:
-        """One caller frame (48 kHz). Chunks the uplink completes go out; held while no conversation is open."""
+        """One caller frame (48 kHz). Chunks the uplink completes go out; held while no conversation is open.
+
+        A talk-over onset ducks the voice first: the duck must not wait for the engine."""
+        if self.ducker is not None:
+            ducked = self.ducker.caller_frame(identity, samples, recv_ns)
+            duck_events = self._duck_events()
+            if ducked or duck_events:
+                actions = [*duck_events, *([_WAKE] if ducked else []), *self._uplink_audio(identity, samples, recv_ns)]
+                return actions
+        return self._uplink_audio(identity, samples, recv_ns)
+
+    def _duck_events(self) -> list[Action]:
+        assert self.ducker is not None
+        events: list[Action] = []
+        for kind, at_ns, data in self.ducker.drain_events():
+            if kind == "duck_started":
+                events.append(Ducked(at_ns, str(data.get("caller", "")), float(data.get("onset_to_duck_ms", 0.0))))
+            else:
+                events.append(DuckEnded(at_ns, kind.removeprefix("duck_")))
+        return events
+
+    def _uplink_audio(self, identity: str, samples: Int16Array, recv_ns: int) -> Sequence[Action]:
         up = self.uplink
         if up is None or not self._engine_ready:
             if not self.ending:
@@ -338,7 +365,11 @@ class SessionCore:
         down = self.downlink
         dropped = self.last_interrupt_dropped = down.interrupt() if down is not None else 0
         self.counters.interruptions += 1
-        return [_CLEAR, Interrupted(recv_ns, event.event_id, dropped * 1000 // ROOM_RATE)]
+        actions: list[Action] = [_CLEAR, Interrupted(recv_ns, event.event_id, dropped * 1000 // ROOM_RATE)]
+        if self.ducker is not None:
+            self.ducker.interruption(recv_ns)  # a duck in progress is confirmed
+            actions += self._duck_events()
+        return actions
 
     def _conversation(self, metadata: ep.ConversationMetadata, now_ns: int) -> list[Action]:
         """(Re)build both directions for the formats this conversation announced; replay held audio."""
@@ -361,6 +392,8 @@ class SessionCore:
             # The next conversation's audio has nothing to continue; what is buffered belongs to the old one.
             if self.downlink is not None:
                 self.downlink.interrupt()
+            if self.ducker is not None:
+                self.ducker.voice_cleared(now_ns)
             actions.append(_CLEAR)
         actions.append(EngineStateChanged(now_ns, change.state, change.attempt, change.conversation_id,
                                           change.close_code, change.reason))
