@@ -221,7 +221,14 @@ async def test_two_callers_reach_the_engine_mixed_never_interleaved(
     assert ann_level.size > 100
     # Interleaving would empty a quarter to a half of the windows; a busy machine can still make a caller's
     # own WebRTC stream conceal a packet or two (a dip in a few windows), which is not the bridge's doing.
-    lacking = (ann_level < 0.3 * np.median(ann_level)) | (ben_level < 0.3 * np.median(ben_level))
+    # Only where both voices overlap: the two tracks take separate WebRTC paths, and on a loaded machine one
+    # can run a few hundred ms behind the other, so one voice starts or ends alone. That is an offset at the
+    # edges; interleaving is holes all through the overlap.
+    ann_on, ben_on = ann_level >= 0.3 * np.median(ann_level), ben_level >= 0.3 * np.median(ben_level)
+    first = max(int(np.argmax(ann_on)), int(np.argmax(ben_on)))
+    last = min(ann_on.size - int(np.argmax(ann_on[::-1])), ben_on.size - int(np.argmax(ben_on[::-1])))
+    assert last - first > 100, f"the voices overlap for only {last - first} windows"
+    lacking = ~(ann_on & ben_on)[first:last]
     assert lacking.mean() < 0.03, f"{lacking.sum()} of {lacking.size} windows lack a caller"
     # And the mixer's own account: while both talked, neither caller's share was replaced by silence.
     assert max(starved.values()) < RATE // 10, starved
