@@ -6,18 +6,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 IN_NS := scripts/netns.sh exec
 
-.PHONY: demo test test-loaded faults soak venv server chromium web bench bench-quick lint clean
+.PHONY: demo test test-loaded faults soak venv server chromium redis web bench bench-quick lint clean
 
 demo: venv server web
 	$(IN_NS) $(PY) -m scripts.demo $(DEMO_ARGS)
 
-test: venv server chromium web
+test: venv server chromium redis web
 	$(IN_NS) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The same suite while both cores are kept 80% busy by a bounded background load (scripts/cpu_load.py): CI
 # runners are shared machines, and a test that only passes on a quiet one is a flaky test.
 # PYTEST_ARGS="--reverse" runs the suite in reverse order.
-test-loaded: venv server chromium web
+test-loaded: venv server chromium redis web
 	$(PY) -m scripts.cpu_load --duty $${LOAD_DUTY:-0.8} -- $(IN_NS) $(PY) -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -40,6 +40,15 @@ chromium:
 			echo "installing Debian's chromium for the browser test..."; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 		else echo "chromium is missing: install it (e.g. apt-get install chromium) to run the browser test"; fi; }
+
+# Debian's redis-server for the two-node LiveKit cluster tests (tests/test_cluster.py). Only installed here:
+# the tests start their own on loopback (scripts/redis_server.py), on a port of their own, without persistence.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's redis-server for the cluster tests..."; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else echo "redis-server is missing: install it (e.g. apt-get install redis-server) to run the cluster tests"; fi; }
 
 # The browser page's livekit-client, pinned by web/package-lock.json.
 web: web/node_modules/livekit-client/package.json

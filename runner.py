@@ -82,6 +82,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="worker mode: worker processes to run under a supervisor (default: the number of cores)")
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address the supervisor's /metrics /healthz /readyz bind (0.0.0.0 for Kubernetes probes)")
+    p.add_argument("--no-redispatch", action="store_true",
+                   help="worker mode: do not ask LiveKit to dispatch a dead worker process's rooms again")
     p.add_argument("--supervised-fd", type=int, help=argparse.SUPPRESS)  # set by transport.supervisor
     p.add_argument("--drain-grace", type=float, default=30.0,
                    help="seconds running sessions get to finish after SIGTERM (worker mode)")
@@ -230,9 +232,10 @@ async def run_supervisor(args: argparse.Namespace, env: dict[str, str], argv: li
     http_url = livekit.url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
     supervisor = Supervisor(SupervisorConfig(
         processes=args.processes,
-        child_argv=tuple(strip_options(argv, {"--processes", "--metrics-port", "--metrics-host"})),
+        child_argv=tuple(strip_options(argv, {"--processes", "--metrics-port", "--metrics-host"},
+                                                  frozenset({"--no-redispatch"}))),
         drain_grace_s=args.drain_grace, metrics_port=args.metrics_port, host=args.metrics_host,
-        livekit_http_url=http_url,
+        livekit_http_url=http_url, redispatch=not args.no_redispatch,
         api_key=livekit.api_key, api_secret=livekit.api_secret, runner_path=os.path.abspath(__file__), env=env))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -84,8 +84,9 @@ def describe_exit(code: int | None) -> str:
     return f"exit {code}"
 
 
-def strip_options(argv: Sequence[str], names: set[str]) -> list[str]:
-    """``argv`` without the options in ``names`` (``--x V`` and ``--x=V`` forms) and their values."""
+def strip_options(argv: Sequence[str], names: set[str], flags: frozenset[str] = frozenset()) -> list[str]:
+    """``argv`` without the options in ``names`` (``--x V`` and ``--x=V`` forms) and their values, and
+    without the value-less ``flags``."""
     out: list[str] = []
     skip = False
     for arg in argv:
@@ -93,6 +94,8 @@ def strip_options(argv: Sequence[str], names: set[str]) -> list[str]:
             skip = False
             continue
         name = arg.split("=", 1)[0]
+        if arg in flags:
+            continue
         if name in names:
             skip = "=" not in arg
             continue
@@ -134,7 +137,8 @@ class ChildReporter:
         return {"pid": os.getpid(), "metrics_port": self._metrics_port, "registered": stats.registered,
                 "worker_id": stats.worker_id, "draining": stats.draining, "running": stats.jobs_running,
                 "max_jobs": stats.max_jobs, "failed": stats.jobs_failed,
-                "jobs": [{"job": ctx.job_id, "room": ctx.room_name, "identity": ctx.identity}
+                "jobs": [{"job": ctx.job_id, "room": ctx.room_name, "identity": ctx.identity,
+                          "dispatch": ctx.dispatch_id, "agent": ctx.agent_name}
                          for ctx in self._worker.jobs.values()]}
 
     def _send(self, *, force: bool = False) -> bool:
@@ -181,6 +185,9 @@ class SupervisorConfig:
     api_key: str = ""
     api_secret: str = field(default="", repr=False)
     crash_loop_limit: int = 5  # consecutive deaths of one child before it ever registered
+    # Ask LiveKit for a fresh job in each room a dead child was serving (livekit-server 1.13 does not
+    # re-dispatch a room whose worker vanished: the caller would be left alone).
+    redispatch: bool = True
     python: str = sys.executable
     runner_path: str = ""
     env: dict[str, str] | None = field(default=None, repr=False)
@@ -230,6 +237,7 @@ class Supervisor:
         self._config_error = False
         self._restarts = 0
         self._calls_lost = 0
+        self._redispatched = 0
         self._http: web.AppRunner | None = None
         self._client: ClientSession | None = None
         self.port: int | None = None
@@ -261,6 +269,7 @@ class Supervisor:
     def snapshot(self) -> dict[str, Any]:
         return {"ready": self.ready(), "draining": self.draining, "restarts": self._restarts,
                 "calls_lost": self._calls_lost,
+                "redispatched": self._redispatched,
                 "children": [{"index": c.index, "pid": c.pid, "alive": c.alive, "starts": c.starts,
                               **{k: v for k, v in c.status.items() if k != "pid"}} for c in self.children]}
 
@@ -397,7 +406,13 @@ class Supervisor:
                 child.proc.send_signal(sig)
 
     async def _end_calls(self, index: int, jobs: list[dict[str, str]]) -> None:
-        """Take a dead child's agents out of their rooms, so callers learn at once that the agent left."""
+        """End a dead child's calls cleanly, and have LiveKit start them again on a live worker.
+
+        For each job: remove its agent participant (the caller learns at once that the agent left, instead
+        of after the server's connection timeout); then, if someone is still in the room, create a new
+        dispatch of the same agent with the same metadata — LiveKit assigns it to any worker with room for
+        it, on any node — and delete the dead one.
+        """
         if not jobs:
             return
         self._calls_lost += len(jobs)
@@ -407,17 +422,37 @@ class Supervisor:
 
         lkapi = api.LiveKitAPI(self.config.livekit_http_url, self.config.api_key, self.config.api_secret)
         try:
-            for job in jobs:
-                try:
-                    await lkapi.room.remove_participant(api.RoomParticipantIdentity(
-                        room=job["room"], identity=job["identity"]))
-                    log.info("job %s (room %r) of dead worker process %d: agent removed from the room",
-                             job.get("job"), job.get("room"), index)
-                except Exception as exc:  # already gone is the usual reason
-                    log.info("job %s (room %r): agent not removed (%s)", job.get("job"), job.get("room"),
-                             type(exc).__name__)
+            await asyncio.gather(*(self._end_call(lkapi, index, job) for job in jobs))
         finally:
             await lkapi.aclose()
+
+    async def _end_call(self, lkapi: Any, index: int, job: dict[str, str]) -> None:
+        from livekit import api
+
+        room, job_id = job.get("room", ""), job.get("job", "")
+        try:
+            await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=job["identity"]))
+            log.info("job %s (room %r) of dead worker process %d: agent removed from the room", job_id, room, index)
+        except Exception as exc:  # already gone is the usual reason
+            log.info("job %s (room %r): agent not removed (%s)", job_id, room, type(exc).__name__)
+        if not self.config.redispatch or not job.get("agent"):
+            return
+        try:
+            people = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+            if not any(p.kind != api.ParticipantInfo.Kind.AGENT for p in people.participants):
+                log.info("job %s: room %r is empty, not dispatched again", job_id, room)
+                return
+            old = [d for d in await lkapi.agent_dispatch.list_dispatch(room) if d.id == job.get("dispatch")]
+            metadata = old[0].metadata if old else ""
+            fresh = await lkapi.agent_dispatch.create_dispatch(api.CreateAgentDispatchRequest(
+                room=room, agent_name=job["agent"], metadata=metadata))
+            self._redispatched += 1
+            log.info("job %s (room %r): dispatched again as %s", job_id, room, fresh.id)
+            if old:
+                await lkapi.agent_dispatch.delete_dispatch(old[0].id, room)
+        except Exception as exc:  # the room may have closed meanwhile
+            log.warning("job %s (room %r): could not dispatch the agent again: %s", job_id, room,
+                        type(exc).__name__)
 
     # -- HTTP ----------------------------------------------------------------------------------------------
     async def _serve_http(self, port: int) -> None:
@@ -473,6 +508,8 @@ class Supervisor:
             ("lk_bridge_supervisor_restarts", "counter", "worker processes restarted after dying", self._restarts),
             ("lk_bridge_supervisor_calls_lost", "counter", "calls that were on a worker process when it died",
              self._calls_lost),
+            ("lk_bridge_supervisor_calls_redispatched", "counter",
+             "rooms of a dead worker process LiveKit was asked to dispatch again", self._redispatched),
             ("lk_bridge_supervisor_ready", "gauge", "1 when /readyz answers 200", float(self.ready())),
         ]
 
