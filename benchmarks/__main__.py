@@ -46,9 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-trials", type=int, help="latency trials per bridge")
     parser.add_argument("--steps", help="scaling N values, comma-separated (e.g. 1,10,50)")
     parser.add_argument("--window", type=float, help="scaling measurement window per step, seconds")
+    parser.add_argument("--frame-study-n", type=int,
+                        help="scaling: N at which ours and the null floor run again with 20/40 ms voice frames "
+                             "(0: off)")
+    parser.add_argument("--no-floor", action="store_true", help="scaling: skip the null-bridge floor")
     parser.add_argument("--what-if", action="append", default=[], metavar="NAME",
                         help="scaling only: measure a change to the bridge before it is made "
-                             "(frame20, switch-1ms; see benchmarks.bridge_host)")
+                             "(frame20, frame40, switch-1ms; see benchmarks.bridge_host)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--replot", action="store_true",
                         help="measure nothing: redraw the plots and print the table from the JSON in --out")
@@ -76,6 +80,10 @@ def configs(opts: argparse.Namespace) -> tuple[interrupt.InterruptConfig, latenc
         s_cfg = replace(s_cfg, window_s=opts.window)
     if opts.what_if:
         s_cfg = replace(s_cfg, what_if=tuple(opts.what_if))
+    if opts.frame_study_n is not None:
+        s_cfg = replace(s_cfg, frame_study_n=opts.frame_study_n or None)
+    if opts.no_floor:
+        s_cfg = replace(s_cfg, floor=False)
     return i_cfg, l_cfg, s_cfg
 
 
