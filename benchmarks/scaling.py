@@ -20,6 +20,11 @@ event-loop lag, interruption-to-silence at the bridge output (the emulator's sen
 ``interruption`` → the session's flush, joined on conversation id and event id), and, to show where the
 machine is the limit, the CPU of the other processes and of the whole machine over the same window.
 
+The floor: at each N, right after ours, :mod:`benchmarks.null_host` (join, read every caller frame, publish a
+paced tone; none of our logic) runs with fresh callers and the same probes; ``step["floor"]`` holds its
+figures and the ratios ours ÷ floor. Then, at ``frame_study_n``, ours with 20/40 ms voice frames (what-ifs
+``frame20``/``frame40``) and the floor with the same capture lengths (``frame_study``).
+
 A step is *broken* when sessions fail to start, a session ends, or the bridge's event-loop lag p99
 exceeds ``break_lag_p99_ms`` (audio can no longer be paced: a 30 ms lead rides out 20 ms); the next N is
 not tried after a broken step. "Underruns" are counted twice over: ``underruns`` is the playout buffer
