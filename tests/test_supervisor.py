@@ -204,3 +204,71 @@ def test_merge_labels_every_child() -> None:
     text = merge_expositions([("0", one), ("1", two)], [("own", "gauge", "doc", 1.0)]).decode()
     assert 'x_total{process="0",room="r"} 2.0' in text or 'x_total{room="r",process="0"} 2.0' in text
     assert "process=\"1\"" in text and "own 1.0" in text
+
+
+def _fake_child(tmp_path: Path, body: str) -> str:
+    """A stand-in for the runner: the supervisor runs ``python <script> … --supervised-fd FD``."""
+    script = tmp_path / "child.py"
+    script.write_text("import json, os, sys, time\n"
+                      "fd = int(sys.argv[sys.argv.index('--supervised-fd') + 1])\n"
+                      "index = int(os.environ['LK_BRIDGE_PROCESS_INDEX'])\n" + body)
+    return str(script)
+
+
+async def test_a_child_that_never_registers_is_a_crash_loop(tmp_path: Path) -> None:
+    from transport.backoff import constant
+    from transport.supervisor import Supervisor, SupervisorConfig
+
+    script = _fake_child(tmp_path, "sys.exit(1)\n")
+    sup = Supervisor(SupervisorConfig(processes=2, child_argv=(), runner_path=script, crash_loop_limit=3),
+                     backoff=lambda: constant(0.01))
+    started = time.monotonic()
+    assert await asyncio.wait_for(sup.run(), 30) == ExitCode.CRASH_LOOP
+    assert time.monotonic() - started < 20
+    assert sup.children[0].starts == 3 or sup.children[1].starts == 3
+
+
+async def test_a_refused_configuration_is_not_restarted(tmp_path: Path) -> None:
+    from transport.backoff import constant
+    from transport.supervisor import Supervisor, SupervisorConfig
+
+    # Child 0 refuses its configuration; child 1 runs until asked to stop (SIGTERM), reporting registered.
+    script = _fake_child(tmp_path, "import signal\n"
+                         "if index == 0: sys.exit(3)\n"
+                         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                         "while True:\n"
+                         "    os.write(fd, (json.dumps({'registered': True, 'running': 0, 'max_jobs': 1}) + '\\n')"
+                         ".encode())\n"
+                         "    time.sleep(0.1)\n")
+    sup = Supervisor(SupervisorConfig(processes=2, child_argv=(), runner_path=script),
+                     backoff=lambda: constant(0.01))
+    assert await asyncio.wait_for(sup.run(), 30) == ExitCode.CONFIG
+    assert sup.children[0].starts == 1, "a CONFIG exit was restarted"
+    assert sup.children[1].proc is not None and sup.children[1].proc.returncode == 0
+
+
+async def test_a_registered_child_that_dies_is_restarted_and_readiness_follows(tmp_path: Path) -> None:
+    from transport.backoff import constant
+    from transport.supervisor import Supervisor, SupervisorConfig
+
+    # Registers, then dies after half a second (exit 1) on its first start; runs for ever afterwards.
+    marker = tmp_path / "started-once"
+    script = _fake_child(tmp_path, "import signal\n"
+                         f"first = not os.path.exists({str(marker)!r})\n"
+                         f"open({str(marker)!r}, 'a').close()\n"
+                         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                         "t0 = time.monotonic()\n"
+                         "while True:\n"
+                         "    os.write(fd, (json.dumps({'registered': True, 'running': 0, 'max_jobs': 1}) + '\\n')"
+                         ".encode())\n"
+                         "    if first and time.monotonic() - t0 > 0.5: sys.exit(1)\n"
+                         "    time.sleep(0.1)\n")
+    sup = Supervisor(SupervisorConfig(processes=1, child_argv=(), runner_path=script),
+                     backoff=lambda: constant(0.2))
+    task = asyncio.ensure_future(sup.run())
+    await wait_for(lambda: sup.ready(), 10)
+    await wait_for(lambda: sup.snapshot()["restarts"] == 1 and sup.ready(), 10)
+    assert sup.children[0].starts == 2
+    sup.request_stop()
+    assert not sup.ready(), "ready while draining"
+    assert await asyncio.wait_for(task, 15) == ExitCode.OK
