@@ -244,7 +244,8 @@ async def test_a_refused_configuration_is_not_restarted(tmp_path: Path) -> None:
                      backoff=lambda: constant(0.01))
     assert await asyncio.wait_for(sup.run(), 30) == ExitCode.CONFIG
     assert sup.children[0].starts == 1, "a CONFIG exit was restarted"
-    assert sup.children[1].proc is not None and sup.children[1].proc.returncode == 0
+    # It drained (0), or was still starting when the SIGTERM came (killed by it, before its handler existed).
+    assert sup.children[1].proc is not None and sup.children[1].proc.returncode in (0, -signal.SIGTERM)
 
 
 async def test_a_registered_child_that_dies_is_restarted_and_readiness_follows(tmp_path: Path) -> None:
