@@ -13,7 +13,8 @@ A child that dies (any exit the supervisor did not ask for) is restarted after a
 :func:`transport.backoff.full_jitter` (reset once a child has registered again). Its calls cannot be ended by
 the dead process, so the supervisor does it: it removes each of the child's agent participants from its room
 through the server API, which tells the caller at once that the agent left (rather than after the server's
-ICE timeout); LiveKit's own handling of the dead worker's jobs is measured in tests/test_cluster.py.
+ICE timeout), and creates a fresh dispatch for every room someone is still in: livekit-server 1.13.5 does
+not dispatch a room again when its worker disappears (tests/test_cluster.py shows both halves).
 
 HTTP (``--metrics-port``, loopback):
 
