@@ -94,6 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.worker and not args.room:
         p.error("give --room NAME (or --worker)")
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
     return args
 
 
@@ -233,7 +235,7 @@ async def run_supervisor(args: argparse.Namespace, env: dict[str, str], argv: li
     supervisor = Supervisor(SupervisorConfig(
         processes=args.processes,
         child_argv=tuple(strip_options(argv, {"--processes", "--metrics-port", "--metrics-host"},
-                                                  frozenset({"--no-redispatch"}))),
+                                       frozenset({"--no-redispatch"}))),
         drain_grace_s=args.drain_grace, metrics_port=args.metrics_port, host=args.metrics_host,
         livekit_http_url=http_url, redispatch=not args.no_redispatch,
         api_key=livekit.api_key, api_secret=livekit.api_secret, runner_path=os.path.abspath(__file__), env=env))
