@@ -6,19 +6,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 IN_NS := scripts/netns.sh exec
 
-.PHONY: demo test test-loaded faults soak venv server chromium espeak web bench bench-quick bench-ducking lint clean
+.PHONY: demo test test-loaded faults soak venv server chromium espeak redis web bench bench-quick bench-ducking lint clean
 
 # Writes demo-call.wav and demo-call.png here (DEMO_ARGS="--out-dir DIR" to move them).
 demo: venv server web espeak
 	$(IN_NS) $(PY) -m scripts.demo $(DEMO_ARGS)
 
-test: venv server chromium espeak web
+test: venv server chromium espeak redis web
 	$(IN_NS) $(PY) -m pytest $(PYTEST_ARGS)
 
 # The same suite while both cores are kept 80% busy by a bounded background load (scripts/cpu_load.py): CI
 # runners are shared machines, and a test that only passes on a quiet one is a flaky test.
 # PYTEST_ARGS="--reverse" runs the suite in reverse order.
-test-loaded: venv server chromium espeak web
+test-loaded: venv server chromium espeak redis web
 	$(PY) -m scripts.cpu_load --duty $${LOAD_DUTY:-0.8} -- $(IN_NS) $(PY) -m pytest $(PYTEST_ARGS)
 
 venv: $(STAMP)
@@ -50,6 +50,15 @@ espeak:
 			echo "installing Debian's espeak-ng for the emulator's speech and the ducking benchmark..."; \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
 		else echo "espeak-ng is missing: install it (e.g. apt-get install espeak-ng) for the demo and the speech tests"; fi; }
+
+# Debian's redis-server for the two-node LiveKit cluster tests (tests/test_cluster.py). Only installed here:
+# the tests start their own on loopback (scripts/redis_server.py), on a port of their own, without persistence.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing Debian's redis-server for the cluster tests..."; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+		else echo "redis-server is missing: install it (e.g. apt-get install redis-server) to run the cluster tests"; fi; }
 
 # The browser page's livekit-client, pinned by web/package-lock.json.
 web: web/node_modules/livekit-client/package.json

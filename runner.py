@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.downlink import DownlinkConfig
-from core.errors import BridgeError
+from core.errors import BridgeError, ConfigError
 from core.formats import ENGINE_FORMATS, parse_format
 from core.redact import Redactor
 from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
@@ -68,14 +68,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", action="store_true", help="register as an agent worker (explicit dispatch)")
     p.add_argument("--agent-name", default="elevenlabs-bridge", help="agent name for --worker")
     p.add_argument("--max-jobs", type=int, default=50, help="sessions one worker process takes at most")
+    p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                   help="worker mode: worker processes to run under a supervisor (default: the number of cores)")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the supervisor's /metrics /healthz /readyz bind (0.0.0.0 for Kubernetes probes)")
+    p.add_argument("--no-redispatch", action="store_true",
+                   help="worker mode: do not ask LiveKit to dispatch a dead worker process's rooms again")
+    p.add_argument("--supervised-fd", type=int, help=argparse.SUPPRESS)  # set by transport.supervisor
     p.add_argument("--drain-grace", type=float, default=30.0,
                    help="seconds running sessions get to finish after SIGTERM (worker mode)")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (with --processes: also /healthz and /readyz)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.add_argument("--json-logs", action="store_true", help="one JSON object per log line")
     args = p.parse_args(argv)
     if not args.worker and not args.room:
         p.error("give --room NAME (or --worker)")
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
     return args
 
 
@@ -175,14 +185,54 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
                                      agent_name=args.agent_name, max_jobs=args.max_jobs), job)
         serving = asyncio.ensure_future(worker.run())
         stopping = asyncio.ensure_future(stop.wait())
+        reporter = None
+        if args.supervised_fd is not None:  # a child of transport.supervisor: report status on its pipe
+            from transport.supervisor import ChildReporter
+
+            reporter = ChildReporter(args.supervised_fd, worker, on_orphaned=stop.set,
+                                     metrics_port=None if metrics is None else metrics.port)
+            reporter.start()
         log.info("worker for agent %r on %s; SIGTERM drains (%.0f s grace)", args.agent_name, livekit.url,
                  args.drain_grace)
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        failed_before = worker.stats().jobs_failed
         if stopping.done():
+            stop.clear()  # a second SIGTERM/SIGINT ends every call at once
+            force = asyncio.ensure_future(_force_on_second_stop(worker, stop))
             await worker.drain(grace_s=args.drain_grace)
+            force.cancel()
         stopping.cancel()
         await serving
-    return 0
+        if reporter is not None:
+            await reporter.stop()
+    return 4 if worker.stats().jobs_failed > failed_before else 0  # ExitCode.FORCED: calls were cut short
+
+
+async def _force_on_second_stop(worker: Any, stop: asyncio.Event) -> None:
+    await stop.wait()
+    log.warning("second stop signal: ending every call now")
+    await worker.drain(grace_s=0.0)
+
+
+async def run_supervisor(args: argparse.Namespace, env: dict[str, str], argv: list[str]) -> int:
+    """Worker mode: ``--processes`` worker processes (this runner again, supervised), one HTTP port for all."""
+    from transport.supervisor import Supervisor, SupervisorConfig, strip_options
+
+    livekit = from_env(env).livekit
+    http_url = livekit.url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
+    supervisor = Supervisor(SupervisorConfig(
+        processes=args.processes,
+        child_argv=tuple(strip_options(argv, {"--processes", "--metrics-port", "--metrics-host"},
+                                       frozenset({"--no-redispatch"}))),
+        drain_grace_s=args.drain_grace, metrics_port=args.metrics_port, host=args.metrics_host,
+        livekit_http_url=http_url, redispatch=not args.no_redispatch,
+        api_key=livekit.api_key, api_secret=livekit.api_secret, runner_path=os.path.abspath(__file__), env=env))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, supervisor.request_stop)
+    log.info("supervising %d worker process(es) for agent %r", args.processes, args.agent_name)
+    return int(await supervisor.run())
 
 
 async def amain(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> int:
@@ -193,6 +243,8 @@ async def amain(argv: Sequence[str] | None = None, env: dict[str, str] | None = 
     for name in (args.input_format, args.output_format):
         if name:
             parse_format(name)
+    if args.worker and args.supervised_fd is None:
+        return await run_supervisor(args, env, list(sys.argv[1:] if argv is None else argv))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -208,7 +260,7 @@ async def amain(argv: Sequence[str] | None = None, env: dict[str, str] | None = 
         return await (run_worker(args, env, stop, metrics) if args.worker else run_room(args, env, stop, metrics))
     except BridgeError as exc:
         print(f"error: {redactor(str(exc))}", file=sys.stderr)
-        return 1
+        return 3 if isinstance(exc, ConfigError) else 1  # transport.supervisor.ExitCode CONFIG / ERROR
     finally:
         if metrics is not None:
             await metrics.close()

@@ -46,9 +46,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-trials", type=int, help="latency trials per bridge")
     parser.add_argument("--steps", help="scaling N values, comma-separated (e.g. 1,10,50)")
     parser.add_argument("--window", type=float, help="scaling measurement window per step, seconds")
+    parser.add_argument("--frame-study-n", type=int,
+                        help="scaling: N at which ours and the null floor run again with 20/40 ms voice frames "
+                             "(0: off)")
+    parser.add_argument("--break-lag-ms", type=float,
+                        help="scaling: event-loop lag p99 that marks a step broken and ends the curve (default 100); "
+                             "raise it on a machine other jobs saturate, and say so")
+    parser.add_argument("--no-floor", action="store_true", help="scaling: skip the null-bridge floor")
     parser.add_argument("--what-if", action="append", default=[], metavar="NAME",
                         help="scaling only: measure a change to the bridge before it is made "
-                             "(frame20, switch-1ms; see benchmarks.bridge_host)")
+                             "(frame20, frame40, switch-1ms; see benchmarks.bridge_host)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--replot", action="store_true",
                         help="measure nothing: redraw the plots and print the table from the JSON in --out")
@@ -61,7 +68,8 @@ def configs(opts: argparse.Namespace) -> tuple[interrupt.InterruptConfig, latenc
     if opts.quick:
         i_cfg = interrupt.InterruptConfig(trials=10, speech_trials=2)
         l_cfg = latency.LatencyConfig(trials=10)
-        s_cfg = scaling.ScalingConfig(steps=(1, 10, 50), warmup_s=3.0, window_s=10.0, time_budget_s=150.0)
+        s_cfg = scaling.ScalingConfig(steps=(1, 10, 50), warmup_s=3.0, window_s=10.0, time_budget_s=150.0,
+                                      frame_study_n=None)
     else:
         i_cfg, l_cfg, s_cfg = interrupt.InterruptConfig(), latency.LatencyConfig(), scaling.ScalingConfig()
     if opts.trials is not None:
@@ -76,6 +84,12 @@ def configs(opts: argparse.Namespace) -> tuple[interrupt.InterruptConfig, latenc
         s_cfg = replace(s_cfg, window_s=opts.window)
     if opts.what_if:
         s_cfg = replace(s_cfg, what_if=tuple(opts.what_if))
+    if opts.frame_study_n is not None:
+        s_cfg = replace(s_cfg, frame_study_n=opts.frame_study_n or None)
+    if opts.break_lag_ms is not None:
+        s_cfg = replace(s_cfg, break_lag_p99_ms=opts.break_lag_ms)
+    if opts.no_floor:
+        s_cfg = replace(s_cfg, floor=False)
     return i_cfg, l_cfg, s_cfg
 
 

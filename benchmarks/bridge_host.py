@@ -97,7 +97,7 @@ class FfiCounter:
         queue.put = put  # type: ignore[method-assign]
 
 
-WHAT_IF = ("frame20", "switch-1ms")
+WHAT_IF = ("frame20", "frame40", "switch-1ms")
 
 
 def apply_what_if(names: list[str]) -> dict[str, Any]:
@@ -105,6 +105,8 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
     on a fix before anyone makes it. Delete an entry once the change is in the code (or rejected).
 
     - ``frame20``: ``DownlinkConfig(frame_ms=20, lead_frames=2)``, half the captures (FFI calls) per second.
+    - ``frame40``: ``DownlinkConfig(frame_ms=40, lead_frames=1)``: a quarter of the captures. The native
+      queue then holds one to two frames (40-80 ms) right after a capture instead of 30-40 ms.
     - ``switch-1ms``: ``sys.setswitchinterval(0.001)``. livekit.rtc runs Python (event parsing, the fan-out to
       every subscription) on the SDK's callback thread; the loop thread gives up the GIL on every FFI call and
       socket operation and may then wait up to the switch interval (5 ms) to get it back.
@@ -115,6 +117,9 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
     if "frame20" in names:
         from core.downlink import DownlinkConfig
         session_kwargs["downlink"] = DownlinkConfig(frame_ms=20, lead_frames=2)
+    if "frame40" in names:
+        from core.downlink import DownlinkConfig
+        session_kwargs["downlink"] = DownlinkConfig(frame_ms=40, lead_frames=1)
     return session_kwargs
 
 

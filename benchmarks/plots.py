@@ -161,6 +161,74 @@ def plot_scaling(scaling: dict[str, Any], path: Path, machine: str) -> None:
     plt.close(fig)
 
 
+def plot_floor(scaling: dict[str, Any], path: Path, machine: str) -> None:
+    """Ours beside the null-bridge floor at each N, and the voice capture-frame study."""
+    plt = _plt()
+    steps = [s for s in scaling["steps"] if s.get("sessions") and s.get("floor")]
+    if not steps:
+        return
+    n = [s["n"] for s in steps]
+    floor = [s["floor"] for s in steps]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0][0]
+    ax.plot(n, [s.get("cpu_cores") for s in steps], "o-", color=OURS, label="ours (bridge process)")
+    ax.plot(n, [f.get("cpu_cores") for f in floor], "s--", color=BASE, label="null bridge (SDK + WebRTC only)")
+    ax.plot(n, [s.get("machine_busy", 0) * s.get("machine_cores", 1) for s in steps], "^:", color="gray",
+            label="whole machine during ours (every process, other jobs too)")
+    ax.axhline(steps[0].get("machine_cores", 2), color="k", linewidth=0.8)
+    ax.set_ylabel("cores")
+    ax.set_title("CPU of the process holding N rooms", fontsize=10)
+    ax.legend(fontsize=8)
+    ax = axes[0][1]
+    ax.plot(n, [s.get("cpu_ms_per_session_second") for s in steps], "o-", color=OURS, label="ours")
+    ax.plot(n, [f.get("cpu_ms_per_session_second") for f in floor], "s--", color=BASE, label="null bridge")
+    ax2 = ax.twinx()
+    ax2.plot(n, [f.get("cpu_ratio") for f in floor], "d:", color="#9467bd", label="ours / null (CPU)")
+    ax2.axhline(1.15, color="#9467bd", linewidth=0.8, linestyle=":")
+    ax2.set_ylabel("ratio")
+    ax.set_ylabel("ms CPU per session-second")
+    ax.set_title("CPU per session (flat = linear in N)", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax2.legend(fontsize=8, loc="upper right")
+    ax = axes[1][0]
+    for key, style in (("p50", "-"), ("p99", "--")):
+        ax.plot(n, [s.get("loop_lag_ms", {}).get(key) for s in steps], "o" + style, color=OURS, label=f"ours {key}")
+        ax.plot(n, [f.get("loop_lag_ms", {}).get(key) for f in floor], "s" + style, color=BASE,
+                label=f"null {key}")
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_ylabel("ms")
+    ax.set_title("Event-loop lag (20 ms sleep overshoot)", fontsize=10)
+    ax.legend(fontsize=8)
+    for a in (axes[0][0], axes[0][1], axes[1][0]):
+        a.set_xlabel("rooms in one process (N)")
+        a.grid(alpha=0.3)
+    ax = axes[1][1]
+    study = scaling.get("frame_study") or []
+    base = {s["kind"]: s for s in steps if s["n"] == (scaling.get("config", {}).get("frame_study_n"))}
+    bars: list[tuple[str, float, str]] = []
+    if base:
+        ours10 = base.get("ours")
+        if ours10 is not None:
+            bars.append(("ours 10 ms", ours10.get("cpu_cores") or 0.0, OURS))
+            bars.append(("null 10 ms", ours10["floor"].get("cpu_cores") or 0.0, BASE))
+    for s in study:
+        bars.append((f"{s['kind']} {s['capture_ms']} ms", s.get("cpu_cores") or 0.0,
+                     OURS if s["kind"] == "ours" else BASE))
+    if bars:
+        ax.bar(range(len(bars)), [b[1] for b in bars], color=[b[2] for b in bars], alpha=0.8)
+        ax.set_xticks(range(len(bars)))
+        ax.set_xticklabels([b[0] for b in bars], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("cores")
+        ax.set_title(f"Voice capture frame length at N={scaling.get('config', {}).get('frame_study_n')}",
+                     fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Ours vs the null-bridge floor, same run, same N, callers in other processes — {machine}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_stages(latency: dict[str, Any], interrupt: dict[str, Any] | None, path: Path, machine: str) -> None:
     plt = _plt()
     stages = dict(latency.get("stages_ns", {}))
@@ -201,4 +269,7 @@ def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
     if "scaling" in results and results["scaling"].get("steps"):
         plot_scaling(results["scaling"], out / "scaling.png", machine)
         written.append(out / "scaling.png")
+        if any(s.get("floor") for s in results["scaling"]["steps"]):
+            plot_floor(results["scaling"], out / "scaling_floor.png", machine)
+            written.append(out / "scaling_floor.png")
     return [p for p in written if p.exists()]

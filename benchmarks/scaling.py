@@ -20,6 +20,11 @@ event-loop lag, interruption-to-silence at the bridge output (the emulator's sen
 ``interruption`` → the session's flush, joined on conversation id and event id), and, to show where the
 machine is the limit, the CPU of the other processes and of the whole machine over the same window.
 
+The floor: at each N, right after ours, :mod:`benchmarks.null_host` (join, read every caller frame, publish a
+paced tone; none of our logic) runs with fresh callers and the same probes; ``step["floor"]`` holds its
+figures and the ratios ours ÷ floor. Then, at ``frame_study_n``, ours with 20/40 ms voice frames (what-ifs
+``frame20``/``frame40``) and the floor with the same capture lengths (``frame_study``).
+
 A step is *broken* when sessions fail to start, a session ends, or the bridge's event-loop lag p99
 exceeds ``break_lag_p99_ms`` (audio can no longer be paced: a 30 ms lead rides out 20 ms); the next N is
 not tried after a broken step. "Underruns" are counted twice over: ``underruns`` is the playout buffer
@@ -63,6 +68,11 @@ class ScalingConfig:
     time_budget_s: float = 540.0
     seed: int = 8
     what_if: tuple[str, ...] = ()  # see benchmarks.bridge_host.apply_what_if
+    # The null-bridge floor (benchmarks.null_host) at every N, right after ours, with fresh callers.
+    floor: bool = True
+    # At this N, ours and the floor again with longer voice capture frames (ours: what-if frame20 / frame40).
+    frame_study_n: int | None = 5
+    frame_study_ms: tuple[int, ...] = (20, 40)
 
 
 def _proc_cpu_s(pid: int) -> float | None:
@@ -83,14 +93,22 @@ def _machine_busy() -> tuple[float, float]:
 
 
 async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Progress,
-                log_dir: Path | None) -> dict[str, Any]:
+                log_dir: Path | None, *, kind: str = "ours", capture_ms: int = 10,
+                what_if: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """One N: ``kind`` "ours" (benchmarks.bridge_host) or "null" (benchmarks.null_host, the floor)."""
     tag = uuid.uuid4().hex[:6]
     t_setup = time.monotonic()
-    result: dict[str, Any] = {"n": n, "broken": False, "why": []}
+    what_if = cfg.what_if if what_if is None else what_if
+    result: dict[str, Any] = {"n": n, "kind": kind, "capture_ms": capture_ms, "what_if": list(what_if),
+                              "broken": False, "why": []}
     emu = JsonLinesProcess("benchmarks.emulator_host", "--seed", str(cfg.seed + n),
                            log_path=log_dir / "emulator_host.log" if log_dir else None)
-    bridge = JsonLinesProcess("benchmarks.bridge_host", *(a for w in cfg.what_if for a in ("--what-if", w)),
-                              log_path=log_dir / "bridge_host.log" if log_dir else None)
+    if kind == "null":
+        bridge = JsonLinesProcess("benchmarks.null_host", "--capture-ms", str(capture_ms),
+                                  log_path=log_dir / "null_host.log" if log_dir else None)
+    else:
+        bridge = JsonLinesProcess("benchmarks.bridge_host", *(a for w in what_if for a in ("--what-if", w)),
+                                  log_path=log_dir / "bridge_host.log" if log_dir else None)
     hosts = [JsonLinesProcess("benchmarks.caller_host", log_path=log_dir / "caller_host.log" if log_dir else None)
              for _ in range(math.ceil(n / cfg.callers_per_host))]
     try:
@@ -99,7 +117,8 @@ async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Pro
         bridge_ready = await bridge.next_event(60)
         result["rss_idle_mb"] = bridge_ready["rss_idle_mb"]
         rooms = [f"scale-{tag}-{i}" for i in range(n)]
-        progress(f"N={n}: starting {n} bridge sessions")
+        progress(f"N={n}: starting {n} {'null-bridge rooms' if kind == 'null' else 'bridge sessions'}"
+                 f" ({capture_ms if kind == 'null' else '+'.join(what_if) or 10} ms capture)")
         started = await bridge.call("start", timeout=120 + 2 * n, livekit_url=server.url, api_key=server.api_key,
                                     api_secret=server.api_secret, rooms=rooms, concurrency=8,
                                     engine={"api_base": ready["rest"], "api_key": ready["api_key"],
@@ -220,6 +239,39 @@ def _digest(measured: dict[str, Any], report: dict[str, Any], n: int) -> dict[st
     }
 
 
+def _brief(step: dict[str, Any]) -> str:
+    lag = step.get("loop_lag_ms", {})
+    intr = step.get("interruption_bridge_ms", {})
+    return (f"CPU {step.get('cpu_cores', float('nan')):.2f} cores, "
+            f"RSS/session {step.get('rss_per_session_mb', float('nan')):.2f} MB, "
+            f"lag p99 {lag.get('p99') or float('nan'):.1f} ms, underruns {step.get('underruns', '-')}, "
+            f"interruption p99 {intr.get('p99') or float('nan'):.2f} ms (n={intr.get('n', 0)}), "
+            f"machine busy {step.get('machine_busy', float('nan')):.0%}"
+            + (f" — BROKEN: {'; '.join(step['why'])}" if step["broken"] else ""))
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _versus_floor(ours: dict[str, Any], null: dict[str, Any]) -> dict[str, Any]:
+    """Ours beside the floor at the same N: CPU, RSS, loop lag, and the ratios."""
+    return {
+        "cpu_cores": null.get("cpu_cores"),
+        "cpu_ms_per_session_second": null.get("cpu_ms_per_session_second"),
+        "rss_mb": null.get("rss_mb"),
+        "rss_per_session_mb": null.get("rss_per_session_mb"),
+        "loop_lag_ms": null.get("loop_lag_ms"),
+        "machine_busy": null.get("machine_busy"),
+        "thread_cores": null.get("thread_cores"),
+        "ffi_events_per_s": null.get("ffi_events_per_s"),
+        "broken": null.get("broken"), "why": null.get("why"),
+        "cpu_ratio": _ratio(ours.get("cpu_cores"), null.get("cpu_cores")),
+        "rss_ratio": _ratio(ours.get("rss_mb"), null.get("rss_mb")),
+        "lag_p99_ratio": _ratio(ours.get("loop_lag_ms", {}).get("p99"), null.get("loop_lag_ms", {}).get("p99")),
+    }
+
+
 async def run(server: LiveKitServer, cfg: ScalingConfig, progress: Progress, *,
               log_dir: Path | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
@@ -235,15 +287,23 @@ async def run(server: LiveKitServer, cfg: ScalingConfig, progress: Progress, *,
             continue
         step = await _step(server, n, cfg, progress, log_dir)
         steps.append(step)
-        lag = step.get("loop_lag_ms", {})
-        intr = step.get("interruption_bridge_ms", {})
-        progress(f"N={n}: CPU {step.get('cpu_cores', float('nan')):.2f} cores, "
-                 f"RSS/session {step.get('rss_per_session_mb', float('nan')):.2f} MB, "
-                 f"lag p99 {lag.get('p99') or float('nan'):.1f} ms, underruns {step.get('underruns', '-')}, "
-                 f"interruption p99 {intr.get('p99') or float('nan'):.2f} ms (n={intr.get('n', 0)}), "
-                 f"machine busy {step.get('machine_busy', float('nan')):.0%}"
-                 + (f" — BROKEN: {'; '.join(step['why'])}" if step["broken"] else ""))
+        progress(f"N={n} ours: {_brief(step)}")
         await asyncio.sleep(2.0)  # let the server close the step's rooms
+        if cfg.floor:
+            null = await _step(server, n, cfg, progress, log_dir, kind="null")
+            step["floor"] = _versus_floor(step, null)
+            progress(f"N={n} null floor: {_brief(null)}; ours/floor CPU {step['floor']['cpu_ratio'] or 0:.2f}x")
+            await asyncio.sleep(2.0)
+    frame_study: list[dict[str, Any]] = []
+    if cfg.frame_study_n:
+        n = cfg.frame_study_n
+        for ms in cfg.frame_study_ms:
+            for kind in ("ours", "null"):
+                what_if = (f"frame{ms}",) if kind == "ours" else ()
+                step = await _step(server, n, cfg, progress, log_dir, kind=kind, capture_ms=ms, what_if=what_if)
+                progress(f"N={n} {kind} {ms} ms capture: {_brief(step)}")
+                frame_study.append({k: v for k, v in step.items() if k not in ("lags_ms", "interruption_samples_ms")})
+                await asyncio.sleep(2.0)
     # Broken steps pile up backlogs (queued events, audio) in memory: fit the healthy ones only.
     usable = [s for s in steps if not s["broken"] and s.get("sessions") and s.get("rss_mb") is not None]
     slope = None
@@ -251,4 +311,5 @@ async def run(server: LiveKitServer, cfg: ScalingConfig, progress: Progress, *,
         # Least squares of RSS against sessions: the memory an extra session costs, first-session costs aside.
         slope = float(np.polyfit([s["sessions"] for s in usable], [s["rss_mb"] for s in usable], 1)[0])
     return {"config": asdict(cfg), "steps": steps, "skipped": skipped, "rss_per_extra_session_mb": slope,
-            "max_unbroken_n": max((s["n"] for s in steps if not s["broken"]), default=0)}
+            "max_unbroken_n": max((s["n"] for s in steps if not s["broken"]), default=0),
+            "frame_study": frame_study}

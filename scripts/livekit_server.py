@@ -129,8 +129,11 @@ class LiveKitServer:
     """One ``livekit-server --dev`` process on loopback with ports of its own."""
 
     def __init__(self, *, port: int | None = None, api_key: str = DEV_KEY, api_secret: str = DEV_SECRET,
-                 udp_ports: int = 200, log_dir: Path | None = None, version: str = SERVER_VERSION) -> None:
+                 udp_ports: int = 200, log_dir: Path | None = None, version: str = SERVER_VERSION,
+                 redis: str | None = None) -> None:
         self.api_key, self.api_secret = api_key, api_secret
+        # host:port of a redis-server: nodes given the same one form one cluster (scripts/redis_server.py).
+        self.redis = redis
         self.version = version
         self._port = port
         self._udp_ports = udp_ports
@@ -166,6 +169,11 @@ class LiveKitServer:
             f"  {self.api_key}: {self.api_secret}",
             "logging:",
             "  level: info",
+            # A cluster: nodes share state over redis; a new room goes to the node hosting the fewest rooms
+            # (the default sorts by system load, which on one machine is the same number for every node and
+            # put every room on one node; random put all six of a test's rooms on one node 1 time in 32).
+            *([f"redis:\n  address: {self.redis}", "node_selector:\n  kind: any\n  sort_by: rooms"]
+              if self.redis else []),
             "",
         ])
 

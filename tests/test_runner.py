@@ -50,7 +50,7 @@ def test_unknown_format_is_refused_before_anything_starts() -> None:
 
 def test_half_the_engine_credentials_is_a_clear_error_without_the_key() -> None:
     result = run("--room", "x", env={"ELEVENLABS_API_KEY": FAKE_XI_KEY})
-    assert result.returncode == 1
+    assert result.returncode == 3  # ExitCode.CONFIG: a configuration refused, restarting cannot help
     assert "SPEECH_ENGINE_ID" in last_line(result)
     assert FAKE_XI_KEY not in result.stderr + result.stdout
 

@@ -1,0 +1,193 @@
+"""The floor of the scaling benchmark: N rooms that do only what any agent must, with none of our logic.
+
+``python -m benchmarks.null_host [--capture-ms 10|20|40]``, the same JSON-lines commands as
+:mod:`benchmarks.bridge_host` (``start``, ``measure_start``, ``measure_stop``, ``stop``), the same probes
+(CPU by thread, RSS, event-loop lag, FFI events). Per room it joins as the agent, subscribes to every caller
+track through an ``AudioStream`` (48 kHz mono, 20 ms frames: what our bridge asks for) and reads every frame,
+and publishes a 48 kHz tone through an ``AudioSource`` (``queue_size_ms`` 50, as ours), paced on an
+anchored schedule: one ``--capture-ms`` frame per period, ``lead`` frames ahead. No engine, no resampling,
+no mixing, no playout buffer, no pacer state machine: what is left is the SDK and WebRTC, which is the cost
+our bridge cannot go below in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import faulthandler
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+from livekit import rtc
+
+from benchmarks.bridge_host import AGENT, Host
+from benchmarks.common import run_loop
+from scripts.caller import tone
+from transport.livekit_token import mint_token
+
+log = logging.getLogger("benchmarks.null_host")
+RATE = 48_000
+
+
+class NullRoom:
+    def __init__(self, capture_ms: int, lead_ms: int) -> None:
+        self.capture_ms, self.lead_ms = capture_ms, lead_ms
+        self.room = rtc.Room()
+        self.source = rtc.AudioSource(RATE, 1, queue_size_ms=50)
+        self.frames_in = 0
+        self.frames_out = 0
+        self.late = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.room.on("track_subscribed", self._on_track)
+        frame = RATE * capture_ms // 1000
+        second = tone(523.0, 1.0, amplitude=0.2)
+        self._frames = [second[i:i + frame] for i in range(0, second.size - frame + 1, frame)]
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_track(self, track: rtc.Track, _pub: rtc.RemoteTrackPublication, _who: rtc.RemoteParticipant) -> None:
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            self._spawn(self._read(rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=20)))
+
+    async def _read(self, stream: rtc.AudioStream) -> None:
+        try:
+            async for _event in stream:
+                self.frames_in += 1
+        finally:
+            await stream.aclose()
+
+    async def start(self, url: str, token: str) -> None:
+        await self.room.connect(url, token)
+        track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self.source)
+        await self.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+        self._spawn(self._speak())
+
+    async def _speak(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.capture_ms / 1000
+        start = loop.time() - self.lead_ms / 1000  # lead: the first frames go at once
+        k = 0
+        while True:
+            frame = self._frames[k % len(self._frames)]
+            await self.source.capture_frame(rtc.AudioFrame(frame.tobytes(), RATE, 1, frame.size))
+            self.frames_out += 1
+            k += 1
+            delay = start + k * period - loop.time()
+            if delay < -0.2:  # the loop stalled: a new schedule instead of a burst (as our pacer re-anchors)
+                self.late += 1
+                start, k = loop.time() - self.lead_ms / 1000, 0
+            elif delay > 0:
+                await asyncio.sleep(delay)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.room.disconnect()
+        await self.source.aclose()
+
+
+class NullHost(Host):
+    def __init__(self, capture_ms: int) -> None:
+        super().__init__()
+        self.capture_ms = capture_ms
+        self.rooms: list[NullRoom] = []
+
+    async def start(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        gate = asyncio.Semaphore(int(cmd.get("concurrency", 8)))
+        lead_ms = max(30, self.capture_ms)  # ours: 3 frames of 10 ms, or one long frame
+
+        async def one(name: str) -> None:
+            token = mint_token(cmd["api_key"], cmd["api_secret"], room=name, identity=AGENT, agent=True)
+            room = NullRoom(self.capture_ms, lead_ms)
+            async with gate:
+                try:
+                    async with asyncio.timeout(60):
+                        await room.start(cmd["livekit_url"], token)
+                except Exception as exc:
+                    self.failed[name] = f"{type(exc).__name__}: {exc}"
+                    await room.stop()
+                    return
+            self.rooms.append(room)
+
+        await asyncio.gather(*(one(name) for name in cmd["rooms"]))
+        self._probe.start()
+        return {"started": len(self.rooms), "failed": self.failed, "rss_idle_mb": self.rss_idle}
+
+    def _counters(self) -> dict[str, int]:
+        c = dict.fromkeys(("underruns", "underrun_samples", "reanchors", "lag_frames", "frames_out",
+                           "chunks_sent", "chunks_dropped", "audio_events", "interruptions", "refused_samples",
+                           "frames_in"), 0)
+        for room in getattr(self, "rooms", ()):
+            c["frames_out"] += room.frames_out
+            c["frames_in"] += room.frames_in
+            c["reanchors"] += room.late
+        return c
+
+    def measure_stop(self) -> dict[str, Any]:
+        result = super().measure_stop()
+        result["sessions"] = len(self.rooms)
+        result["session_states"] = {"running": len(self.rooms)}
+        return result
+
+    async def stop(self) -> dict[str, Any]:
+        await self._probe.stop()
+        await asyncio.gather(*(r.stop() for r in self.rooms), return_exceptions=True)
+        return {}
+
+
+async def serve(capture_ms: int) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    host = NullHost(capture_ms)
+    out = sys.stdout
+
+    def answer(msg: dict[str, Any]) -> None:
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
+
+    answer({"event": "ready", "rss_idle_mb": host.rss_idle, "t": time.monotonic()})
+    while line := await reader.readline():
+        cmd = json.loads(line)
+        op, ident = cmd.get("op"), cmd.get("id")
+        try:
+            if op == "start":
+                result = await host.start(cmd)
+            elif op == "measure_start":
+                result = host.measure_start()
+            elif op == "measure_stop":
+                result = host.measure_stop()
+            elif op == "stop":
+                result = await host.stop()
+                answer({"id": ident, "ok": True, **result})
+                break
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            answer({"id": ident, "ok": True, **result})
+        except Exception as exc:
+            log.exception("command %s failed", op)
+            answer({"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--capture-ms", type=int, choices=(10, 20, 40), default=10)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="null_host %(levelname)s %(message)s")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    run_loop(serve(args.capture_ms))
+
+
+if __name__ == "__main__":
+    main()
