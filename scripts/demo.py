@@ -27,7 +27,7 @@ import numpy as np
 from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
 from transport.livekit_token import mint_token
-from transport.token_server import TokenServer, TokenServerConfig
+from transport.token_server import TokenServer, TokenServerConfig, dev_open
 
 ROOT = Path(__file__).resolve().parents[1]
 LOUD = 800  # int16 peak that counts as "the agent is speaking" (about -32 dBFS)
@@ -125,7 +125,8 @@ async def main_async(args: argparse.Namespace) -> int:
     print("runner.py --room demo started (embedded Speech Engine emulator)", flush=True)
     token = mint_token(server.api_key, server.api_secret, room="demo", identity="demo-caller")
     page = TokenServer(TokenServerConfig(livekit_url=server.url, api_key=server.api_key,
-                                         api_secret=server.api_secret, agent_name="elevenlabs-bridge"),
+                                         api_secret=server.api_secret, agent_name="elevenlabs-bridge",
+                                         authorize=dev_open()),
                        port=args.page_port if port_free(args.page_port) else 0)
     try:
         await page.start()

@@ -27,7 +27,7 @@ from tests.bridge_fixtures import ToneAgent, running_worker, unique, wait_for
 from tests.cdp import Chromium, Page, find_chromium
 from tests.conftest import need
 from transport.session import BridgeSession, EngineSettings, SessionConfig, serve
-from transport.token_server import SDK_PATH, WEB_ROOT, TokenServer, TokenServerConfig
+from transport.token_server import SDK_PATH, WEB_ROOT, TokenServer, TokenServerConfig, dev_open
 from transport.worker import JobContext, JobRunner, WorkerConfig
 
 pytestmark = [pytest.mark.livekit, pytest.mark.browser]
@@ -80,7 +80,7 @@ async def production_path(server: LiveKitServer, runner: JobRunner, agent_name: 
     worker_config = WorkerConfig(url=server.url, api_key=server.api_key, api_secret=server.api_secret,
                                  agent_name=agent_name, max_jobs=2)
     token_config = TokenServerConfig(livekit_url=server.url, api_key=server.api_key,
-                                     api_secret=server.api_secret, agent_name=agent_name)
+                                     api_secret=server.api_secret, agent_name=agent_name, authorize=dev_open())
     async with running_worker(worker_config, runner), TokenServer(token_config) as tokens:
         yield tokens.url
 

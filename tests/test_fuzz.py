@@ -29,7 +29,7 @@ from core.redact import MASK, Redactor, redact_url
 from emulator import wire
 from tests.test_token_server import Running
 from transport.engine_protocol import EngineProtocol, Event
-from transport.token_server import TokenServerConfig
+from transport.token_server import TokenServerConfig, dev_open
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -164,7 +164,8 @@ class Served(Running):
 
     def __init__(self) -> None:
         super().__init__(TokenServerConfig(livekit_url="ws://127.0.0.1:7880", api_key="APIfuzzKey",
-                                           api_secret=API_SECRET, agent_name="elevenlabs-bridge"))
+                                           api_secret=API_SECRET, agent_name="elevenlabs-bridge",
+                                           authorize=dev_open(), rate_per_minute=1e6, rate_burst=10**6))
 
     def raw_request(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=5)
