@@ -26,6 +26,7 @@ from core.errors import (
     ConfigError,
     EngineAuthError,
     EngineError,
+    EngineRefusedError,
     LiveKitError,
     ProtocolError,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "DownlinkConfig",
     "EngineAuthError",
     "EngineError",
+    "EngineRefusedError",
     "FakeClock",
     "LiveKitError",
     "Mixer",

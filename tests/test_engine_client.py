@@ -4,6 +4,7 @@ and secrets kept out of logs and errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import traceback
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from aiohttp import web
 from websockets.asyncio.server import ServerConnection, serve
 
-from core.errors import EngineAuthError, EngineError
+from core.errors import EngineAuthError, EngineError, EngineRefusedError
 from core.formats import parse_format
 from emulator import Emulator, wire
 from tests.engine_fixtures import Collector, chunks, fast, peak_hz, running, utterance
@@ -275,6 +277,11 @@ async def test_initial_refusals_are_retried_until_accepted() -> None:
     (1008, "invalid_message", "error"),
     (1011, "unknown_websocket_crash", "retry"),
     (1002, "llm_error", "retry"),
+    # Types after which a new conversation ends the same way, whatever the close code.
+    (1002, "safety_violation", "error"),
+    (1002, "override_error", "error"),
+    (1011, "quota_exceeded", "error"),
+    (1002, "concurrency_limit_exceeded", "error"),
 ])
 async def test_server_close_codes_decide_the_ending(code: int, error_type: str, final: str) -> None:
     events = Collector()
@@ -291,7 +298,7 @@ async def test_server_close_codes_decide_the_ending(code: int, error_type: str, 
         else:
             with pytest.raises(EngineError, match=error_type) as info:
                 await asyncio.wait_for(client.wait(), 5)
-            assert info.value.close_code == 1008
+            assert info.value.close_code == code
         assert client.state is ConnectionState.CLOSED and client.counters.connects == 1
         assert client.last_error_event is not None and client.last_error_event.error_type == error_type
 
@@ -305,6 +312,117 @@ async def test_oversize_message_is_refused_by_the_socket_and_the_client_reconnec
         await emu.next_conversation()
         await events.until(lambda: client.counters.connects == 2)
         assert client.close_code == 1009
+
+
+async def accept_then_drop(close_code: int | None = 1011) -> tuple[list[float], object]:
+    """A bare engine that answers every conversation's init with metadata, then drops it at once."""
+    times: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def engine(ws: ServerConnection) -> None:
+        times.append(loop.time())
+        await ws.recv()
+        await ws.send(wire.metadata(f"conv_{len(times)}", "pcm_16000", "pcm_16000"))
+        await asyncio.sleep(0.02)
+        if close_code is None:
+            ws.transport.abort()
+        else:
+            await ws.close(close_code, "dropping")
+
+    return times, serve(engine, "127.0.0.1", 0)
+
+
+async def test_an_engine_that_accepts_and_drops_gets_a_bounded_number_of_conversations() -> None:
+    # Default backoff and caps. Before: the failure count and the backoff were reset by every metadata, so
+    # each drop got a fresh ~0.1 s retry: 37 conversations (37 signed URLs, 37 billed) in 5 s.
+    times, server_cm = await accept_then_drop(None)
+    async with server_cm as server:  # type: ignore[attr-defined]
+        port = server.sockets[0].getsockname()[1]
+        client = EngineClient(static_url(f"ws://127.0.0.1:{port}/"), Collector())
+        await client.start()
+        with contextlib.suppress(TimeoutError, EngineError):
+            await asyncio.wait_for(client.wait(), 5.0)
+        in_5s = len([t for t in times if t - times[0] <= 5.0])
+        await client.close()
+    print(f"conversations opened in 5 s by an accept-then-drop engine: {in_5s}")
+    assert 2 <= in_5s <= 6  # the first + at most max_reconnects=5; the backoff spreads them (~4 expected)
+
+
+async def test_reconnects_are_capped_per_window_with_a_clear_final_error() -> None:
+    times, server_cm = await accept_then_drop(1011)
+    async with server_cm as server:  # type: ignore[attr-defined]
+        port = server.sockets[0].getsockname()[1]
+        client = EngineClient(static_url(f"ws://127.0.0.1:{port}/"), Collector(), backoff=fast_retries,
+                              max_reconnects=3, reconnect_window_s=60.0)
+        await client.start()
+        with pytest.raises(EngineError, match=r"keeps dropping conversations: 3 re-established within 60 s"):
+            await asyncio.wait_for(client.wait(), 5.0)
+    assert len(times) == 4 and client.counters.connects == 4 and client.state is ConnectionState.CLOSED
+
+
+async def test_a_conversation_that_lasted_resets_the_count_and_the_budget_window_slides() -> None:
+    # Conversations of ~0.3 s with stable_after_s=0.2: each is "a while", so max_attempts never bites, and a
+    # 0.5 s window never holds more than one or two re-established conversations.
+    times: list[float] = []
+
+    async def engine(ws: ServerConnection) -> None:
+        times.append(asyncio.get_running_loop().time())
+        await ws.recv()
+        await ws.send(wire.metadata(f"conv_{len(times)}", "pcm_16000", "pcm_16000"))
+        await asyncio.sleep(0.3)
+        await ws.close(1011, "dropping")
+
+    async with serve(engine, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = EngineClient(static_url(f"ws://127.0.0.1:{port}/"), Collector(), backoff=fast_retries,
+                              stable_after_s=0.2, max_reconnects=3, reconnect_window_s=0.5)
+        await client.start()
+        await asyncio.sleep(2.5)
+        assert client.state is not ConnectionState.CLOSED
+        await client.close()
+    assert len(times) >= 6
+
+
+async def rest_answering(status: int, body: bytes) -> web.AppRunner:
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/json")
+    app = web.Application()
+    app.router.add_get("/v1/convai/conversation/get-signed-url", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@pytest.mark.parametrize(("status", "outcome"), [(200, "url"), (201, "url"), (203, "url"), (404, "refused"),
+                                                 (422, "refused"), (500, "retry"), (302, "retry")])
+async def test_signed_url_status_decides(status: int, outcome: str) -> None:
+    runner = await rest_answering(status, b'{"signed_url": "wss://engine.example/v1/convai/conversation?x=1"}')
+    try:
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        if outcome == "url":
+            assert (await fetch_signed_url(FAKE_KEY, "a", base_url=base)).startswith("wss://engine.example/")
+        elif outcome == "refused":
+            with pytest.raises(EngineRefusedError, match=str(status)):
+                await fetch_signed_url(FAKE_KEY, "a", base_url=base)
+        else:
+            with pytest.raises(EngineError) as info:
+                await fetch_signed_url(FAKE_KEY, "a", base_url=base)
+            assert not isinstance(info.value, EngineRefusedError)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_refused_signed_url_request_is_not_retried() -> None:
+    runner = await rest_answering(404, b'{"detail": "agent not found"}')
+    try:
+        provider = signed_url_provider(FAKE_KEY, "agent_nobody", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        client = EngineClient(provider, Collector(), backoff=fast_retries, max_attempts=5)
+        with pytest.raises(EngineRefusedError, match="404"):
+            await client.start()
+        assert client.counters.failed_attempts == 0  # not retried: before, 5 attempts
+    finally:
+        await runner.cleanup()
 
 
 async def test_close_during_backoff_is_prompt_and_clean() -> None:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from core.errors import ConfigError, EngineAuthError, EngineError
+from core.errors import ConfigError, EngineAuthError, EngineError, EngineRefusedError
 from core.redact import redact_url
 
 __all__ = ["DEFAULT_API_BASE", "UrlProvider", "fetch_signed_url", "signed_url_provider", "static_url"]
@@ -49,7 +49,9 @@ async def fetch_signed_url(api_key: str, agent_id: str, *, base_url: str = DEFAU
         raise EngineError(f"signed URL request to {where} failed: {type(exc).__name__}") from None
     if status in (401, 403):
         raise EngineAuthError(f"signed URL request refused with HTTP {status}: check API key and agent id")
-    if status != 200:
+    if status in (404, 422):  # unknown agent / invalid request: asking again cannot help
+        raise EngineRefusedError(f"signed URL request to {where} answered HTTP {status}: check the agent id")
+    if not 200 <= status < 300:
         raise EngineError(f"signed URL request to {where} answered HTTP {status}")
     try:
         url = json.loads(body)["signed_url"]
