@@ -502,3 +502,45 @@ async def test_key_and_signature_never_reach_logs_or_errors(caplog: pytest.LogCa
         assert FAKE_KEY not in text
         assert signature not in text
         assert emu.api_key not in text
+
+
+# ------------------------------------------------------------------------------------------ older interruptions
+
+
+async def test_an_engine_interruption_of_an_older_event_leaves_the_reply_playing() -> None:
+    """Through the emulator: a reply (tone, event N) is streaming when the engine sends an ``interruption``
+    with event id N-1 (an older event, as the service does to stop a tool-call sound). The downlink, fed in
+    arrival order, keeps the whole reply; an interruption of N or above would have dropped it."""
+    from core.clock import MS, FakeClock
+    from core.downlink import Downlink
+
+    events = Collector()
+    down: Downlink | None = None
+
+    def feed(event: object, recv_ns: int) -> None:
+        events(event, recv_ns)  # type: ignore[arg-type]
+        if isinstance(event, ConversationMetadata):
+            nonlocal down
+            down = Downlink(event.output_format, FakeClock())
+        elif isinstance(event, AgentAudio) and down is not None:
+            down.push(event.audio, 0, event_id=event.event_id)
+        elif isinstance(event, Interruption) and down is not None:
+            down.interrupt(event.event_id)
+
+    async with running(fast(reply_mode="tone", tone_hz=660.0, chunk_ms=50, burst_factor=1.0)) as emu, \
+            client_for(emu, feed) as client:  # type: ignore[arg-type]
+        conversation = await emu.next_conversation()
+        reply = conversation.trigger_reply("tone", ms=1000)
+        await conversation.wait_for(lambda: reply.chunks_sent >= 4)
+        conversation.send(wire.interruption(reply.event_id - 1), "interruption", reply.event_id - 1)
+        await conversation.wait_for(lambda: reply.done)
+        await events.until(lambda: sum(len(e.audio) for e in events.of(AgentAudio)) >= 2 * reply.samples_sent)
+        assert [e.event_id for e in events.of(Interruption)] == [reply.event_id - 1]
+        assert client.protocol.counters.stale_audio_chunks == 0
+    assert down is not None
+    out = [s for now in range(0, 2_000 * MS, 10 * MS) if (s := down.due(now)) is not None]
+    played = np.concatenate(out)
+    frames = played[:played.size // 480 * 480].reshape(-1, 480).astype(np.float64)
+    loud_frames = int((np.sqrt((frames ** 2).mean(axis=1)) > 300).sum())
+    assert loud_frames >= 97  # the whole second of the reply (before: flushed at the interruption, ~0)
+    assert abs(peak_hz(played, 48_000) - 660.0) < 10
