@@ -70,6 +70,7 @@ from core.formats import AudioFormat
 from core.redact import Redactor, redact_url
 from transport.backoff import DelayFactory, full_jitter
 from transport.engine_protocol import (
+    DEFAULT_MAX_AUDIO_MS_PER_MESSAGE,
     ConversationMetadata,
     EngineErrorEvent,
     EngineProtocol,
@@ -91,12 +92,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 _WS_LOG = logging.getLogger("websockets.client")
 
-DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # the Python SDK's max_size
+# The Python SDK allows 16 MiB (its max_size). One 15 MiB message held the shared event loop ~600 ms in
+# websockets' UTF-8 decode and json.loads, before any audio check could refuse it; 2 MiB still carries 10 s
+# of pcm_48000 audio (1.3 MB of base64) or a large tool result, and costs a few ms. Larger: close 1009.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
 _CLOSE_NORMAL: Final = 1000
 _CLOSE_POLICY: Final = 1008
 # Pongs waiting for a stalled socket: only the newest are worth sending, and an engine that keeps pinging while
 # it reads nothing must not grow the queue without bound.
 _MAX_QUEUED_PONGS: Final = 32
+_YIELD_AFTER_CHARS: Final = 256 * 1024
 _PROTOCOL_ERROR_LOG_FIRST: Final = 10  # per kind; afterwards every 1000th, so a flood cannot flood the log
 # ``error`` types after which a new conversation would end the same way (PROTOCOL.md "Close codes and
 # errors", from the AsyncAPI ErrorType): the safety filter, our overrides or dynamic variables, our messages.
@@ -210,6 +215,7 @@ class EngineClient:
         max_reconnects: int = 5,
         reconnect_window_s: float = 60.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_audio_ms_per_message: int = DEFAULT_MAX_AUDIO_MS_PER_MESSAGE,
         open_timeout: float = 10.0,
         metadata_timeout: float = 10.0,
         close_timeout: float = 5.0,
@@ -246,7 +252,8 @@ class EngineClient:
         self._proxy = proxy
         self.redactor = Redactor(secrets)
 
-        self.protocol = EngineProtocol(max_message_chars=max_message_bytes)
+        self.protocol = EngineProtocol(max_message_chars=max_message_bytes,
+                                       max_audio_ms_per_message=max_audio_ms_per_message)
         self.counters = ClientCounters()
         self.state = ConnectionState.CLOSED
         self.last_error_event: EngineErrorEvent | None = None
@@ -578,6 +585,11 @@ class EngineClient:
         try:
             async for message in ws:
                 recv_ns = self._clock.now_ns()
+                if len(message) > _YIELD_AFTER_CHARS:
+                    # websockets hands over buffered messages without suspending: after a large one, let
+                    # the other sessions on this loop run before parsing it, so a burst of large messages
+                    # cannot hold the loop for its whole length.
+                    await asyncio.sleep(0)
                 if isinstance(message, bytes):
                     self._protocol_error(self.protocol.binary_frame(len(message)))
                     continue
