@@ -197,6 +197,32 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
     return 0
 
 
+# After the first SIGTERM/SIGINT the process gets this long, beyond the worker's drain grace, to stop cleanly
+# (a job's stop timeout twice: asked to end, then cancelled; plus closing the worker socket); then it exits
+# regardless. A second signal exits at once. Either way the exit code says it was forced.
+_FORCED_EXIT_CODE = 3
+_STOP_MARGIN_S = 30.0
+
+
+def shutdown_budget_s(args: argparse.Namespace) -> float:
+    return (args.drain_grace if args.worker else 0.0) + _STOP_MARGIN_S
+
+
+def on_stop_signal(sig: signal.Signals, stop: asyncio.Event, budget_s: float) -> None:
+    """First signal: stop cleanly, with a watchdog of ``budget_s``; second signal: exit now."""
+    if stop.is_set():
+        log.error("%s again: exiting now, without a clean shutdown", sig.name)
+        exit_now(_FORCED_EXIT_CODE)
+    log.info("%s: stopping (a second signal forces the exit; forced anyway after %.0f s)", sig.name, budget_s)
+    stop.set()
+
+    def overdue() -> None:
+        log.error("still stopping %.0f s after %s: exiting without a clean shutdown", budget_s, sig.name)
+        exit_now(_FORCED_EXIT_CODE)
+
+    asyncio.get_running_loop().call_later(budget_s, overdue)
+
+
 async def amain(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> int:
     args = parse_args(argv)
     env = dict(os.environ) if env is None else env
@@ -207,9 +233,10 @@ async def amain(argv: Sequence[str] | None = None, env: dict[str, str] | None = 
             parse_format(name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    budget = shutdown_budget_s(args)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_stop_signal, sig, stop, budget)
     metrics = None
     if args.metrics_port is not None:
         from transport.metrics import BridgeMetrics  # prometheus-client: the optional `metrics` extra

@@ -572,3 +572,37 @@ async def test_a_flood_of_huge_audio_messages_does_not_stall_the_other_sessions(
     assert result["flooded_close_code"] == 1009  # refused by the socket, before any decode
     assert lag["max"] < 500.0  # generous for a loaded 2-core machine; unguarded it is > 1500 ms
     assert result["others_frames_during_flood_min"] > 150  # of ~300: the others kept playing
+
+
+async def test_a_lost_conversation_is_not_reopened_when_the_owner_does_not_want_it() -> None:
+    # For an empty room: the session stops its silence keepalive, the engine's idle timeout (1002,
+    # transport_receive_timeout) ends the conversation, and no new billed conversation is opened for nobody.
+    wanted = [True]
+    async with running(fast(idle_timeout_s=0.5)) as emu:
+        client = client_for(emu, Collector(), reconnect_wanted=lambda: wanted[0])
+        await client.start()
+        first = await emu.next_conversation()
+        wanted[0] = False
+        await asyncio.wait_for(client.wait(), 5)  # a clean end, no error
+        assert first.close_code == 1002 and client.counters.connects == 1
+        assert len(emu.conversations) == 1 and client.state is ConnectionState.CLOSED
+
+
+async def test_close_against_an_engine_that_stopped_reading_keeps_to_one_budget() -> None:
+    # The polite close and the wait for the client's task share close_timeout. Before: one close_timeout
+    # each (2 x), which pushed a session's room close past the worker's stop timeout.
+    async def engine(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(wire.metadata("conv_deaf", "pcm_16000", "pcm_16000"))
+        ws.transport.pause_reading()  # our close frame is never read, never answered
+        await asyncio.sleep(3)
+        ws.transport.abort()
+
+    async with serve(engine, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = EngineClient(static_url(f"ws://127.0.0.1:{port}/"), Collector(), close_timeout=1.0)
+        await client.start()
+        started = asyncio.get_running_loop().time()
+        await client.close()
+        took = asyncio.get_running_loop().time() - started
+    assert took < 1.6, f"{took:.2f} s"

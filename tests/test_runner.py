@@ -115,3 +115,77 @@ async def test_runner_bridges_a_room_with_the_embedded_emulator_and_stops_on_sig
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# ------------------------------------------------------------------------------------------ stopping
+
+
+class Blackhole:
+    """A TCP port that accepts connections and never answers: a LiveKit server that hangs mid-connect."""
+
+    async def __aenter__(self) -> Blackhole:
+        self.writers: list[asyncio.StreamWriter] = []
+
+        async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.append(writer)
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.server.close()
+
+
+async def start_runner(*args: str, url: str, ready: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "ELEVENLABS_", "SPEECH_ENGINE"))}
+    env.update(LIVEKIT_URL=url, LIVEKIT_API_KEY=TEST_API_KEY, LIVEKIT_API_SECRET=TEST_API_SECRET,
+               PYTHONUNBUFFERED="1")
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "runner.py"), *args, env=env, cwd=ROOT,
+                                                stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    async with asyncio.timeout(60):
+        while ready not in (await proc.stderr.readline()).decode():
+            pass
+    return proc
+
+
+async def stopped_within(proc: asyncio.subprocess.Process, seconds: float) -> tuple[int | None, float, str]:
+    started = time.monotonic()
+    assert proc.stderr is not None
+    try:
+        err = await asyncio.wait_for(proc.stderr.read(), seconds)
+        await asyncio.wait_for(proc.wait(), 1)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None, time.monotonic() - started, ""
+    return proc.returncode, time.monotonic() - started, err.decode()
+
+
+async def test_sigterm_while_the_worker_connects_stops_at_once() -> None:
+    # Before: the drain waited for the connection attempt's open timeout (10 s; measured 5.6 s after SIGTERM).
+    async with Blackhole() as hole:
+        proc = await start_runner("--worker", url=hole.url, ready="worker for agent")
+        await asyncio.sleep(0.5)  # the worker is now inside its connect
+        proc.send_signal(signal.SIGTERM)
+        code, took, err = await stopped_within(proc, 20)
+    assert code == 0, err[-2000:]
+    assert took < 3.0, f"{took:.1f} s"
+
+
+async def test_a_second_sigterm_forces_the_exit() -> None:
+    # The room mode's first SIGTERM waits for the room connect (15 s against a blackhole); a second one
+    # exits at once with a code that says so. Before: the second signal did nothing more.
+    async with Blackhole() as hole:
+        proc = await start_runner("--room", "r", url=hole.url, ready="bridging room")
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        code, took, err = await stopped_within(proc, 20)
+    assert code == 3, err[-2000:]
+    assert took < 3.0, f"{took:.1f} s"
+    assert "exiting now, without a clean shutdown" in err

@@ -224,6 +224,7 @@ class EngineClient:
         subprotocols: Sequence[str] = (),
         secrets: Iterable[str] = (),
         proxy: str | Literal[True] | None = True,
+        reconnect_wanted: Callable[[], bool] | None = None,
     ) -> None:
         if max_attempts < 1 or audio_queue_limit < 1 or max_message_bytes < 1:
             raise ConfigError("max_attempts, audio_queue_limit and max_message_bytes must be positive")
@@ -250,6 +251,8 @@ class EngineClient:
         self._audio_queue_limit = audio_queue_limit
         self._subprotocols = [Subprotocol(p) for p in subprotocols] or None
         self._proxy = proxy
+        # Asked when an established conversation is lost: False ends the client cleanly instead.
+        self._reconnect_wanted = reconnect_wanted
         self.redactor = Redactor(secrets)
 
         self.protocol = EngineProtocol(max_message_chars=max_message_bytes,
@@ -324,9 +327,14 @@ class EngineClient:
         await asyncio.shield(self._task)
 
     async def close(self) -> None:
-        """End the conversation with close code 1000 and stop reconnecting. Never raises the final error."""
+        """End the conversation with close code 1000 and stop reconnecting. Never raises the final error.
+
+        Takes at most ``close_timeout`` (plus the cancelled task's unwinding) in all: the polite close and
+        the wait for the client's task share one budget, so a caller can budget its own teardown on it."""
         self._closing = True
         self._stop.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._close_timeout
         ws = self._ws
         if ws is not None:
             await self._close_politely(ws)
@@ -335,7 +343,7 @@ class EngineClient:
             if ws is None:
                 task.cancel()  # connecting or backing off: nothing to close politely
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(task), self._close_timeout)
+                await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()))
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -570,6 +578,10 @@ class EngineClient:
             return _Ended(code, "closed by client", None, final=True)
         if code == _CLOSE_NORMAL:
             return _Ended(code, f"engine ended the conversation: {reason}", None, final=True)
+        if self._reconnect_wanted is not None and not self._reconnect_wanted():
+            # The owner has nobody to reconnect for (an empty room whose keepalive stopped, so the engine's
+            # idle timeout ended the conversation): a new conversation would be billed for nothing.
+            return _Ended(code, f"conversation lost and not reopened (not wanted): {reason}", None, final=True)
         if error is not None and is_final_error_type(error.error_type):
             return _Ended(code, reason, EngineRefusedError(
                 f"engine closed the conversation with an error that a retry would repeat: {reason}",

@@ -87,7 +87,10 @@ class WorkerConfig:
     # Periodic UpdateWorkerStatus on top of the ones sent on every change; also frees lapsed reservations.
     status_interval_s: float = 5.0
     # A job asked to end (JobTermination, or drain after its grace) is cancelled if still running after this.
-    stop_timeout_s: float = 5.0
+    # Longer than a session's own close budget (room first, then the engine's 5 s close timeout), so the
+    # worker's cancel never cuts a teardown that is still within its budget; a cancelled job then gets the
+    # same time again to unwind before the worker stops waiting for it.
+    stop_timeout_s: float = 12.0
     full_load: float = DEFAULT_FULL_LOAD
     identity_prefix: str = "agent-"
     open_timeout_s: float = 10.0
@@ -202,6 +205,7 @@ class Worker:
         self._registrations = self._connection_failures = 0
         self._rtt_ms: float | None = None
         self._registered_here = False
+        self._serving: asyncio.Task[int | None] | None = None  # the current connection's life
 
     # -- public state --------------------------------------------------------------------------------
     @property
@@ -244,7 +248,16 @@ class Worker:
             while not self._stop.is_set():
                 self._registered_here = False
                 try:
-                    code = await self._connect_and_serve(endpoint)
+                    self._serving = asyncio.get_running_loop().create_task(self._connect_and_serve(endpoint),
+                                                                            name="worker:connection")
+                    try:
+                        await asyncio.wait({self._serving})
+                    finally:
+                        if not self._serving.done():  # run() itself was cancelled
+                            self._serving.cancel()
+                    if self._serving.cancelled():  # a drain while connecting or registering: nothing to flush
+                        break
+                    code = self._serving.result()
                     if not self._stop.is_set():
                         log.warning("agent endpoint closed the connection (code %s)", code)
                 except websockets.exceptions.InvalidStatus as exc:
@@ -275,6 +288,7 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:
+            self._serving = None
             await self._end_all_jobs("closed")
 
     async def _connect_and_serve(self, endpoint: str) -> int | None:
@@ -439,7 +453,12 @@ class Worker:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Bounded: a job that swallows its cancellation (or waits on a native call that ignores it) must
+            # not keep the worker, and with it the process, from stopping.
+            _, stuck = await asyncio.wait(tasks, timeout=self.config.stop_timeout_s)
+            if stuck:
+                log.error("%d job(s) did not stop within %.1f s of being cancelled; leaving them",
+                          len(stuck), self.config.stop_timeout_s)
 
     # -- shutdown ------------------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:
@@ -474,6 +493,13 @@ class Worker:
 
     async def _close_socket(self) -> None:
         ws = self._ws
+        if not self._proto.registered:
+            # Still connecting or waiting for registration: nothing to tell the server, so do not wait for
+            # the open timeout (10 s) or a close handshake with a server that may not be answering.
+            self._stop.set()
+            if self._serving is not None:
+                self._serving.cancel()
+            return
         if ws is not None and self._proto.registered:
             self._kick()
             with contextlib.suppress(TimeoutError):
