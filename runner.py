@@ -1,14 +1,16 @@
 """Command line around :class:`transport.session.BridgeSession`.
 
-    python runner.py --room demo                 # local dev LiveKit + embedded Speech Engine emulator
+    python runner.py --room demo --emulator      # dev: local LiveKit + the embedded Speech Engine emulator
     ELEVENLABS_API_KEY=… SPEECH_ENGINE_ID=… python runner.py --room support-42
     python runner.py --room demo --engine-url wss://…/v1/convai/conversation?agent_id=…
     python runner.py --worker --agent-name elevenlabs-bridge   # explicit dispatch (see README)
 
 LiveKit: ``LIVEKIT_URL`` / ``LIVEKIT_API_KEY`` / ``LIVEKIT_API_SECRET`` (defaults: the local dev server at
-ws://127.0.0.1:7880 with devkey/secret). Engine: ``--engine-url``, else ``ELEVENLABS_API_KEY`` +
-``SPEECH_ENGINE_ID`` (signed URL minted here per connection; ``ELEVENLABS_API_BASE`` moves the REST API),
-else the embedded emulator.
+ws://127.0.0.1:7880 with devkey/secret; in worker mode only with ``--emulator``: a production worker must be
+told its server and credentials). Engine: ``--engine-url``, else ``ELEVENLABS_API_KEY`` + ``SPEECH_ENGINE_ID``
+(signed URL minted here per connection; ``ELEVENLABS_API_BASE`` moves the REST API), else — only when asked
+with ``--emulator`` — the embedded emulator, a dev-only mode: it would answer real callers with a test tone.
+Without any of them the runner refuses to start and says what to set. The first log line names the mode.
 """
 
 from __future__ import annotations
@@ -50,8 +52,14 @@ class LiveKitTarget:
     api_secret: str
 
 
-def livekit_from_env(env: dict[str, str] | None = None) -> LiveKitTarget:
+def livekit_from_env(env: dict[str, str] | None = None, *, dev_defaults: bool = True) -> LiveKitTarget:
+    """LIVEKIT_URL / _API_KEY / _API_SECRET; without ``dev_defaults`` all three must be set."""
     env = dict(os.environ) if env is None else env
+    if not dev_defaults:
+        missing = [name for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not env.get(name)]
+        if missing:
+            raise ConfigError(f"a worker needs its LiveKit server and credentials: set {', '.join(missing)} "
+                              "(or run with --emulator for a local dev server's defaults)")
     return LiveKitTarget(env.get("LIVEKIT_URL") or DEFAULT_LIVEKIT_URL,
                          env.get("LIVEKIT_API_KEY") or DEV_KEY, env.get("LIVEKIT_API_SECRET") or DEV_SECRET)
 
@@ -73,6 +81,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="open the engine conversation when the first caller appears (default) or at once")
     p.add_argument("--linger", type=float, default=10.0, help="seconds an empty room is kept before ending")
     p.add_argument("--stay", action="store_true", help="do not end the session when the room empties")
+    p.add_argument("--emulator", action="store_true",
+                   help="dev only: answer with the embedded Speech Engine emulator (no engine credentials needed)")
     p.add_argument("--reply", choices=("echo", "tone", "speech"), default="speech",
                    help="embedded emulator only: how the emulated agent answers")
     p.add_argument("--worker", action="store_true", help="register as an agent worker (explicit dispatch)")
@@ -86,6 +96,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not args.worker and not args.room:
         p.error("give --room NAME (or --worker)")
+    if args.emulator and args.engine_url:
+        p.error("--emulator and --engine-url exclude each other")
     return args
 
 
@@ -118,24 +130,29 @@ def setup_logging(level: str, json_logs: bool, redactor: Redactor) -> None:
 async def engine_settings(args: argparse.Namespace, env: dict[str, str]) -> AsyncIterator[EngineSettings]:
     """Real engine when asked for, else the embedded emulator for the life of the block."""
     if args.engine_url:
+        log.info("mode: engine at the given conversation URL (--engine-url)")
         yield EngineSettings(url=args.engine_url, fallback_input_format=args.input_format or "pcm_16000")
         return
     api_key, agent_id = env.get("ELEVENLABS_API_KEY"), env.get("SPEECH_ENGINE_ID")
-    if api_key or agent_id:
+    if (api_key or agent_id) and not args.emulator:
         if not (api_key and agent_id):
             raise ConfigError("set both ELEVENLABS_API_KEY and SPEECH_ENGINE_ID to use the hosted engine")
-        yield EngineSettings(api_key=api_key, agent_id=agent_id,
-                             api_base=env.get("ELEVENLABS_API_BASE") or DEFAULT_API_BASE,
+        base = env.get("ELEVENLABS_API_BASE") or DEFAULT_API_BASE
+        log.info("mode: hosted Speech Engine %s via %s", agent_id, base)
+        yield EngineSettings(api_key=api_key, agent_id=agent_id, api_base=base,
                              fallback_input_format=args.input_format or "pcm_16000")
         return
+    if not args.emulator:
+        raise ConfigError("no Speech Engine configured: set ELEVENLABS_API_KEY and SPEECH_ENGINE_ID, or give "
+                          "--engine-url; --emulator runs the embedded emulator instead (development only)")
     from emulator import Emulator, EmulatorConfig
 
     config = EmulatorConfig(input_format=args.input_format or "pcm_16000",
                             output_format=args.output_format or "pcm_16000", reply_mode=args.reply)
     async with Emulator(config) as emu:
-        log.info("no engine credentials: using the embedded Speech Engine emulator at %s (reply mode %s, "
-                 "formats %s in / %s out)", emu.rest_base_url, args.reply, config.input_format,
-                 config.output_format)
+        log.warning("mode: DEV, the embedded Speech Engine emulator at %s answers every caller (reply mode %s, "
+                    "formats %s in / %s out)", emu.rest_base_url, args.reply, config.input_format,
+                    config.output_format)
         yield EngineSettings(api_key=emu.api_key, agent_id=config.agent_id, api_base=emu.rest_base_url)
 
 
@@ -169,7 +186,7 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
                      metrics: BridgeMetrics | None = None) -> int:
     from transport.worker import JobContext, Worker, WorkerConfig
 
-    livekit = livekit_from_env(env)
+    livekit = livekit_from_env(env, dev_defaults=args.emulator)
     async with engine_settings(args, env) as engine:
 
         async def job(ctx: JobContext) -> None:

@@ -117,10 +117,10 @@ async def main_async(args: argparse.Namespace) -> int:
     for key in ("ELEVENLABS_API_KEY", "SPEECH_ENGINE_ID"):
         env.pop(key, None)  # the demo always uses the embedded emulator
     bridge = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "runner.py"), "--room", "demo", "--reply", "speech", "--stay",
+        sys.executable, str(ROOT / "runner.py"), "--room", "demo", "--emulator", "--reply", "speech", "--stay",
         "--log-level", args.log_level, env=env, cwd=ROOT)
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "runner.py"), "--worker", "--agent-name", "elevenlabs-bridge", "--reply", "echo",
+        sys.executable, str(ROOT / "runner.py"), "--worker", "--emulator", "--agent-name", "elevenlabs-bridge", "--reply", "echo",
         "--log-level", args.log_level, env=env, cwd=ROOT)
     print("runner.py --room demo started (embedded Speech Engine emulator)", flush=True)
     token = mint_token(server.api_key, server.api_secret, room="demo", identity="demo-caller")
