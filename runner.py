@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("runner")
 
 DEFAULT_LIVEKIT_URL = "ws://127.0.0.1:7880"
+# benchmarks/README.md "Scaling": about ten sessions per process on the measured 2-core machine (67 ms of CPU
+# per session-second, and the SDK's per-event cost grows with the square of the rooms in one process). Run
+# more worker processes, not more sessions per process. Was 50, which the process could not carry.
+MEASURED_SESSIONS_PER_PROCESS = 10
 DEV_KEY, DEV_SECRET = "devkey", "secret"
 
 
@@ -87,7 +91,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="embedded emulator only: how the emulated agent answers")
     p.add_argument("--worker", action="store_true", help="register as an agent worker (explicit dispatch)")
     p.add_argument("--agent-name", default="elevenlabs-bridge", help="agent name for --worker")
-    p.add_argument("--max-jobs", type=int, default=50, help="sessions one worker process takes at most")
+    p.add_argument("--max-jobs", type=int, default=MEASURED_SESSIONS_PER_PROCESS,
+                   help=f"sessions one worker process takes at most (default {MEASURED_SESSIONS_PER_PROCESS}, the "
+                        "capacity measured per process; the worker also reports full while its event loop lags)")
     p.add_argument("--drain-grace", type=float, default=30.0,
                    help="seconds running sessions get to finish after SIGTERM (worker mode)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")

@@ -120,8 +120,8 @@ async def main_async(args: argparse.Namespace) -> int:
         sys.executable, str(ROOT / "runner.py"), "--room", "demo", "--emulator", "--reply", "speech", "--stay",
         "--log-level", args.log_level, env=env, cwd=ROOT)
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "runner.py"), "--worker", "--emulator", "--agent-name", "elevenlabs-bridge", "--reply", "echo",
-        "--log-level", args.log_level, env=env, cwd=ROOT)
+        sys.executable, str(ROOT / "runner.py"), "--worker", "--emulator", "--agent-name", "elevenlabs-bridge",
+        "--reply", "echo", "--log-level", args.log_level, env=env, cwd=ROOT)
     print("runner.py --room demo started (embedded Speech Engine emulator)", flush=True)
     token = mint_token(server.api_key, server.api_secret, room="demo", identity="demo-caller")
     page = TokenServer(TokenServerConfig(livekit_url=server.url, api_key=server.api_key,

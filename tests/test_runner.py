@@ -208,3 +208,10 @@ async def test_a_second_sigterm_forces_the_exit() -> None:
     assert code == 3, err[-2000:]
     assert took < 3.0, f"{took:.1f} s"
     assert "exiting now, without a clean shutdown" in err
+
+
+def test_max_jobs_defaults_to_the_measured_capacity() -> None:
+    # Before: 50, five times what one process was measured to carry (benchmarks/README.md, Scaling).
+    from runner import MEASURED_SESSIONS_PER_PROCESS, parse_args
+
+    assert parse_args(["--worker"]).max_jobs == MEASURED_SESSIONS_PER_PROCESS == 10

@@ -57,12 +57,18 @@ class RoomLinkConfig:
     ignore_agents: bool = True
     connect_timeout_s: float = 15.0
     track_name: str = "agent-voice"
+    # Callers mixed at most; later ones are not heard (nor counted as present) until a place frees and they
+    # publish again. Each caller costs an AudioStream, a ring and its share of the mix on the shared loop,
+    # and one room must not take a process's capacity from the others. None: no cap.
+    max_callers: int | None = 8
 
     def __post_init__(self) -> None:
         if self.queue_ms <= 0 or self.queue_ms % 10:
             raise ConfigError(f"AudioSource queue must be a positive multiple of 10 ms, got {self.queue_ms}")
         if self.caller_frame_ms <= 0 or self.caller_frame_ms % 10:
             raise ConfigError(f"caller frame must be a positive multiple of 10 ms, got {self.caller_frame_ms}")
+        if self.max_callers is not None and self.max_callers < 1:
+            raise ConfigError(f"max_callers must be at least 1 (or None), got {self.max_callers}")
 
 
 @dataclass(slots=True)
@@ -76,6 +82,7 @@ class RoomStats:
     callers_seen: int = 0
     reconnects: int = 0
     ignored_tracks: int = 0
+    callers_refused: int = 0  # joins past max_callers
 
 
 @dataclass(slots=True)
@@ -213,6 +220,12 @@ class RoomLink:
 
     def _participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if not self._closing and self._is_caller(participant) and participant.identity not in self._callers:
+            cap = self.config.max_callers
+            if cap is not None and len(self._callers) >= cap:
+                self.stats.callers_refused += 1
+                log.warning("caller %s not admitted: the room already has %d callers (max_callers)",
+                            participant.identity, cap)
+                return
             self._callers[participant.identity] = _Caller(participant.identity)
             self.stats.callers_seen += 1
             log.info("caller %s joined", participant.identity)
@@ -236,7 +249,10 @@ class RoomLink:
             log.debug("ignoring audio of %s (agent or ignored identity)", participant.identity)
             return
         self._participant_connected(participant)
-        caller = self._callers[participant.identity]
+        caller = self._callers.get(participant.identity)
+        if caller is None:  # past max_callers
+            self.stats.ignored_tracks += 1
+            return
         stream = rtc.AudioStream(track, sample_rate=VOICE_RATE, num_channels=1,
                                  frame_size_ms=self.config.caller_frame_ms)
         task = asyncio.get_running_loop().create_task(self._read_caller(participant.identity, stream),

@@ -47,6 +47,7 @@ from transport.worker_protocol import (
     JobAssigned,
     JobOffer,
     JobTerminationRequested,
+    LagWindow,
     Pong,
     Registered,
     ServerEvent,
@@ -96,6 +97,9 @@ class WorkerConfig:
     open_timeout_s: float = 10.0
     # Reconnect attempts per outage before run() gives up; None retries for ever (a worker's normal life).
     max_reconnects: int | None = None
+    # Report full while the event loop's lag (p95 of 100 ms probes over 10 s) is at or above this: the
+    # threshold in docs/OPERATIONS.md past which the agent's voice gaps. None: slots only.
+    overload_lag_s: float | None = 0.030
 
     def __post_init__(self) -> None:
         if not self.agent_name:
@@ -244,6 +248,9 @@ class Worker:
         endpoint = agent_endpoint(self.config.url)
         delays: Iterator[float] | None = None
         failures = 0
+        lag_watch = (asyncio.get_running_loop().create_task(self._watch_lag(self.config.overload_lag_s),
+                                                            name="worker:lag")
+                     if self.config.overload_lag_s is not None else None)
         try:
             while not self._stop.is_set():
                 self._registered_here = False
@@ -289,7 +296,25 @@ class Worker:
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:
             self._serving = None
+            if lag_watch is not None:
+                lag_watch.cancel()
             await self._end_all_jobs("closed")
+
+    async def _watch_lag(self, full_at_s: float, probe_s: float = 0.1) -> None:
+        window = LagWindow(full_at_s)
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(probe_s)
+            now = loop.time()
+            was = window.overloaded
+            if window.add(now - before - probe_s, now) != was:
+                if window.overloaded:
+                    log.warning("event-loop lag p95 >= %.0f ms: reporting full until it recovers", full_at_s * 1e3)
+                else:
+                    log.info("event-loop lag recovered: taking jobs again")
+                self._proto.set_overloaded(window.overloaded)
+                self._kick()
 
     async def _connect_and_serve(self, endpoint: str) -> int | None:
         """One connection's life; returns the close code when the server ended it."""
