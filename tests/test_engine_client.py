@@ -606,3 +606,85 @@ async def test_close_against_an_engine_that_stopped_reading_keeps_to_one_budget(
         await client.close()
         took = asyncio.get_running_loop().time() - started
     assert took < 1.6, f"{took:.2f} s"
+
+
+async def test_a_percent_encoded_signature_never_reaches_the_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    # websockets logs "> GET /path?query HTTP/1.1" at DEBUG with the query percent-encoded; the client had
+    # registered the decoded value only, so a signature with "+ / =" went out in the clear.
+    caplog.set_level(logging.DEBUG)
+    signature = "sig+With/Slash=Plus+0123456789=="
+    from urllib.parse import quote
+
+    async def engine(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(wire.metadata("conv_sig", "pcm_16000", "pcm_16000"))
+        await ws.wait_closed()
+
+    async with serve(engine, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        url = (f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id=a"
+               f"&conversation_signature={quote(signature, safe='')}")
+        async with EngineClient(static_url(url), Collector()):
+            pass
+    # Ours only: the test's own websockets server logs the request line it received, unredacted.
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server"))
+    assert "GET /v1/convai/conversation" in logged  # the request line was logged ...
+    for form in (signature, quote(signature, safe=""), quote(signature, safe="").lower()):
+        assert form not in logged  # ... without the signature in any form
+
+
+# ------------------------------------------------------------------------------------------ xi-api-key transport
+
+
+async def test_the_api_key_never_follows_a_redirect() -> None:
+    # Before: aiohttp followed a 302 and sent xi-api-key along to wherever it pointed.
+    from transport.engine_admin import EngineAdmin, EngineRef
+
+    seen_keys: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen_keys.append(request.headers.get("xi-api-key", ""))
+        return web.json_response({"signed_url": "wss://evil.example/x", "agent_id": "a"})
+
+    target = web.Application()
+    target.router.add_route("*", "/{tail:.*}", elsewhere)
+    target_runner = web.AppRunner(target)
+    await target_runner.setup()
+    await web.TCPSite(target_runner, "127.0.0.1", 0).start()
+    target_url = f"http://127.0.0.1:{target_runner.addresses[0][1]}/steal"
+
+    async def redirect(_: web.Request) -> web.Response:
+        raise web.HTTPFound(target_url)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        with pytest.raises(EngineError, match="redirected"):
+            await fetch_signed_url(FAKE_KEY, "a", base_url=base)
+        with pytest.raises(EngineError, match="redirected"):
+            await EngineAdmin(FAKE_KEY, base_url=base).get(EngineRef.of("agent_x", "auto"))
+        assert seen_keys == []
+    finally:
+        await runner.cleanup()
+        await target_runner.cleanup()
+
+
+@pytest.mark.parametrize(("base", "ok"), [("https://api.elevenlabs.io", True), ("http://127.0.0.1:8080", True),
+                                          ("http://localhost:1", True), ("http://api.elevenlabs.io", False),
+                                          ("http://10.0.0.5", False), ("ftp://api.elevenlabs.io", False)])
+def test_the_api_key_only_travels_over_https_except_to_loopback(base: str, ok: bool) -> None:
+    from core.errors import ConfigError
+    from transport.engine_admin import EngineAdmin
+
+    if ok:
+        signed_url_provider(FAKE_KEY, "a", base_url=base)
+        EngineAdmin(FAKE_KEY, base_url=base)
+    else:
+        with pytest.raises(ConfigError, match="https"):
+            signed_url_provider(FAKE_KEY, "a", base_url=base)
+        with pytest.raises(ConfigError, match="https"):
+            EngineAdmin(FAKE_KEY, base_url=base)

@@ -243,6 +243,24 @@ def test_a_registered_secret_never_survives_redaction(secret: str, before: str, 
 
 
 @FUZZ
+@given(secret=secrets_, before=st.text(max_size=60), after=st.text(max_size=60), plus=st.booleans(),
+       lower=st.booleans())
+def test_a_secret_never_survives_in_its_url_encoded_forms(secret: str, before: str, after: str, plus: bool,
+                                                          lower: bool) -> None:
+    # Before: a signature with "+ / =" registered decoded (from parse_qsl) leaked through the websockets
+    # DEBUG request line, which carries it percent-encoded.
+    from urllib.parse import quote, quote_plus
+
+    assume(MASK not in secret)
+    encoded = quote_plus(secret, safe="") if plus else quote(secret, safe="")
+    if lower:
+        encoded = "".join(c.lower() if (i > 0 and encoded[i - 1] == "%") or (i > 1 and encoded[i - 2] == "%")
+                          else c for i, c in enumerate(encoded))
+    text = Redactor([secret])(f"{before}GET /v1/convai/conversation?conversation_signature={encoded} {after}")
+    assert encoded not in text
+
+
+@FUZZ
 @given(url=st.text(max_size=120), value=secrets_)
 def test_redact_url_never_raises_and_drops_query_values(url: str, value: str) -> None:
     redact_url(url)
