@@ -1,14 +1,16 @@
 """Command line around :class:`transport.session.BridgeSession`.
 
-    python runner.py --room demo                 # local dev LiveKit + embedded Speech Engine emulator
+    python runner.py --room demo --emulator      # dev: local LiveKit + the embedded Speech Engine emulator
     ELEVENLABS_API_KEY=… SPEECH_ENGINE_ID=… python runner.py --room support-42
     python runner.py --room demo --engine-url wss://…/v1/convai/conversation?agent_id=…
     python runner.py --worker --agent-name elevenlabs-bridge   # explicit dispatch (see README)
 
 LiveKit: ``LIVEKIT_URL`` / ``LIVEKIT_API_KEY`` / ``LIVEKIT_API_SECRET`` (defaults: the local dev server at
-ws://127.0.0.1:7880 with devkey/secret). Engine: ``--engine-url``, else ``ELEVENLABS_API_KEY`` +
-``SPEECH_ENGINE_ID`` (signed URL minted here per connection; ``ELEVENLABS_API_BASE`` moves the REST API),
-else the embedded emulator.
+ws://127.0.0.1:7880 with devkey/secret; in worker mode only with ``--emulator``: a production worker must be
+told its server and credentials). Engine: ``--engine-url``, else ``ELEVENLABS_API_KEY`` + ``SPEECH_ENGINE_ID``
+(signed URL minted here per connection; ``ELEVENLABS_API_BASE`` moves the REST API), else — only when asked
+with ``--emulator`` — the embedded emulator, a dev-only mode: it would answer real callers with a test tone.
+Without any of them the runner refuses to start and says what to set. The first log line names the mode.
 """
 
 from __future__ import annotations
@@ -39,6 +41,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runner")
 
+# benchmarks/README.md "Scaling": about ten sessions per process on the measured 2-core machine (67 ms of CPU
+# per session-second, and the SDK's per-event cost grows with the square of the rooms in one process). Run
+# more worker processes (--processes), not more sessions per process. Was 50, which the process could not carry.
+MEASURED_SESSIONS_PER_PROCESS = 10
+
+
+def livekit_target(env: dict[str, str], *, dev_defaults: bool) -> LiveKitTarget:
+    """LIVEKIT_URL / _API_KEY / _API_SECRET; without ``dev_defaults`` (a real deployment) all three must be set
+    rather than silently falling back to a local ``--dev`` server's well-known keys."""
+    if not dev_defaults:
+        missing = [name for name in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not env.get(name)]
+        if missing:
+            raise ConfigError(f"a worker needs its LiveKit server and credentials: set {', '.join(missing)} "
+                              "(or run with --emulator for a local dev server's defaults)")
+    return from_env(env).livekit
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -63,11 +80,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="open the engine conversation when the first caller appears (default) or at once")
     p.add_argument("--linger", type=float, default=10.0, help="seconds an empty room is kept before ending")
     p.add_argument("--stay", action="store_true", help="do not end the session when the room empties")
+    p.add_argument("--emulator", action="store_true",
+                   help="dev only: answer with the embedded Speech Engine emulator (no engine credentials needed)")
     p.add_argument("--reply", choices=("echo", "tone", "speech"), default="speech",
                    help="embedded emulator only: how the emulated agent answers")
     p.add_argument("--worker", action="store_true", help="register as an agent worker (explicit dispatch)")
     p.add_argument("--agent-name", default="elevenlabs-bridge", help="agent name for --worker")
-    p.add_argument("--max-jobs", type=int, default=50, help="sessions one worker process takes at most")
+    p.add_argument("--max-jobs", type=int, default=MEASURED_SESSIONS_PER_PROCESS,
+                   help=f"sessions one worker process takes at most (default {MEASURED_SESSIONS_PER_PROCESS}, the "
+                        "capacity measured per process; the worker also reports full while its event loop lags)")
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                    help="worker mode: worker processes to run under a supervisor (default: the number of cores)")
     p.add_argument("--metrics-host", default="127.0.0.1",
@@ -86,6 +107,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("give --room NAME (or --worker)")
     if args.processes < 1:
         p.error("--processes must be at least 1")
+    if args.emulator and args.engine_url:
+        p.error("--emulator and --engine-url exclude each other")
     return args
 
 
@@ -119,20 +142,25 @@ async def engine_settings(args: argparse.Namespace, env: dict[str, str]) -> Asyn
     """Real engine when asked for, else the embedded emulator for the life of the block."""
     fallback = args.input_format or "pcm_16000"
     if args.engine_url:
+        log.info("mode: engine at the given conversation URL (--engine-url)")
         yield EngineSettings(url=args.engine_url, fallback_input_format=fallback)
         return
     hosted = from_env(env).engine
-    if hosted is not None:
+    if hosted is not None and not args.emulator:
+        log.info("mode: hosted Speech Engine %s via %s", hosted.agent_id, hosted.api_base)
         yield dataclasses.replace(hosted, fallback_input_format=fallback)
         return
+    if not args.emulator:
+        raise ConfigError("no Speech Engine configured: set ELEVENLABS_API_KEY and SPEECH_ENGINE_ID, or give "
+                          "--engine-url; --emulator runs the embedded emulator instead (development only)")
     from emulator import Emulator, EmulatorConfig
 
     config = EmulatorConfig(input_format=args.input_format or "pcm_16000",
                             output_format=args.output_format or "pcm_16000", reply_mode=args.reply)
     async with Emulator(config) as emu:
-        log.info("no engine credentials: using the embedded Speech Engine emulator at %s (reply mode %s, "
-                 "formats %s in / %s out)", emu.rest_base_url, args.reply, config.input_format,
-                 config.output_format)
+        log.warning("mode: DEV, the embedded Speech Engine emulator at %s answers every caller (reply mode %s, "
+                    "formats %s in / %s out)", emu.rest_base_url, args.reply, config.input_format,
+                    config.output_format)
         yield EngineSettings(api_key=emu.api_key, agent_id=config.agent_id, api_base=emu.rest_base_url)
 
 
@@ -167,7 +195,7 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
                      metrics: BridgeMetrics | None = None) -> int:
     from transport.worker import JobContext, Worker, WorkerConfig
 
-    livekit = from_env(env).livekit
+    livekit = livekit_target(env, dev_defaults=args.emulator)
     async with engine_settings(args, env) as engine:
 
         async def job(ctx: JobContext) -> None:
@@ -218,7 +246,7 @@ async def run_supervisor(args: argparse.Namespace, env: dict[str, str], argv: li
     """Worker mode: ``--processes`` worker processes (this runner again, supervised), one HTTP port for all."""
     from transport.supervisor import Supervisor, SupervisorConfig, strip_options
 
-    livekit = from_env(env).livekit
+    livekit = livekit_target(env, dev_defaults=args.emulator)
     http_url = livekit.url.replace("wss://", "https://", 1).replace("ws://", "http://", 1)
     supervisor = Supervisor(SupervisorConfig(
         processes=args.processes,
@@ -235,6 +263,32 @@ async def run_supervisor(args: argparse.Namespace, env: dict[str, str], argv: li
     return int(await supervisor.run())
 
 
+# After the first SIGTERM/SIGINT the process gets this long, beyond the worker's drain grace, to stop cleanly
+# (a job's stop timeout twice: asked to end, then cancelled; plus closing the worker socket); then it exits
+# regardless. A second signal exits at once. Either way the exit code says it was forced.
+_FORCED_EXIT_CODE = 4  # transport.supervisor.ExitCode.FORCED
+_STOP_MARGIN_S = 30.0
+
+
+def shutdown_budget_s(args: argparse.Namespace) -> float:
+    return (args.drain_grace if args.worker else 0.0) + _STOP_MARGIN_S
+
+
+def on_stop_signal(sig: signal.Signals, stop: asyncio.Event, budget_s: float) -> None:
+    """First signal: stop cleanly, with a watchdog of ``budget_s``; second signal: exit now."""
+    if stop.is_set():
+        log.error("%s again: exiting now, without a clean shutdown", sig.name)
+        exit_now(_FORCED_EXIT_CODE)
+    log.info("%s: stopping (a second signal forces the exit; forced anyway after %.0f s)", sig.name, budget_s)
+    stop.set()
+
+    def overdue() -> None:
+        log.error("still stopping %.0f s after %s: exiting without a clean shutdown", budget_s, sig.name)
+        exit_now(_FORCED_EXIT_CODE)
+
+    asyncio.get_running_loop().call_later(budget_s, overdue)
+
+
 async def amain(argv: Sequence[str] | None = None, env: dict[str, str] | None = None) -> int:
     args = parse_args(argv)
     env = dict(os.environ) if env is None else env
@@ -244,12 +298,17 @@ async def amain(argv: Sequence[str] | None = None, env: dict[str, str] | None = 
         if name:
             parse_format(name)
     if args.worker and args.supervised_fd is None:
-        return await run_supervisor(args, env, list(sys.argv[1:] if argv is None else argv))
+        try:
+            return await run_supervisor(args, env, list(sys.argv[1:] if argv is None else argv))
+        except BridgeError as exc:
+            print(f"error: {redactor(str(exc))}", file=sys.stderr)
+            return 3 if isinstance(exc, ConfigError) else 1  # transport.supervisor.ExitCode CONFIG / ERROR
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    budget = shutdown_budget_s(args)
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_stop_signal, sig, stop, budget)
     metrics = None
     if args.metrics_port is not None:
         from transport.metrics import BridgeMetrics  # prometheus-client: the optional `metrics` extra

@@ -13,6 +13,14 @@ Pass/fail: RSS may grow while the allocators warm up; from the end of the first 
 it must stay within ``--rss-bound-mib`` (the least-squares slope is reported too); every session must still be
 running and have been interrupted; and after everything stops no task or Python thread is left over.
 
+``--chaos-every S`` (``make soak SOAK_ARGS="--sessions 10 --minutes 20 --chaos-every 5"``) adds faults from the
+fault matrix, one every ~S seconds (uniform 0.5–1.5 S) on a random room's conversation: socket dropped, engine
+stalled 1–3 s, garbage / bad base64 / oversize (above the 2 MiB limit) messages, close 1011, close 1002 with
+an error event; a room rests 15 s after each (the client's own cap ends a session after 5 lost conversations
+in 60 s, as it should for a broken engine). They stop 20 s before the end; then every room must get at
+least one reply to its caller (both directions heard after the last fault), besides everything above. The
+peer reports each fault.
+
 Run inside the private network namespace (``scripts/netns.sh exec .venv/bin/python -m benchmarks.soak``):
 WebRTC needs an interface that is not ``lo``. Results go to ``benchmarks/results/soak.json``. The test suite
 runs a short version (5 sessions for 30 s) through :func:`run_soak`.
@@ -64,6 +72,7 @@ class SoakConfig:
     rss_bound_mib: float = 10.0  # growth allowed after the first third of the run
     sample_every_s: float = 1.0
     seed: int = 7
+    chaos_every_s: float | None = None  # random engine faults every ~this many seconds
 
 
 @dataclass
@@ -74,6 +83,7 @@ class SoakResult:
     rss_growth_mib: float = 0.0  # end minus the end of the first third
     rss_slope_mib_per_min: float = 0.0  # least squares over the last two thirds
     peer_rss_mib: float = 0.0
+    faults: list[dict[str, Any]] = field(default_factory=list)  # chaos: what was injected, when, where
     scrape_ms: float = 0.0
     leftovers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -127,7 +137,7 @@ async def run_soak(server: LiveKitServer, config: SoakConfig | None = None,
                           "token": mint_token(server.api_key, server.api_secret, room=room, identity=identity)})
         progress(f"{config.sessions} sessions up; talking for {config.seconds:.0f} s")
         peer.stdin.write(json.dumps({"url": server.url, "rooms": rooms, "seconds": config.seconds,
-                                     "seed": config.seed}).encode() + b"\n")
+                                     "seed": config.seed, "chaos_every_s": config.chaos_every_s}).encode() + b"\n")
         await peer.stdin.drain()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -137,6 +147,7 @@ async def run_soak(server: LiveKitServer, config: SoakConfig | None = None,
             await asyncio.wait({answer}, timeout=config.sample_every_s)
         report = json.loads(answer.result() or b"{}")
         result.peer_rss_mib = report.get("rss_mib", 0.0)
+        result.faults = report.get("faults", [])
         t = time.perf_counter()
         metrics.render()
         result.scrape_ms = round((time.perf_counter() - t) * 1000, 2)
@@ -150,6 +161,8 @@ async def run_soak(server: LiveKitServer, config: SoakConfig | None = None,
                 "chunks_sent": m["session"]["chunks_sent"], "audio_events": m["session"]["audio_events"]})
             if s.state is not SessionState.RUNNING:
                 result.errors.append(f"session {i} is {s.state.value}")
+            if config.chaos_every_s and not talk.get("answered_after_faults"):
+                result.errors.append(f"session {i}: no reply heard after the last fault (wedged)")
         if len(result.per_session) != config.sessions:
             result.errors.append(f"the peer reported {len(result.per_session)} of {config.sessions} rooms")
     finally:
@@ -201,14 +214,62 @@ async def _peer() -> None:
     from emulator import Conversation, Emulator, EmulatorConfig
     from scripts.caller import Caller
 
-    async def talk(caller: Caller, conversation: Conversation, deadline: float, rng: random.Random,
+    faults: list[dict[str, Any]] = []
+    chaos_over = asyncio.Event()
+
+    def current(emu: Emulator, room: str) -> Conversation | None:
+        """The room's live conversation: a fault may have replaced the one it started with."""
+        live = [c for c in emu.conversations if c.init is not None and c.init.user_id == room and not c.ended]
+        return live[-1] if live else None
+
+    async def chaos(emu: Emulator, rooms: list[str], every: float, until: float, rng: random.Random) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        kinds = ["drop", "stall", "garbage", "bad_base64", "oversize", "close_1011", "error_1002"]
+        last: dict[str, float] = {}
+        try:
+            while True:
+                await asyncio.sleep(rng.uniform(0.5 * every, 1.5 * every))
+                if loop.time() >= until:
+                    return
+                # A room rests 15 s after a fault: the engine client gives up after 5 conversations lost
+                # within 60 s (a broken engine, by design), and the soak is about recovering, not that cap.
+                now = loop.time()
+                ready = [r for r in rooms if now - last.get(r, -1e9) >= 15.0]
+                if not ready:
+                    continue
+                room, kind = rng.choice(ready), rng.choice(kinds)
+                last[room] = now
+                conv = current(emu, room)
+                if conv is None:
+                    continue
+                if kind == "drop":
+                    conv.drop()
+                elif kind == "stall":
+                    conv.stall(rng.uniform(1.0, 3.0))
+                elif kind == "close_1011":
+                    conv.end(1011, "unknown_websocket_crash", "chaos")
+                elif kind == "error_1002":
+                    conv.end(1002, "llm_error", "chaos")
+                else:
+                    conv.inject(kind)  # type: ignore[arg-type]
+                faults.append({"t_s": round(loop.time() - t0, 2), "room": room, "kind": kind})
+        finally:
+            chaos_over.set()
+
+    async def talk(caller: Caller, room: str, emu: Emulator, deadline: float, rng: random.Random,
                    stats: dict[str, int]) -> None:
         loop = asyncio.get_running_loop()
         while loop.time() < deadline - 4.0:
+            conversation = current(emu, room)
+            if conversation is None:  # reconnecting after a fault
+                await asyncio.sleep(0.2)
+                continue
+            after_faults = chaos_over.is_set()
             started = sum(1 for r in conversation.replies if r.start_ns is not None)
 
-            def answered(n: int = started) -> bool:
-                return sum(1 for r in conversation.replies if r.start_ns is not None) > n
+            def answered(n: int = started, conv: Conversation = conversation) -> bool:
+                return sum(1 for r in conv.replies if r.start_ns is not None) > n
 
             caller.say(voice(0.6, rng.uniform(220.0, 480.0)))
             await caller.wait_said()
@@ -218,6 +279,8 @@ async def _peer() -> None:
             except TimeoutError:
                 stats["unanswered"] += 1
                 continue
+            if after_faults:
+                stats["answered_after_faults"] += 1
             await asyncio.sleep(rng.uniform(0.3, 0.8))  # the agent is talking
             caller.say(voice(0.5, rng.uniform(220.0, 480.0)))  # barge in
             await caller.wait_said()
@@ -236,7 +299,7 @@ async def _peer() -> None:
         rng = random.Random(order["seed"])
         # Counts what they hear instead of keeping it (a 10 minute soak would keep gigabytes).
         callers = [Caller(order["url"], r["token"], identity=r["identity"], keep_audio=False) for r in order["rooms"]]
-        stats = [{"utterances": 0, "barge_ins": 0, "unanswered": 0} for _ in callers]
+        stats = [{"utterances": 0, "barge_ins": 0, "unanswered": 0, "answered_after_faults": 0} for _ in callers]
         try:
             for c in callers:
                 await c.start()
@@ -244,15 +307,21 @@ async def _peer() -> None:
             async with asyncio.timeout(30):
                 while len({c.init.user_id for c in emu.conversations if c.init}) < len(rooms):
                     await asyncio.sleep(0.05)
-            by_room = {c.init.user_id: c for c in emu.conversations if c.init}
             deadline = loop.time() + order["seconds"]
-            await asyncio.gather(*(talk(c, by_room[room], deadline, random.Random(rng.random()), s)
+            every = order.get("chaos_every_s")
+            chaos_task = (asyncio.ensure_future(chaos(emu, rooms, every, deadline - 20.0, random.Random(rng.random())))
+                          if every else None)
+            if chaos_task is None:
+                chaos_over.set()
+            await asyncio.gather(*(talk(c, room, emu, deadline, random.Random(rng.random()), s)
                                    for c, room, s in zip(callers, rooms, stats, strict=True)))
+            if chaos_task is not None:
+                await chaos_task
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             for c, s in zip(callers, stats, strict=True):
                 s["frames_heard"] = c.frames_heard
                 s["loud_frames_heard"] = sum(p > LOUD for h in c.heard.values() for p in h.peaks)
-            print(json.dumps({"stats": stats, "rss_mib": round(_rss_mib(), 1)}), flush=True)
+            print(json.dumps({"stats": stats, "rss_mib": round(_rss_mib(), 1), "faults": faults}), flush=True)
             await reader.read()  # until the bridge side closes our stdin
         finally:
             for c in callers:
@@ -266,12 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rss-bound-mib", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    parser.add_argument("--chaos-every", type=float, default=None, metavar="S",
+                        help="inject a random engine fault every ~S seconds (stops 20 s before the end)")
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer:
         run_loop(_peer())
         return 0
-    config = SoakConfig(sessions=args.sessions, seconds=args.minutes * 60, rss_bound_mib=args.rss_bound_mib)
+    config = SoakConfig(sessions=args.sessions, seconds=args.minutes * 60, rss_bound_mib=args.rss_bound_mib,
+                        chaos_every_s=args.chaos_every)
     progress = Progress("soak")
 
     async def go() -> SoakResult:
@@ -286,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, {"machine": machine(), **asdict(result)})
     print(f"soak: {config.sessions} sessions × {args.minutes:g} min: bridge RSS growth {result.rss_growth_mib:+.1f} "
           f"MiB after the first third (bound {config.rss_bound_mib:g}), slope {result.rss_slope_mib_per_min:+.2f} "
-          f"MiB/min, scrape {result.scrape_ms:.1f} ms, {'PASS' if result.passed else 'FAIL'} → {args.out}")
+          f"MiB/min, scrape {result.scrape_ms:.1f} ms, {len(result.faults)} faults injected, "
+          f"leftovers {result.leftovers or 'none'}, errors {result.errors or 'none'}, "
+          f"{'PASS' if result.passed else 'FAIL'} → {args.out}")
     return 0 if result.passed else 1
 
 

@@ -31,6 +31,7 @@ from core.errors import (
     ConfigError,
     EngineAuthError,
     EngineError,
+    EngineRefusedError,
     LiveKitError,
     ProtocolError,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "DuckerConfig",
     "EngineAuthError",
     "EngineError",
+    "EngineRefusedError",
     "FakeClock",
     "LiveKitError",
     "Mixer",

@@ -83,9 +83,11 @@ class Downlink:
         self.bytes_in = 0
         self.interruptions = 0
         self.first_audio_ns: int | None = None  # first chunk of the current reply, for latency figures
+        self._last_event_id: int | None = None  # of the newest chunk pushed (the resampler holds its tail)
 
-    def push(self, payload: bytes, recv_ns: int) -> None:
-        """One ``audio`` event's bytes. Raises :class:`~core.errors.ProtocolError` on an undecodable payload."""
+    def push(self, payload: bytes, recv_ns: int, event_id: int | None = None) -> None:
+        """One ``audio`` event's bytes. Raises :class:`~core.errors.ProtocolError` on an undecodable payload.
+        ``event_id`` lets a later interruption that targets an older event keep this audio."""
         clock, timer = self._clock, self.timer
         t0 = clock.now_ns()
         pcm = self.format.decode(payload)
@@ -94,7 +96,8 @@ class Downlink:
         t2 = clock.now_ns()
         if not self.playout.is_playing and self.first_audio_ns is None:
             self.first_audio_ns = recv_ns
-        self.playout.push(resampled)
+        self.playout.push(resampled, event_id)
+        self._last_event_id = event_id
         t3 = clock.now_ns()
         timer.add("downlink.decode", t1 - t0)
         timer.add("downlink.resample", t2 - t1)
@@ -105,9 +108,23 @@ class Downlink:
         self._last_push_ns = recv_ns
         self._tail_pending = True
 
-    def interrupt(self) -> int:
-        """Drop every buffered sample of the current reply; returns how many (48 kHz samples)."""
-        dropped = self.playout.flush()
+    def interrupt(self, event_id: int | None = None) -> int:
+        """An ``interruption``: drop buffered audio of events older than ``event_id`` (all of it when None or
+        when nothing newer is queued); returns how many 48 kHz samples were dropped.
+
+        Audio of ``event_id`` and above is a reply the interruption does not target (the service interrupts
+        an older event, e.g. a tool-call sound, while a newer reply plays): it keeps playing, with its pacing,
+        resampler history and no silence inserted. The caller clears the sink's queue only when
+        ``dropped`` > 0 (those lead frames may be older audio).
+        """
+        newest, dropped = self._last_event_id, 0
+        if event_id is not None and newest is not None and newest >= event_id:
+            dropped = self.playout.flush_before(event_id)
+            if self.playout.depth_samples or not dropped:
+                self.interruptions += 1
+                return dropped
+            # Everything queued was older after all: fall through to a full reset.
+        dropped += self.playout.flush()
         self._resampler.reset()
         self.pacer.reset()
         self._tail_pending = False

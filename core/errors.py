@@ -10,7 +10,9 @@ Who broke the rules decides the branch:
     │                          (malformed JSON, bad base64, odd-length PCM, missing fields, too large)
     ├── EngineError            the engine connection failed: unreachable, auth refused,
     │   │                      closed with an error code, reconnects exhausted
-    │   └── EngineAuthError    the API key or signed URL was refused (never retried)
+    │   ├── EngineAuthError    the API key or signed URL was refused (never retried)
+    │   └── EngineRefusedError the engine answered that this request cannot succeed (unknown agent, invalid
+    │                          request, a don't-retry error type): never retried
     └── LiveKitError           the room side failed: no server at the URL, bad credentials, kicked
 
 Messages never carry secrets: build them from redacted values (see :mod:`core.redact`).
@@ -24,6 +26,7 @@ __all__ = [
     "ConfigError",
     "EngineAuthError",
     "EngineError",
+    "EngineRefusedError",
     "LiveKitError",
     "ProtocolError",
 ]
@@ -64,6 +67,10 @@ class EngineError(BridgeError):
 
 class EngineAuthError(EngineError):
     """The engine refused our credentials; retrying with the same ones cannot help."""
+
+
+class EngineRefusedError(EngineError):
+    """The engine says the same request will fail again (404/422, override_error, safety_violation …)."""
 
 
 class LiveKitError(BridgeError):

@@ -29,11 +29,18 @@ Rules of this module:
   200 ms is longer than the pauses inside a fluent sentence and well under the gap before the next turn.
   The rule counts playout time in frames popped, not wall time, so it needs no clock and tests need none.
 - ``flush`` (interruption) drops everything, returns how many samples that was, and goes ``IDLE``.
+- Audio is queued in **segments**, one per engine ``event_id`` (``push(samples, event_id)``; consecutive
+  pushes with one id share a segment). ``flush_before(event_id)`` drops only the segments whose id is below
+  the interruption's and keeps newer ones: the service sends an ``interruption`` with an *older* id than the
+  reply now playing to stop, for instance, a tool-call sound, and that must not cut the new reply. Audio
+  pushed without an id counts as older than any interruption. The segment list is bounded by the ring: a
+  segment holds at least one sample, so there are never more segments than ``capacity_samples``.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 
 import numpy as np
 import numpy.typing as npt
@@ -65,6 +72,7 @@ class PlayoutBuffer:
         "_rate",
         "_refusing",
         "_ring",
+        "_segments",
         "_start",
         "_state",
         "ends",
@@ -104,6 +112,7 @@ class PlayoutBuffer:
         self._end_of_stream = False
         self._refusing = False
         self._gap = 0  # silence samples played since the buffer last ran dry
+        self._segments: deque[list[int | None]] = deque()  # [event_id, samples still queued], oldest first
         self.samples_in = 0
         self.samples_out = 0  # real audio handed out (padding excluded)
         self.frames_out = 0
@@ -155,8 +164,14 @@ class PlayoutBuffer:
     def depth_ms(self) -> float:
         return self._ring.available * 1000.0 / self._rate
 
-    def push(self, samples: Int16Array) -> int:
-        """Queue audio; returns how many samples were refused (0 when all fit). Never raises on overflow."""
+    @property
+    def queued_event_ids(self) -> list[int | None]:
+        """The event id of each queued segment, oldest first."""
+        return [segment[0] for segment in self._segments]
+
+    def push(self, samples: Int16Array, event_id: int | None = None) -> int:
+        """Queue audio of engine event ``event_id``; returns how many samples were refused (0 when all fit).
+        Never raises on overflow."""
         n: int = samples.shape[0]
         if n == 0:
             return 0
@@ -174,6 +189,13 @@ class PlayoutBuffer:
             self.refused_samples += refused
             samples = samples[:free]
         self._ring.write(samples)
+        written = samples.shape[0]
+        if written:
+            last = self._segments[-1] if self._segments else None
+            if last is not None and last[0] == event_id:
+                last[1] = int(last[1] or 0) + written
+            else:
+                self._segments.append([event_id, written])
         self.max_depth_samples = max(self.max_depth_samples, self._ring.available)
         return refused
 
@@ -193,6 +215,7 @@ class PlayoutBuffer:
         frame_len = self._frame
         frame = np.empty(frame_len, dtype=np.int16)
         got = self._ring.read_into(frame)
+        self._consume(got)
         if got:
             if self._gap:
                 # Audio came back before idle_after: the silence we played was an underrun.
@@ -217,8 +240,44 @@ class PlayoutBuffer:
         self.frames_out += 1
         return frame
 
+    def _consume(self, n: int) -> None:
+        segments = self._segments
+        while n and segments:
+            head = segments[0]
+            left = int(head[1] or 0)
+            if left > n:
+                head[1] = left - n
+                return
+            n -= left
+            segments.popleft()
+
+    def flush_before(self, event_id: int) -> int:
+        """Interruption ``event_id``: drop the queued audio of older events (id below it, or none), keep the
+        rest in order; returns how many samples were dropped. Goes idle only when nothing is left."""
+        if all(seg[0] is not None and seg[0] >= event_id for seg in self._segments):
+            return 0
+        if all(seg[0] is None or seg[0] < event_id for seg in self._segments):
+            return self.flush()
+        queued = np.empty(self._ring.available, dtype=np.int16)
+        self._ring.read_into(queued)
+        kept: deque[list[int | None]] = deque()
+        offset = dropped = 0
+        for seg_id, count in self._segments:
+            n = int(count or 0)
+            if seg_id is not None and seg_id >= event_id:
+                self._ring.write(queued[offset:offset + n])
+                kept.append([seg_id, n])
+            else:
+                dropped += n
+            offset += n
+        self._segments = kept
+        self.flushes += 1
+        self.flushed_samples += dropped
+        return dropped
+
     def flush(self) -> int:
         """Interruption: drop everything queued, go idle; returns how many samples were dropped."""
+        self._segments.clear()
         dropped = self._ring.clear()
         self.flushes += 1
         self.flushed_samples += dropped

@@ -7,6 +7,9 @@ the signature), the LiveKit API secret and access tokens (JWTs). Two tools:
   ``wss://host/path?agent_id=…&token=…``. URLs are opaque to us (the signature parameter's name is not
   documented), so every value goes.
 - :class:`Redactor` replaces registered secret strings, and anything shaped like a JWT, wherever they occur.
+  Each secret is also masked in its percent-encoded forms (``quote`` and ``quote_plus``): a signature with
+  ``+ / =`` in it appears encoded in a request line (websockets logs ``GET /path?…`` at DEBUG, without a
+  scheme for the URL rule to catch), decoded where we registered it from ``parse_qsl``.
   :meth:`Redactor.install` attaches it as a logging filter to handlers, so a record is scrubbed after
   ``%``-formatting, when its arguments have been merged in.
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from urllib.parse import SplitResult, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, quote_plus, unquote_plus, urlsplit, urlunsplit
 
 __all__ = ["MASK", "Redactor", "redact_url"]
 
@@ -51,7 +54,14 @@ class Redactor(logging.Filter):
     def add(self, *secrets: str | None) -> None:
         for secret in secrets:
             if secret and len(secret) >= _MIN_SECRET_LEN:
-                self._secrets.add(secret)
+                # The value as given, decoded (it may have been registered in its encoded form), and encoded
+                # both ways; lower-case hex escapes too, since encoders differ on the case.
+                for base in {secret, unquote_plus(secret)}:
+                    for form in (base, quote(base, safe=""), quote_plus(base, safe=""), quote(base, safe="/"),
+                                 quote_plus(base, safe="/")):
+                        if len(form) >= _MIN_SECRET_LEN:
+                            self._secrets.add(form)
+                            self._secrets.add(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), form))
 
     def __call__(self, text: str) -> str:
         for secret in sorted(self._secrets, key=len, reverse=True):

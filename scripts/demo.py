@@ -44,7 +44,7 @@ from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
 from transport.engine_admin import EngineAdmin, EngineRef
 from transport.livekit_token import mint_token
-from transport.token_server import TokenServer, TokenServerConfig
+from transport.token_server import TokenServer, TokenServerConfig, dev_open
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENT = "elevenlabs-agent"
@@ -378,10 +378,11 @@ async def main_async(args: argparse.Namespace) -> int:
               flush=True)
         if args.browser:
             procs.append(await asyncio.create_subprocess_exec(
-                sys.executable, str(ROOT / "runner.py"), "--worker", "--agent-name", "elevenlabs-bridge",
-                "--log-level", args.log_level, env=env, cwd=ROOT))
+                sys.executable, str(ROOT / "runner.py"), "--worker", "--emulator", "--agent-name",
+                "elevenlabs-bridge", "--log-level", args.log_level, env=env, cwd=ROOT))
             page = TokenServer(TokenServerConfig(livekit_url=server.url, api_key=server.api_key,
-                                                 api_secret=server.api_secret, agent_name="elevenlabs-bridge"),
+                                                 api_secret=server.api_secret, agent_name="elevenlabs-bridge",
+                                                 authorize=dev_open()),
                                port=args.page_port if port_free(args.page_port) else 0)
             await page.start()
             print(f"browser path: open {page.url}/ — a worker (runner.py --worker) is dispatched into your room",

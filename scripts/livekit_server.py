@@ -16,16 +16,24 @@ other address must not be used (a sandbox, CI) cannot reach this server directly
 runs the tests and the demo in a private network namespace whose second interface also carries a
 127.0.0.0/8 address: every packet of a call then stays on loopback addresses.
 
+A server outlives a process that was killed (SIGKILL, an OOM kill, a CI timeout): it runs in a session of
+its own. Every server started here leaves a pidfile under ``<cache>/run/`` naming itself and the process
+that started it; :func:`sweep_orphans` (called before every start, and by ``python -m scripts.livekit_server
+sweep``) kills each server whose starter is gone. PR_SET_PDEATHSIG is not used: it fires when the *thread*
+that forked exits, and the fault tests restart servers from executor threads.
+
 Command line::
 
     python -m scripts.livekit_server build          # build (or find) the binary, print its path
     python -m scripts.livekit_server run --port 7880 # run in the foreground until Ctrl-C
+    python -m scripts.livekit_server sweep          # kill servers left behind by killed runs
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -55,6 +63,51 @@ class LiveKitServerError(RuntimeError):
 
 def cache_root() -> Path:
     return Path(os.environ.get("LK_BRIDGE_CACHE") or Path.home() / ".cache" / "lk-speech-bridge")
+
+
+def _run_dir() -> Path:
+    return cache_root() / "run"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def sweep_orphans() -> list[int]:
+    """Kill livekit-servers whose starting process has died; returns their pids."""
+    killed: list[int] = []
+    run_dir = _run_dir()
+    if not run_dir.is_dir():
+        return killed
+    for pidfile in run_dir.glob("*.json"):
+        try:
+            record = json.loads(pidfile.read_text())
+            server, owner, binary = int(record["server"]), int(record["owner"]), str(record["binary"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pidfile.unlink(missing_ok=True)
+            continue
+        if _alive(owner) and _cmdline(owner):
+            continue
+        # The pid may have been reused since: only a process running that very binary is ours to kill.
+        if _alive(server) and _cmdline(server)[:1] == [binary]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+            killed.append(server)
+        pidfile.unlink(missing_ok=True)
+    return killed
 
 
 def binary_path(version: str = SERVER_VERSION) -> Path:
@@ -139,6 +192,7 @@ class LiveKitServer:
         self._udp_ports = udp_ports
         self._log_dir = log_dir
         self._proc: subprocess.Popen[bytes] | None = None
+        self._pidfile: Path | None = None
         self.port = 0
         self.log_path: Path | None = None
 
@@ -184,10 +238,18 @@ class LiveKitServer:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"livekit-server-{self.port}.log"
         config = self._config(self.port, _free_tcp_port(), _free_udp_range(self._udp_ports))
+        for pid in sweep_orphans():
+            print(f"livekit_server: killed orphaned livekit-server {pid} (its test run was killed)",
+                  file=sys.stderr)
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
                 [str(binary), "--dev", "--bind", "127.0.0.1", "--config-body", config],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._pidfile = _run_dir() / f"{self._proc.pid}.json"
+        with contextlib.suppress(OSError):
+            self._pidfile.parent.mkdir(parents=True, exist_ok=True)
+            self._pidfile.write_text(json.dumps({"server": self._proc.pid, "owner": os.getpid(),
+                                                 "binary": str(binary)}))
         self._wait_ready(timeout)
         return self
 
@@ -220,6 +282,9 @@ class LiveKitServer:
     def stop(self, timeout: float = 10.0, *, crash: bool = False) -> None:
         """SIGTERM and wait (the server drains, ~10 s with clients); ``crash``: SIGKILL, no goodbye to anyone."""
         proc, self._proc = self._proc, None
+        pidfile, self._pidfile = self._pidfile, None
+        if pidfile is not None:
+            pidfile.unlink(missing_ok=True)
         if proc is None or proc.poll() is not None:
             return
         if crash:
@@ -262,12 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.livekit_server", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build (or find) the server binary and print its path")
+    sub.add_parser("sweep", help="kill livekit-servers whose starting process was killed")
     run = sub.add_parser("run", help="run the server in the foreground on loopback")
     run.add_argument("--port", type=int, default=7880)
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
             print(ensure_binary())
+            return 0
+        if args.command == "sweep":
+            killed = sweep_orphans()
+            print(f"killed {len(killed)} orphaned livekit-server(s): {killed}" if killed else "no orphans")
             return 0
         with LiveKitServer(port=args.port, log_dir=Path(tempfile.gettempdir())) as server:
             print(f"livekit-server {SERVER_VERSION} on {server.url} (keys {server.api_key}/…); "

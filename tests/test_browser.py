@@ -29,7 +29,7 @@ from tests.cdp import Chromium, Page, find_chromium
 from tests.conftest import need
 from transport.config import RoomLinkConfig
 from transport.session import BridgeSession, EngineSettings, SessionConfig, serve
-from transport.token_server import SDK_PATH, WEB_ROOT, TokenServer, TokenServerConfig
+from transport.token_server import SDK_PATH, WEB_ROOT, TokenServer, TokenServerConfig, dev_open
 from transport.worker import JobContext, JobRunner, WorkerConfig
 
 pytestmark = [pytest.mark.livekit, pytest.mark.browser]
@@ -80,9 +80,10 @@ async def browser_page(binary: str, tmp_path: Path, *, seconds_off: float = 1.3)
 async def production_path(server: LiveKitServer, runner: JobRunner, agent_name: str) -> AsyncIterator[str]:
     """A worker registered under ``agent_name`` and a token server dispatching it; yields the page URL."""
     worker_config = WorkerConfig(url=server.url, api_key=server.api_key, api_secret=server.api_secret,
-                                 agent_name=agent_name, max_jobs=2)
+                                 agent_name=agent_name, max_jobs=2,
+                                 overload_lag_s=None)  # Chromium shares the machine: slots decide here
     token_config = TokenServerConfig(livekit_url=server.url, api_key=server.api_key,
-                                     api_secret=server.api_secret, agent_name=agent_name)
+                                     api_secret=server.api_secret, agent_name=agent_name, authorize=dev_open())
     async with running_worker(worker_config, runner), TokenServer(token_config) as tokens:
         yield tokens.url
 

@@ -4,6 +4,7 @@ and secrets kept out of logs and errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import traceback
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from aiohttp import web
 from websockets.asyncio.server import ServerConnection, serve
 
-from core.errors import EngineAuthError, EngineError
+from core.errors import EngineAuthError, EngineError, EngineRefusedError
 from core.formats import parse_format
 from emulator import Emulator, wire
 from tests.engine_fixtures import Collector, chunks, fast, peak_hz, running, utterance
@@ -275,6 +277,11 @@ async def test_initial_refusals_are_retried_until_accepted() -> None:
     (1008, "invalid_message", "error"),
     (1011, "unknown_websocket_crash", "retry"),
     (1002, "llm_error", "retry"),
+    # Types after which a new conversation ends the same way, whatever the close code.
+    (1002, "safety_violation", "error"),
+    (1002, "override_error", "error"),
+    (1011, "quota_exceeded", "error"),
+    (1002, "concurrency_limit_exceeded", "error"),
 ])
 async def test_server_close_codes_decide_the_ending(code: int, error_type: str, final: str) -> None:
     events = Collector()
@@ -291,7 +298,7 @@ async def test_server_close_codes_decide_the_ending(code: int, error_type: str, 
         else:
             with pytest.raises(EngineError, match=error_type) as info:
                 await asyncio.wait_for(client.wait(), 5)
-            assert info.value.close_code == 1008
+            assert info.value.close_code == code
         assert client.state is ConnectionState.CLOSED and client.counters.connects == 1
         assert client.last_error_event is not None and client.last_error_event.error_type == error_type
 
@@ -305,6 +312,117 @@ async def test_oversize_message_is_refused_by_the_socket_and_the_client_reconnec
         await emu.next_conversation()
         await events.until(lambda: client.counters.connects == 2)
         assert client.close_code == 1009
+
+
+async def accept_then_drop(close_code: int | None = 1011) -> tuple[list[float], object]:
+    """A bare engine that answers every conversation's init with metadata, then drops it at once."""
+    times: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def engine(ws: ServerConnection) -> None:
+        times.append(loop.time())
+        await ws.recv()
+        await ws.send(wire.metadata(f"conv_{len(times)}", "pcm_16000", "pcm_16000"))
+        await asyncio.sleep(0.02)
+        if close_code is None:
+            ws.transport.abort()
+        else:
+            await ws.close(close_code, "dropping")
+
+    return times, serve(engine, "127.0.0.1", 0)
+
+
+async def test_an_engine_that_accepts_and_drops_gets_a_bounded_number_of_conversations() -> None:
+    # Default backoff and caps. Before: the failure count and the backoff were reset by every metadata, so
+    # each drop got a fresh ~0.1 s retry: 37 conversations (37 signed URLs, 37 billed) in 5 s.
+    times, server_cm = await accept_then_drop(None)
+    async with server_cm as server:  # type: ignore[attr-defined]
+        port = server.sockets[0].getsockname()[1]
+        client = EngineClient(static_url(f"ws://127.0.0.1:{port}/"), Collector())
+        await client.start()
+        with contextlib.suppress(TimeoutError, EngineError):
+            await asyncio.wait_for(client.wait(), 5.0)
+        in_5s = len([t for t in times if t - times[0] <= 5.0])
+        await client.close()
+    print(f"conversations opened in 5 s by an accept-then-drop engine: {in_5s}")
+    assert 2 <= in_5s <= 6  # the first + at most max_reconnects=5; the backoff spreads them (~4 expected)
+
+
+async def test_reconnects_are_capped_per_window_with_a_clear_final_error() -> None:
+    times, server_cm = await accept_then_drop(1011)
+    async with server_cm as server:  # type: ignore[attr-defined]
+        port = server.sockets[0].getsockname()[1]
+        client = EngineClient(static_url(f"ws://127.0.0.1:{port}/"), Collector(), backoff=fast_retries,
+                              max_reconnects=3, reconnect_window_s=60.0)
+        await client.start()
+        with pytest.raises(EngineError, match=r"keeps dropping conversations: 3 re-established within 60 s"):
+            await asyncio.wait_for(client.wait(), 5.0)
+    assert len(times) == 4 and client.counters.connects == 4 and client.state is ConnectionState.CLOSED
+
+
+async def test_a_conversation_that_lasted_resets_the_count_and_the_budget_window_slides() -> None:
+    # Conversations of ~0.3 s with stable_after_s=0.2: each is "a while", so max_attempts never bites, and a
+    # 0.5 s window never holds more than one or two re-established conversations.
+    times: list[float] = []
+
+    async def engine(ws: ServerConnection) -> None:
+        times.append(asyncio.get_running_loop().time())
+        await ws.recv()
+        await ws.send(wire.metadata(f"conv_{len(times)}", "pcm_16000", "pcm_16000"))
+        await asyncio.sleep(0.3)
+        await ws.close(1011, "dropping")
+
+    async with serve(engine, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = EngineClient(static_url(f"ws://127.0.0.1:{port}/"), Collector(), backoff=fast_retries,
+                              stable_after_s=0.2, max_reconnects=3, reconnect_window_s=0.5)
+        await client.start()
+        await asyncio.sleep(2.5)
+        assert client.state is not ConnectionState.CLOSED
+        await client.close()
+    assert len(times) >= 6
+
+
+async def rest_answering(status: int, body: bytes) -> web.AppRunner:
+    async def handler(_: web.Request) -> web.Response:
+        return web.Response(status=status, body=body, content_type="application/json")
+    app = web.Application()
+    app.router.add_get("/v1/convai/conversation/get-signed-url", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+@pytest.mark.parametrize(("status", "outcome"), [(200, "url"), (201, "url"), (203, "url"), (404, "refused"),
+                                                 (422, "refused"), (500, "retry"), (302, "retry")])
+async def test_signed_url_status_decides(status: int, outcome: str) -> None:
+    runner = await rest_answering(status, b'{"signed_url": "wss://engine.example/v1/convai/conversation?x=1"}')
+    try:
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        if outcome == "url":
+            assert (await fetch_signed_url(FAKE_KEY, "a", base_url=base)).startswith("wss://engine.example/")
+        elif outcome == "refused":
+            with pytest.raises(EngineRefusedError, match=str(status)):
+                await fetch_signed_url(FAKE_KEY, "a", base_url=base)
+        else:
+            with pytest.raises(EngineError) as info:
+                await fetch_signed_url(FAKE_KEY, "a", base_url=base)
+            assert not isinstance(info.value, EngineRefusedError)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_refused_signed_url_request_is_not_retried() -> None:
+    runner = await rest_answering(404, b'{"detail": "agent not found"}')
+    try:
+        provider = signed_url_provider(FAKE_KEY, "agent_nobody", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}")
+        client = EngineClient(provider, Collector(), backoff=fast_retries, max_attempts=5)
+        with pytest.raises(EngineRefusedError, match="404"):
+            await client.start()
+        assert client.counters.failed_attempts == 0  # not retried: before, 5 attempts
+    finally:
+        await runner.cleanup()
 
 
 async def test_close_during_backoff_is_prompt_and_clean() -> None:
@@ -384,3 +502,189 @@ async def test_key_and_signature_never_reach_logs_or_errors(caplog: pytest.LogCa
         assert FAKE_KEY not in text
         assert signature not in text
         assert emu.api_key not in text
+
+
+# ------------------------------------------------------------------------------------------ older interruptions
+
+
+async def test_an_engine_interruption_of_an_older_event_leaves_the_reply_playing() -> None:
+    """Through the emulator: a reply (tone, event N) is streaming when the engine sends an ``interruption``
+    with event id N-1 (an older event, as the service does to stop a tool-call sound). The downlink, fed in
+    arrival order, keeps the whole reply; an interruption of N or above would have dropped it."""
+    from core.clock import MS, FakeClock
+    from core.downlink import Downlink
+
+    events = Collector()
+    down: Downlink | None = None
+
+    def feed(event: object, recv_ns: int) -> None:
+        events(event, recv_ns)  # type: ignore[arg-type]
+        if isinstance(event, ConversationMetadata):
+            nonlocal down
+            down = Downlink(event.output_format, FakeClock())
+        elif isinstance(event, AgentAudio) and down is not None:
+            down.push(event.audio, 0, event_id=event.event_id)
+        elif isinstance(event, Interruption) and down is not None:
+            down.interrupt(event.event_id)
+
+    async with running(fast(reply_mode="tone", tone_hz=660.0, chunk_ms=50, burst_factor=1.0)) as emu, \
+            client_for(emu, feed) as client:  # type: ignore[arg-type]
+        conversation = await emu.next_conversation()
+        reply = conversation.trigger_reply("tone", ms=1000)
+        await conversation.wait_for(lambda: reply.chunks_sent >= 4)
+        conversation.send(wire.interruption(reply.event_id - 1), "interruption", reply.event_id - 1)
+        await conversation.wait_for(lambda: reply.done)
+        await events.until(lambda: sum(len(e.audio) for e in events.of(AgentAudio)) >= 2 * reply.samples_sent)
+        assert [e.event_id for e in events.of(Interruption)] == [reply.event_id - 1]
+        assert client.protocol.counters.stale_audio_chunks == 0
+    assert down is not None
+    out = [s for now in range(0, 2_000 * MS, 10 * MS) if (s := down.due(now)) is not None]
+    played = np.concatenate(out)
+    frames = played[:played.size // 480 * 480].reshape(-1, 480).astype(np.float64)
+    loud_frames = int((np.sqrt((frames ** 2).mean(axis=1)) > 300).sum())
+    assert loud_frames >= 97  # the whole second of the reply (before: flushed at the interruption, ~0)
+    assert abs(peak_hz(played, 48_000) - 660.0) < 10
+
+
+# ------------------------------------------------------------------------------------------ huge messages
+
+
+async def test_by_default_a_message_over_2_mib_is_refused_by_the_socket() -> None:
+    # Before: the default max_size was 16 MiB, so a 3 MiB message was read, decoded and parsed on the loop.
+    events = Collector()
+    async with running(fast(oversize_bytes=3 * 1024 * 1024)) as emu, client_for(emu, events) as client:
+        conversation = await emu.next_conversation()
+        conversation.inject("oversize")
+        await emu.next_conversation()
+        await events.until(lambda: client.counters.connects == 2)
+        assert client.close_code == 1009
+
+
+async def test_a_flood_of_huge_audio_messages_does_not_stall_the_other_sessions() -> None:
+    """Ten sessions on this loop, one flooded by an engine process with 4 audio messages of 15 MiB: the loop
+    lag the others suffer stays bounded. Before: ~1.6 s stalls here (about 600 ms per message)."""
+    from benchmarks.flood import measure
+
+    result = await measure("guarded", {}, 15.0, 4)
+    lag = result["lag_ms_flood"]
+    print(f"loop lag during the flood: p50 {lag['p50']:.1f} p99 {lag['p99']:.1f} max {lag['max']:.1f} ms "
+          f"(baseline p99 {result['lag_ms_baseline']['p99']:.1f} ms)")
+    assert result["flooded_close_code"] == 1009  # refused by the socket, before any decode
+    assert lag["max"] < 500.0  # generous for a loaded 2-core machine; unguarded it is > 1500 ms
+    assert result["others_frames_during_flood_min"] > 150  # of ~300: the others kept playing
+
+
+async def test_a_lost_conversation_is_not_reopened_when_the_owner_does_not_want_it() -> None:
+    # For an empty room: the session stops its silence keepalive, the engine's idle timeout (1002,
+    # transport_receive_timeout) ends the conversation, and no new billed conversation is opened for nobody.
+    wanted = [True]
+    async with running(fast(idle_timeout_s=0.5)) as emu:
+        client = client_for(emu, Collector(), reconnect_wanted=lambda: wanted[0])
+        await client.start()
+        first = await emu.next_conversation()
+        wanted[0] = False
+        await asyncio.wait_for(client.wait(), 5)  # a clean end, no error
+        assert first.close_code == 1002 and client.counters.connects == 1
+        assert len(emu.conversations) == 1 and client.state is ConnectionState.CLOSED
+
+
+async def test_close_against_an_engine_that_stopped_reading_keeps_to_one_budget() -> None:
+    # The polite close and the wait for the client's task share close_timeout. Before: one close_timeout
+    # each (2 x), which pushed a session's room close past the worker's stop timeout.
+    async def engine(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(wire.metadata("conv_deaf", "pcm_16000", "pcm_16000"))
+        ws.transport.pause_reading()  # our close frame is never read, never answered
+        await asyncio.sleep(3)
+        ws.transport.abort()
+
+    async with serve(engine, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = EngineClient(static_url(f"ws://127.0.0.1:{port}/"), Collector(), close_timeout=1.0)
+        await client.start()
+        started = asyncio.get_running_loop().time()
+        await client.close()
+        took = asyncio.get_running_loop().time() - started
+    assert took < 1.6, f"{took:.2f} s"
+
+
+async def test_a_percent_encoded_signature_never_reaches_the_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    # websockets logs "> GET /path?query HTTP/1.1" at DEBUG with the query percent-encoded; the client had
+    # registered the decoded value only, so a signature with "+ / =" went out in the clear.
+    caplog.set_level(logging.DEBUG)
+    signature = "sig+With/Slash=Plus+0123456789=="
+    from urllib.parse import quote
+
+    async def engine(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(wire.metadata("conv_sig", "pcm_16000", "pcm_16000"))
+        await ws.wait_closed()
+
+    async with serve(engine, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        url = (f"ws://127.0.0.1:{port}/v1/convai/conversation?agent_id=a"
+               f"&conversation_signature={quote(signature, safe='')}")
+        async with EngineClient(static_url(url), Collector()):
+            pass
+    # Ours only: the test's own websockets server logs the request line it received, unredacted.
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("websockets.server"))
+    assert "GET /v1/convai/conversation" in logged  # the request line was logged ...
+    for form in (signature, quote(signature, safe=""), quote(signature, safe="").lower()):
+        assert form not in logged  # ... without the signature in any form
+
+
+# ------------------------------------------------------------------------------------------ xi-api-key transport
+
+
+async def test_the_api_key_never_follows_a_redirect() -> None:
+    # Before: aiohttp followed a 302 and sent xi-api-key along to wherever it pointed.
+    from transport.engine_admin import EngineAdmin, EngineRef
+
+    seen_keys: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen_keys.append(request.headers.get("xi-api-key", ""))
+        return web.json_response({"signed_url": "wss://evil.example/x", "agent_id": "a"})
+
+    target = web.Application()
+    target.router.add_route("*", "/{tail:.*}", elsewhere)
+    target_runner = web.AppRunner(target)
+    await target_runner.setup()
+    await web.TCPSite(target_runner, "127.0.0.1", 0).start()
+    target_url = f"http://127.0.0.1:{target_runner.addresses[0][1]}/steal"
+
+    async def redirect(_: web.Request) -> web.Response:
+        raise web.HTTPFound(target_url)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        with pytest.raises(EngineError, match="redirected"):
+            await fetch_signed_url(FAKE_KEY, "a", base_url=base)
+        with pytest.raises(EngineError, match="redirected"):
+            await EngineAdmin(FAKE_KEY, base_url=base).get(EngineRef.of("agent_x", "auto"))
+        assert seen_keys == []
+    finally:
+        await runner.cleanup()
+        await target_runner.cleanup()
+
+
+@pytest.mark.parametrize(("base", "ok"), [("https://api.elevenlabs.io", True), ("http://127.0.0.1:8080", True),
+                                          ("http://localhost:1", True), ("http://api.elevenlabs.io", False),
+                                          ("http://10.0.0.5", False), ("ftp://api.elevenlabs.io", False)])
+def test_the_api_key_only_travels_over_https_except_to_loopback(base: str, ok: bool) -> None:
+    from core.errors import ConfigError
+    from transport.engine_admin import EngineAdmin
+
+    if ok:
+        signed_url_provider(FAKE_KEY, "a", base_url=base)
+        EngineAdmin(FAKE_KEY, base_url=base)
+    else:
+        with pytest.raises(ConfigError, match="https"):
+            signed_url_provider(FAKE_KEY, "a", base_url=base)
+        with pytest.raises(ConfigError, match="https"):
+            EngineAdmin(FAKE_KEY, base_url=base)

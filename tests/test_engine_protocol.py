@@ -383,3 +383,25 @@ def test_outgoing_messages_leave_pong_first_then_control_then_audio_each_bounded
     assert [m["event_id"] for m in sent[:32]] == list(range(8, 40))  # the newest pongs
     assert p.counters.pongs_dropped == 8
     assert p.queued == (0, 0, 0)
+
+
+@pytest.mark.parametrize(("fmt", "bytes_per_second"), [("pcm_16000", 32_000), ("pcm_48000", 96_000),
+                                                       ("ulaw_8000", 8_000)])
+def test_an_audio_message_longer_than_the_bound_is_refused_before_decoding(fmt: str, bytes_per_second: int) -> None:
+    # Before, any audio message that fit the socket was decoded (and then resampled): 15 MiB of pcm_16000 is
+    # six minutes of audio and held the shared loop ~600 ms.
+    p = ready(output=fmt)
+    p.max_audio_ms_per_message = 1000
+    ok = wire.audio(b"\x00" * bytes_per_second, 1)  # exactly 1 s: accepted
+    assert [type(e).__name__ for e in p.receive(ok)] == ["AgentAudio"]
+    with pytest.raises(ProtocolError) as info:
+        p.receive(wire.audio(b"\x00" * (bytes_per_second * 11 // 10), 1))
+    assert info.value.kind == "audio_too_long"
+    assert p.counters.errors == {"audio_too_long": 1} and p.counters.audio_chunks == 1
+
+
+def test_the_default_bound_is_ten_seconds_per_message() -> None:
+    p = ready()
+    assert p.receive(wire.audio(b"\x00" * 320_000, 1))  # 10 s of pcm_16000
+    with pytest.raises(ProtocolError, match="exceeds 10000 ms"):
+        p.receive(wire.audio(b"\x00" * 330_000, 2))

@@ -184,7 +184,7 @@ async def test_oversize_message_reconnects(livekit_server: LiveKitServer) -> Non
         assert codes and codes[0] == 1009, codes
         after = await turn(rig, "alice", second, 400.0)
         assert_echo(after, 400.0)
-        sc.happened("the client refused the frame above its 16 MiB limit (close 1009, nothing buffered "
+        sc.happened("the client refused the frame above its 2 MiB limit (close 1009, nothing buffered "
                     "beyond it), reconnected to a new conversation; next utterance echoed at "
                     f"{after.heard_hz:.0f} Hz")
 
@@ -297,6 +297,97 @@ async def test_refused_reconnects_until_the_cap_end_the_session(livekit_server: 
         assert rig.of(SessionError)
         sc.happened(f"6 attempts refused (HTTP 503), then EngineError {message!r}; the session stopped and "
                     "the agent left the room")
+
+
+async def test_an_engine_that_accepts_and_drops_is_capped(livekit_server: LiveKitServer) -> None:
+    async with Scenario("engine", "reconnect storm: every conversation dropped at once") as sc:
+        rig = await sc.rig(livekit_server)
+        alice = await rig.caller("alice")
+        started = time.monotonic()
+        dropped = 0
+        while not session_ended(rig) and time.monotonic() - started < 30:
+            try:
+                conversation = await rig.emu.next_conversation(timeout=2)
+            except TimeoutError:
+                continue
+            engine = rig.session.engine
+            await until(lambda c=conversation, e=engine: e is not None and e.conversation_id == c.conversation_id,
+                        10, "the conversation to be established")
+            conversation.drop()
+            dropped += 1
+        await until(lambda: session_ended(rig), 20, "the session to give up")
+        with pytest.raises(EngineError) as info:
+            await rig.session.wait()
+        message = str(info.value)
+        assert "keeps dropping conversations" in message, message
+        assert len(rig.emu.conversations) == 6, len(rig.emu.conversations)  # the first + 5 re-established
+        await until(lambda: AGENT in alice.departed, 10, "the agent to leave the room")
+        sc.happened(f"{len(rig.emu.conversations)} conversations in {time.monotonic() - started:.1f} s (the first "
+                    f"and 5 re-established, the cap per 60 s), then EngineError {message[:80]!r}…; the agent "
+                    "left the room (before the cap: ~37 conversations in 5 s)")
+
+
+async def test_a_15_mib_audio_message_is_refused_and_the_call_goes_on(livekit_server: LiveKitServer) -> None:
+    async with Scenario("engine", "huge audio message (15 MiB) mid-call") as sc:
+        rig = await sc.rig(livekit_server)
+        first = await rig.emu.next_conversation()
+        await rig.caller("alice")
+        payload = np.zeros(15 * 1024 * 1024 * 3 // 8, dtype=np.int16).tobytes()
+        loop = asyncio.get_running_loop()
+        before = loop.time()
+        first.send(wire.audio(payload, 99), "audio", 99)
+        second = await rig.emu.next_conversation(timeout=30)
+        took = loop.time() - before
+        await until(lambda: rig.session.engine is not None and rig.session.engine.ready, 15, "reconnect")
+        codes = [e.close_code for e in rig.of(EngineStateChanged) if e.state is ConnectionState.RECONNECTING]
+        assert codes and codes[0] == 1009, codes
+        after = await turn(rig, "alice", second, 460.0)
+        assert_echo(after, 460.0)
+        sc.happened(f"refused by the socket's 2 MiB limit before any decode (close 1009); a new conversation "
+                    f"{took:.1f} s later; next utterance echoed at {after.heard_hz:.0f} Hz (loop lag with 10 "
+                    "sessions: benchmarks/flood.py)")
+
+
+async def test_sigterm_while_the_worker_connects(tmp_path: Any) -> None:
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    async with Scenario("livekit", "SIGTERM while the worker is connecting (server never answers)") as sc:
+        writers: list[asyncio.StreamWriter] = []
+
+        async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+
+        hole = await asyncio.start_server(hold, "127.0.0.1", 0)
+        sc.on_exit(hole.close)
+        sc.on_exit(lambda: [w.close() for w in writers])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "ELEVENLABS_", "SPEECH_"))}
+        env.update(LIVEKIT_URL=f"ws://127.0.0.1:{hole.sockets[0].getsockname()[1]}", LIVEKIT_API_KEY="k",
+                   LIVEKIT_API_SECRET="s" * 32, PYTHONUNBUFFERED="1")
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(root / "runner.py"), "--worker",
+                                                    "--emulator", env=env, cwd=root, stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None
+        async with asyncio.timeout(60):
+            while "worker for agent" not in (await proc.stderr.readline()).decode():
+                pass
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(20):
+                await proc.stderr.read()
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        took = time.monotonic() - started
+        assert code == 0 and took < 3.0, (code, took)
+        sc.happened(f"the drain cancelled the connection attempt: exit 0 {took:.1f} s after SIGTERM "
+                    "(before: 9.5 s, the open timeout); a second SIGTERM would exit at once (code 3)")
 
 
 # ------------------------------------------------------------------------------------------ LiveKit side

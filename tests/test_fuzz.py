@@ -29,7 +29,7 @@ from core.redact import MASK, Redactor, redact_url
 from emulator import wire
 from tests.test_token_server import Running
 from transport.engine_protocol import EngineProtocol, Event
-from transport.token_server import TokenServerConfig
+from transport.token_server import TokenServerConfig, dev_open
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -164,7 +164,8 @@ class Served(Running):
 
     def __init__(self) -> None:
         super().__init__(TokenServerConfig(livekit_url="ws://127.0.0.1:7880", api_key="APIfuzzKey",
-                                           api_secret=API_SECRET, agent_name="elevenlabs-bridge"))
+                                           api_secret=API_SECRET, agent_name="elevenlabs-bridge",
+                                           authorize=dev_open(), rate_per_minute=1e6, rate_burst=10**6))
 
     def raw_request(self, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=5)
@@ -239,6 +240,24 @@ def test_a_registered_secret_never_survives_redaction(secret: str, before: str, 
     assume(MASK not in secret)
     text = Redactor([secret])(before + secret + after)
     assert secret not in text
+
+
+@FUZZ
+@given(secret=secrets_, before=st.text(max_size=60), after=st.text(max_size=60), plus=st.booleans(),
+       lower=st.booleans())
+def test_a_secret_never_survives_in_its_url_encoded_forms(secret: str, before: str, after: str, plus: bool,
+                                                          lower: bool) -> None:
+    # Before: a signature with "+ / =" registered decoded (from parse_qsl) leaked through the websockets
+    # DEBUG request line, which carries it percent-encoded.
+    from urllib.parse import quote, quote_plus
+
+    assume(MASK not in secret)
+    encoded = quote_plus(secret, safe="") if plus else quote(secret, safe="")
+    if lower:
+        encoded = "".join(c.lower() if (i > 0 and encoded[i - 1] == "%") or (i > 1 and encoded[i - 2] == "%")
+                          else c for i, c in enumerate(encoded))
+    text = Redactor([secret])(f"{before}GET /v1/convai/conversation?conversation_signature={encoded} {after}")
+    assert encoded not in text
 
 
 @FUZZ

@@ -123,7 +123,7 @@ async def test_runner_serves_metrics_and_writes_json_logs_with_session_ids(livek
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ELEVENLABS_", "SPEECH_ENGINE"))}
     env.update(LIVEKIT_URL=livekit_server.url, LIVEKIT_API_KEY=TEST_API_KEY, LIVEKIT_API_SECRET=TEST_API_SECRET)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "runner.py"), "--room", "obs-runner", "--reply", "echo", "--json-logs",
+        sys.executable, str(ROOT / "runner.py"), "--room", "obs-runner", "--emulator", "--reply", "echo", "--json-logs",
         "--metrics-port", str(port), env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
     token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="obs-runner", identity="olga")
     try:

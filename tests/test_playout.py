@@ -199,3 +199,75 @@ def test_accounting_and_order(script: list[tuple[str, int]], start_ms: int, idle
     accepted = np.concatenate([np.zeros(0, dtype=np.int16), *fed])
     audio = played[played != 0]
     assert np.array_equal(audio, accepted[: audio.shape[0]])
+
+
+# ------------------------------------------------------------------------ interruptions by event id
+
+
+def test_an_interruption_with_an_older_id_keeps_newer_audio() -> None:
+    # A tool-call sound (event 4) is queued, then the reply of event 7; the interruption of event 5 stops the
+    # sound only. Before, every interruption flushed everything, so the reply was cut too.
+    p = PlayoutBuffer(start_ms=0)
+    p.push(ms(30, 4), event_id=4)
+    p.push(ms(50, 7), event_id=7)
+    assert p.queued_event_ids == [4, 7]
+    assert p.flush_before(5) == 48 * 30
+    assert p.queued_event_ids == [7] and p.depth_samples == 48 * 50
+    frames = [p.pop_frame() for _ in range(5)]
+    assert all((f == 7).all() for f in frames)  # the reply, whole and in order
+
+
+def test_an_interruption_with_a_newer_id_flushes_everything_older() -> None:
+    p = PlayoutBuffer(start_ms=0)
+    p.push(ms(30, 4), event_id=4)
+    p.push(ms(20, 5), event_id=5)
+    assert p.pop_frame()[0] == 4  # playing event 4
+    assert p.flush_before(6) == 48 * 40
+    assert p.depth_samples == 0 and state(p) is PlayoutState.IDLE and p.queued_event_ids == []
+
+
+def test_an_interruption_keeps_audio_of_its_own_id_and_drops_id_less_audio() -> None:
+    # "Below", not "at or below": a new reply may share the interruption's id (elevenlabs-python #829).
+    p = PlayoutBuffer(start_ms=0)
+    p.push(ms(10, 1))  # no id: older than anything
+    p.push(ms(10, 3), event_id=3)
+    p.push(ms(10, 5), event_id=5)
+    p.push(ms(10, 6), event_id=6)
+    assert p.flush_before(5) == 48 * 20
+    assert p.queued_event_ids == [5, 6]
+    assert p.pop_frame()[0] == 5 and p.pop_frame()[0] == 6
+    assert p.flush_before(2) == 0  # nothing older left
+
+
+def test_an_interruption_older_than_everything_queued_changes_nothing() -> None:
+    p = PlayoutBuffer(start_ms=0)
+    p.push(ms(20, 8), event_id=8)
+    p.pop_frame()
+    assert p.flush_before(3) == 0 and p.flushes == 0
+    assert state(p) is PlayoutState.PLAYING and p.depth_samples == 48 * 10
+
+
+@settings(max_examples=200, deadline=None)
+@given(pushes=st.lists(st.tuples(st.integers(0, 9), st.integers(1, 400)), max_size=20),
+       pops=st.integers(0, 30), cut=st.integers(0, 10))
+def test_flush_before_keeps_exactly_the_newer_samples_in_order(pushes: list[tuple[int, int]], pops: int,
+                                                               cut: int) -> None:
+    p = PlayoutBuffer(start_ms=0, capacity_ms=1000)
+    expected: list[int] = []
+    for event_id, n in pushes:
+        p.push(np.full(n, event_id + 1, dtype=np.int16), event_id=event_id)
+        expected += [event_id + 1] * n
+    played: list[int] = []
+    for _ in range(pops):
+        frame = p.pop_frame()
+        played += [int(v) for v in frame if v]
+    remaining = expected[len(played):]
+    p.flush_before(cut)
+    left: list[int] = []
+    p.mark_end_of_stream()
+    for _ in range(1000):
+        frame = p.pop_frame()
+        if frame.size == 0:
+            break
+        left += [int(v) for v in frame if v]
+    assert left == [v for v in remaining if v - 1 >= cut]

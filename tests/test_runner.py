@@ -37,7 +37,7 @@ def last_line(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_no_livekit_server_is_one_clear_line() -> None:
-    result = run("--room", "x", env={"LIVEKIT_URL": "ws://127.0.0.1:9"})
+    result = run("--room", "x", "--emulator", env={"LIVEKIT_URL": "ws://127.0.0.1:9"})
     assert result.returncode == 1
     assert "nothing is listening" in last_line(result)
 
@@ -46,6 +46,25 @@ def test_unknown_format_is_refused_before_anything_starts() -> None:
     result = run("--room", "x", "--input-format", "pcm_11025")
     assert result.returncode == 2
     assert "invalid choice: 'pcm_11025'" in result.stderr
+
+
+@pytest.mark.parametrize("mode", [["--worker"], ["--room", "x"]])
+def test_no_engine_configured_is_refused_instead_of_a_silent_emulator(mode: list[str]) -> None:
+    # Before: with no credentials the runner quietly started the embedded emulator, which then answered real
+    # callers (and, as a worker, every dispatched room) with a test voice.
+    result = run(*mode, env={"LIVEKIT_URL": "ws://127.0.0.1:9", "LIVEKIT_API_KEY": "k", "LIVEKIT_API_SECRET": "s"})
+    assert result.returncode == 3  # ExitCode.CONFIG: restarting cannot help
+    line = last_line(result)
+    assert "no Speech Engine configured" in line and "--emulator" in line
+
+
+def test_a_worker_without_livekit_credentials_is_refused() -> None:
+    # Before: a worker fell back to ws://127.0.0.1:7880 with devkey/secret without a word.
+    result = run("--worker", env={"ELEVENLABS_API_KEY": FAKE_XI_KEY, "SPEECH_ENGINE_ID": "seng_x"})
+    assert result.returncode == 3  # ExitCode.CONFIG
+    line = last_line(result)
+    assert "LIVEKIT_URL" in line and "LIVEKIT_API_SECRET" in line
+    assert FAKE_XI_KEY not in result.stderr
 
 
 def test_half_the_engine_credentials_is_a_clear_error_without_the_key() -> None:
@@ -58,8 +77,8 @@ def test_half_the_engine_credentials_is_a_clear_error_without_the_key() -> None:
 @pytest.mark.livekit
 def test_bad_livekit_credentials_say_so_and_leak_nothing(livekit_server: LiveKitServer) -> None:
     wrong_secret = "not-the-secret-0123456789abcdefghijklmn"
-    result = run("--room", "x", env={"LIVEKIT_URL": livekit_server.url, "LIVEKIT_API_KEY": TEST_API_KEY,
-                                     "LIVEKIT_API_SECRET": wrong_secret})
+    result = run("--room", "x", "--emulator", env={"LIVEKIT_URL": livekit_server.url,
+                                                   "LIVEKIT_API_KEY": TEST_API_KEY, "LIVEKIT_API_SECRET": wrong_secret})
     assert result.returncode == 1
     assert "refused the token" in last_line(result)
     assert wrong_secret not in result.stderr + result.stdout
@@ -84,7 +103,7 @@ async def test_runner_bridges_a_room_with_the_embedded_emulator_and_stops_on_sig
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ELEVENLABS_", "SPEECH_ENGINE"))}
     env.update(LIVEKIT_URL=livekit_server.url, LIVEKIT_API_KEY=TEST_API_KEY, LIVEKIT_API_SECRET=TEST_API_SECRET)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "runner.py"), "--room", "runner-e2e", "--reply", "echo", "--json-logs",
+        sys.executable, str(ROOT / "runner.py"), "--room", "runner-e2e", "--emulator", "--reply", "echo", "--json-logs",
         env=env, cwd=ROOT, stderr=asyncio.subprocess.PIPE)
     token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="runner-e2e", identity="rita")
     try:
@@ -109,9 +128,90 @@ async def test_runner_bridges_a_room_with_the_embedded_emulator_and_stops_on_sig
         assert code == 0
         assert proc.stderr is not None
         logs = (await proc.stderr.read()).decode()
-        assert "embedded Speech Engine emulator" in logs
+        assert "mode: DEV, the embedded Speech Engine emulator" in logs
         assert '"level"' in logs.splitlines()[0]  # JSON lines
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# ------------------------------------------------------------------------------------------ stopping
+
+
+class Blackhole:
+    """A TCP port that accepts connections and never answers: a LiveKit server that hangs mid-connect."""
+
+    async def __aenter__(self) -> Blackhole:
+        self.writers: list[asyncio.StreamWriter] = []
+
+        async def hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.append(writer)
+
+        self.server = await asyncio.start_server(hold, "127.0.0.1", 0)
+        self.url = f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.server.close()
+
+
+async def start_runner(*args: str, url: str, ready: str) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "ELEVENLABS_", "SPEECH_ENGINE"))}
+    env.update(LIVEKIT_URL=url, LIVEKIT_API_KEY=TEST_API_KEY, LIVEKIT_API_SECRET=TEST_API_SECRET,
+               PYTHONUNBUFFERED="1")
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "runner.py"), *args, env=env, cwd=ROOT,
+                                                stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    async with asyncio.timeout(60):
+        while ready not in (await proc.stderr.readline()).decode():
+            pass
+    return proc
+
+
+async def stopped_within(proc: asyncio.subprocess.Process, seconds: float) -> tuple[int | None, float, str]:
+    started = time.monotonic()
+    assert proc.stderr is not None
+    try:
+        err = await asyncio.wait_for(proc.stderr.read(), seconds)
+        await asyncio.wait_for(proc.wait(), 1)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return None, time.monotonic() - started, ""
+    return proc.returncode, time.monotonic() - started, err.decode()
+
+
+async def test_sigterm_while_the_worker_connects_stops_at_once() -> None:
+    # Before: the drain waited for the connection attempt's open timeout (10 s; measured 5.6 s after SIGTERM).
+    async with Blackhole() as hole:
+        proc = await start_runner("--worker", "--emulator", url=hole.url, ready="worker for agent")
+        await asyncio.sleep(0.5)  # the worker is now inside its connect
+        proc.send_signal(signal.SIGTERM)
+        code, took, err = await stopped_within(proc, 20)
+    assert code == 0, err[-2000:]
+    assert took < 3.0, f"{took:.1f} s"
+
+
+async def test_a_second_sigterm_forces_the_exit() -> None:
+    # The room mode's first SIGTERM waits for the room connect (15 s against a blackhole); a second one
+    # exits at once with a code that says so. Before: the second signal did nothing more.
+    async with Blackhole() as hole:
+        proc = await start_runner("--room", "r", "--emulator", url=hole.url, ready="bridging room")
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        code, took, err = await stopped_within(proc, 20)
+    assert code == 4, err[-2000:]  # ExitCode.FORCED
+    assert took < 3.0, f"{took:.1f} s"
+    assert "exiting now, without a clean shutdown" in err
+
+
+def test_max_jobs_defaults_to_the_measured_capacity() -> None:
+    # Before: 50, five times what one process was measured to carry (benchmarks/README.md, Scaling).
+    from runner import MEASURED_SESSIONS_PER_PROCESS, parse_args
+
+    assert parse_args(["--worker"]).max_jobs == MEASURED_SESSIONS_PER_PROCESS == 10

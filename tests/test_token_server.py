@@ -24,7 +24,17 @@ from livekit import api
 
 from core.errors import ConfigError
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
-from transport.token_server import NAME_PATTERN, TokenServer, TokenServerConfig, validate_name
+from transport.token_auth import RateLimiter
+from transport.token_server import (
+    NAME_PATTERN,
+    TokenServer,
+    TokenServerConfig,
+    dev_open,
+    hs256_jwt,
+    main,
+    shared_secret,
+    validate_name,
+)
 
 AGENT = "elevenlabs-bridge"
 LK_URL = "ws://127.0.0.1:7880"
@@ -60,8 +70,10 @@ class Running:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    # Open dev mode, with a rate limit wide enough for hypothesis (the limit has its own tests below).
     config = TokenServerConfig(livekit_url=LK_URL, api_key=TEST_API_KEY, api_secret=TEST_API_SECRET,
-                               agent_name=AGENT, dispatch_metadata='{"source": "web"}')
+                               agent_name=AGENT, dispatch_metadata='{"source": "web"}', authorize=dev_open(),
+                               rate_per_minute=1e6, rate_burst=10**6)
     with Running(config) as running:
         yield running
 
@@ -93,7 +105,7 @@ def test_token_carries_the_room_identity_and_the_agent_dispatch(served: Running,
     assert (dispatch.agent_name, dispatch.metadata) == (AGENT, '{"source": "web"}')
     # Short-lived: a browser fetches a new one for every join.
     exp = pyjwt.decode(answer["token"], options={"verify_signature": False})["exp"]
-    assert before + 60 < exp <= time.time() + datetime.timedelta(minutes=15).total_seconds() + 5
+    assert before + 60 < exp <= time.time() + datetime.timedelta(minutes=2).total_seconds() + 5
 
 
 def test_post_accepts_json_and_form_bodies(served: Running) -> None:
@@ -187,8 +199,112 @@ def test_validate_name_matches_the_pattern(value: str) -> None:
 
 def test_config_refuses_missing_secrets_and_bad_agent_names() -> None:
     with pytest.raises(ConfigError):
-        TokenServerConfig(livekit_url=LK_URL, api_key="k", api_secret="", agent_name=AGENT)
+        TokenServerConfig(livekit_url=LK_URL, api_key="k", api_secret="", agent_name=AGENT, authorize=dev_open())
     with pytest.raises(ConfigError):
-        TokenServerConfig(livekit_url=LK_URL, api_key="k", api_secret="s", agent_name="bad name")
-    config = TokenServerConfig(livekit_url=LK_URL, api_key="k", api_secret="s3cret-value", agent_name=AGENT)
+        TokenServerConfig(livekit_url=LK_URL, api_key="k", api_secret="s", agent_name="bad name",
+                          authorize=dev_open())
+    config = TokenServerConfig(livekit_url=LK_URL, api_key="k", api_secret="s3cret-value", agent_name=AGENT,
+                               authorize=dev_open())
     assert "s3cret-value" not in repr(config)
+
+
+# ------------------------------------------------------------------------------------------ authorization
+
+SHARED = "shared-secret-for-tests-0123456789"
+JWT_KEY = "jwt-hs256-key-for-tests-0123456789abcdef"
+
+
+def configured(**overrides: object) -> TokenServerConfig:
+    values: dict[str, object] = {"livekit_url": LK_URL, "api_key": TEST_API_KEY, "api_secret": TEST_API_SECRET,
+                                 "agent_name": AGENT, "authorize": dev_open()}
+    values.update(overrides)
+    return TokenServerConfig(**values)  # type: ignore[arg-type]
+
+
+def test_a_config_without_an_authorizer_is_refused() -> None:
+    # Nothing is open by omission: before, the server minted a token for anyone who asked.
+    with pytest.raises(ConfigError, match="authorizer"):
+        TokenServerConfig(livekit_url=LK_URL, api_key="k", api_secret="s", agent_name=AGENT)
+
+
+@pytest.mark.parametrize("identity", ["agent-AJ_abc123", "elevenlabs-agent", "Agent-x", "elevenlabs-agent-2"])
+def test_the_agents_identities_are_reserved(served: Running, identity: str) -> None:
+    # The worker joins as agent-<job id>, runner.py --room as elevenlabs-agent: a caller holding one of those
+    # identities would make LiveKit remove the real agent from its room.
+    status, _, body = served.request("GET", "/token?" + urlencode({"room": "r", "identity": identity}))
+    assert status == 403, body
+    assert "reserved" in json.loads(body)["error"]
+
+
+def test_shared_secret_mode_wants_the_key_and_derives_the_identity() -> None:
+    with Running(configured(authorize=shared_secret(SHARED))) as running:
+        query = "/token?" + urlencode({"room": "sr", "identity": "elevenlabs-agent"})
+        assert running.request("GET", query)[0] == 401
+        assert running.request("GET", query, headers={"Authorization": "Bearer wrong-key-0123456789"})[0] == 401
+        status, _, body = running.request("GET", query, headers={"Authorization": f"Bearer {SHARED}"})
+        assert status == 200, body
+        answer = json.loads(body)
+        # The identity is made by the server, whatever was asked for.
+        assert answer["room"] == "sr" and answer["identity"].startswith("user-")
+        assert claims(answer["token"]).identity == answer["identity"]
+        assert SHARED.encode() not in body
+
+
+def jwt_for(**claims_: object) -> str:
+    payload: dict[str, object] = {"sub": "u42", "exp": int(time.time()) + 60}
+    payload.update(claims_)
+    return pyjwt.encode(payload, JWT_KEY, algorithm="HS256")
+
+
+def test_jwt_mode_takes_the_user_and_room_from_the_signed_claims() -> None:
+    with Running(configured(authorize=hs256_jwt(JWT_KEY))) as running:
+        def ask(query: dict[str, str], token: str | None) -> tuple[int, dict[str, object]]:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            status, _, body = running.request("GET", "/token?" + urlencode(query), headers=headers)
+            return status, json.loads(body)
+
+        status, answer = ask({"room": "free"}, jwt_for())
+        assert status == 200 and (answer["room"], answer["identity"]) == ("free", "user-u42")
+        status, answer = ask({}, jwt_for(room="pinned"))
+        assert status == 200 and answer["room"] == "pinned"
+        assert ask({"room": "other"}, jwt_for(room="pinned"))[0] == 403
+        assert ask({"room": "r"}, None)[0] == 401
+        assert ask({"room": "r"}, jwt_for(exp=int(time.time()) - 120))[0] == 401  # expired
+        assert ask({"room": "r"}, pyjwt.encode({"sub": "u", "exp": int(time.time()) + 60}, "another-key" * 4,
+                                              algorithm="HS256"))[0] == 401
+        unsigned = pyjwt.encode({"sub": "u", "exp": int(time.time()) + 60}, None, algorithm="none")
+        assert ask({"room": "r"}, unsigned)[0] == 401
+        assert ask({"room": "r"}, jwt_for(sub="x" * 80))[0] == 400  # an identity too long is refused
+
+
+def test_each_principal_is_rate_limited() -> None:
+    with Running(configured(rate_per_minute=1.0, rate_burst=2)) as running:
+        def ask(identity: str) -> tuple[int, dict[str, str]]:
+            status, headers, _ = running.request("GET", "/token?" + urlencode({"room": "rl", "identity": identity}))
+            return status, headers
+        assert [ask(f"u{i}")[0] for i in range(2)] == [200, 200]
+        status, headers = ask("u3")
+        assert status == 429 and 1 <= int(headers["retry-after"]) <= 60
+
+
+def test_rate_limiter_refills_and_forgets() -> None:
+    limiter = RateLimiter(per_minute=60.0, burst=2, max_principals=2)
+    assert limiter.allow("a", 100.0) == 0.0
+    assert limiter.allow("a", 100.0) == 0.0
+    assert limiter.allow("a", 100.0) == pytest.approx(1.0)
+    assert limiter.allow("a", 100.5) == pytest.approx(0.5)
+    assert limiter.allow("a", 101.5) == 0.0  # refilled one token
+    assert limiter.allow("b", 101.5) == 0.0 and limiter.allow("c", 101.5) == 0.0  # "b" or "c" is forgotten
+    assert limiter.allow("a", 101.5) > 0.0  # the one with debt is kept
+
+
+async def test_open_dev_mode_only_binds_loopback() -> None:
+    with pytest.raises(ConfigError, match="loopback"):
+        await TokenServer(configured(), host="0.0.0.0").start()
+
+
+def test_the_command_line_needs_a_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TOKEN_SERVER_SECRET", raising=False)
+    assert main(["--port", "0"]) == 2  # neither --auth nor --dev: refused, not open
+    assert main(["--dev", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert main(["--auth", "shared-secret", "--port", "0"]) == 2  # the secret is not set

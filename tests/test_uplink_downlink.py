@@ -146,3 +146,34 @@ def test_a_deep_buffer_does_not_make_the_driver_spin() -> None:
         down.due(now)
         wake = down.next_wakeup_ns(now)
         assert wake is not None and wake > now, (now, wake)
+
+
+def test_an_interruption_of_an_older_event_leaves_the_newer_reply_playing() -> None:
+    # The service interrupts event 5 (say, a tool-call sound) while the reply of event 7 is queued: the
+    # reply plays on, unpaused and with no silence inserted; only the older sound is dropped.
+    clock = FakeClock()
+    down = Downlink(parse_format("pcm_16000"), clock)
+    sound = parse_format("pcm_16000").encode(tone(880, 16000 // 5, rate=16000))  # 200 ms, event 4
+    down.push(sound, 0, event_id=4)
+    down.push(burst("pcm_16000", 1.0), 0, event_id=7)  # 1 s of 440 Hz, event 7
+    drain(down, 0, 100 * MS)
+    dropped = down.interrupt(5)
+    assert 0 < dropped <= 48 * 200
+    after = np.concatenate([s for _, s in drain(down, 100 * MS, 1_500 * MS)])
+    loud = after[np.abs(after) > 1000]
+    assert loud.size > 0.9 * RATE  # all of the reply still plays
+    spectrum = np.abs(np.fft.rfft(after.astype(np.float64)))
+    assert abs(np.argmax(spectrum) * RATE / after.size - 440) < 5
+    assert down.interruptions == 1
+
+
+def test_an_interruption_of_the_newest_event_still_flushes_everything() -> None:
+    clock = FakeClock()
+    down = Downlink(parse_format("pcm_16000"), clock)
+    down.push(burst("pcm_16000", 0.5), 0, event_id=3)
+    down.push(burst("pcm_16000", 1.0), 0, event_id=4)
+    drain(down, 0, 100 * MS)
+    assert down.interrupt(5) > 1.2 * RATE
+    after = drain(down, 110 * MS, 1_000 * MS)
+    assert not np.concatenate([s for _, s in after]).any()  # only the silence after an interruption
+    assert down.due(1_000 * MS) is None

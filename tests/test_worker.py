@@ -31,6 +31,9 @@ pytestmark = pytest.mark.livekit
 
 
 def config(server: LiveKitServer, agent_name: str, **kw: object) -> WorkerConfig:
+    # These tests count slots; the callers run in this same process and load its loop, so the lag-based
+    # "full" (tested in test_worker_protocol) would decide instead of the slots. Off unless a test asks.
+    kw.setdefault("overload_lag_s", None)
     return WorkerConfig(url=server.url, api_key=server.api_key, api_secret=server.api_secret,
                         agent_name=agent_name, **kw)  # type: ignore[arg-type]
 

@@ -14,6 +14,7 @@ from transport.worker_protocol import (
     JobAssigned,
     JobOffer,
     JobTerminationRequested,
+    LagWindow,
     Pong,
     Registered,
     WorkerProtocol,
@@ -218,3 +219,43 @@ def test_never_overbooked_and_full_exactly_when_busy(ops: list[tuple[str, int]],
         for status, load, _ in statuses(sent(proto)):
             assert 0.0 <= load <= 0.7 + 1e-6
             assert (status == pb.WS_FULL) or load < 0.7
+
+
+# ------------------------------------------------------------------------------------------ overload
+
+
+def test_an_overloaded_worker_reports_full_and_declines_offers() -> None:
+    # Before: the status only counted slots, so a process whose loop lagged kept taking rooms.
+    proto = registered(max_jobs=4)
+    proto.set_overloaded(True)
+    assert statuses(sent(proto)) == [(pb.WS_FULL, 0.0, 0)]
+    (event,) = proto.receive(offer("J1"), now=1.0)
+    assert isinstance(event, JobOffer) and not event.accepted and event.reason == "full"
+    proto.data_to_send()
+    proto.set_overloaded(True)  # no change, no message
+    assert sent(proto) == []
+    proto.set_overloaded(False)
+    assert statuses(sent(proto)) == [(pb.WS_AVAILABLE, 0.0, 0)]
+    (event,) = proto.receive(offer("J2"), now=2.0)
+    assert isinstance(event, JobOffer) and event.accepted
+
+
+def test_lag_window_turns_on_at_the_threshold_and_off_below_half() -> None:
+    w = LagWindow(full_at_s=0.030, window_s=10.0, min_samples=20)
+    for i in range(19):
+        assert not w.add(0.050, i * 0.1)  # too few samples to judge
+    assert w.add(0.050, 1.9)
+    # Recovering: p95 must fall below 15 ms; at 20 ms it stays full.
+    for i in range(200):
+        w.add(0.020, 2.0 + i * 0.1)
+    assert w.overloaded
+    for i in range(200):
+        w.add(0.001, 30.0 + i * 0.1)
+    assert not w.overloaded
+
+
+def test_lag_window_ignores_a_few_stray_stalls() -> None:
+    w = LagWindow(full_at_s=0.030)
+    for i in range(100):
+        w.add(0.200 if i % 25 == 0 else 0.002, i * 0.1)  # 4 % of wakeups stalled: under the p95
+    assert not w.overloaded

@@ -54,7 +54,7 @@ import aiohttp
 from core.errors import BridgeError, ConfigError, EngineAuthError, EngineError
 from core.formats import ENGINE_FORMATS
 from core.redact import MASK, Redactor, redact_url
-from transport.signed_url import DEFAULT_API_BASE
+from transport.signed_url import DEFAULT_API_BASE, check_api_base
 
 __all__ = ["EngineAdmin", "EngineRef", "FieldPaths", "main", "mask_headers", "summary"]
 
@@ -202,6 +202,7 @@ class EngineAdmin:
                  secrets: Sequence[str] = ()) -> None:
         if not api_key:
             raise ConfigError("ELEVENLABS_API_KEY is not set")
+        check_api_base(base_url)
         self._api_key = api_key
         self._base = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -218,12 +219,15 @@ class EngineAdmin:
         where = f"{method} {redact_url(url)}"
         try:
             async with aiohttp.ClientSession(timeout=self._timeout) as session, \
-                    session.request(method, url, json=body, headers={"xi-api-key": self._api_key}) as response:
+                    session.request(method, url, json=body, headers={"xi-api-key": self._api_key},
+                                    allow_redirects=False) as response:
                 status, raw = response.status, await response.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise EngineError(f"{where} failed: {type(exc).__name__}") from None
         if status in (401, 403):
             raise EngineAuthError(f"{where} refused with HTTP {status}: check ELEVENLABS_API_KEY")
+        if 300 <= status < 400:  # never followed: the key would go along to wherever it points
+            raise EngineError(f"{where} was redirected (HTTP {status}); not followed")
         if status != 200:
             raise EngineError(f"{where} answered HTTP {status}: {self._detail(raw)}")
         try:

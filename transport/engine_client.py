@@ -19,16 +19,24 @@ Connection lifecycle and the reconnect policy:
 
 - Each attempt asks the :data:`~transport.signed_url.UrlProvider` for a URL (a fresh signed URL), opens the
   socket, sends ``conversation_initiation_client_data`` and waits for ``conversation_initiation_metadata``.
-  Only then is the client ``CONNECTED`` and the consecutive-failure count reset.
+  Only then is the client ``CONNECTED``. The consecutive-failure count and the backoff sequence are reset
+  only once a conversation has **lasted** ``stable_after_s`` (10 s): an engine that accepts and drops at once
+  otherwise got a fresh, undelayed attempt every time (37 billed conversations in 5 s, measured).
+- Re-established conversations are capped: more than ``max_reconnects`` within ``reconnect_window_s``
+  (5 in 60 s) and the client gives up with an :class:`~core.errors.EngineError` that says so. Each reconnect
+  is a signed URL and a billed conversation, and a fleet would otherwise hammer the engine in lockstep.
 - Refused or failed attempts (network errors, HTTP 5xx at the upgrade, no metadata in time) are retried after
   delays from the ``backoff`` generator (full jitter by default), at most ``max_attempts`` in a row; then
   :meth:`wait` raises :class:`~core.errors.EngineError` naming the attempts and the last cause.
 - HTTP 401/403 from the REST endpoint or at the upgrade raises :class:`~core.errors.EngineAuthError`, never
-  retried: the same credentials would be refused again.
+  retried: the same credentials would be refused again. 404/422 (unknown agent, invalid request) raise
+  :class:`~core.errors.EngineRefusedError`, never retried either.
 - After a conversation was established, the close code decides. 1000 from the server means the conversation
   is over (the agent ended the call, or ``max_duration_exceeded``): the client closes, :meth:`wait` returns.
-  1008 (our input or overrides broke the contract) is final: resending the same input cannot help. Anything
-  else (1002 operational errors, 1011 server crash, 1006 dropped socket, 1009 too big) is retried.
+  1008 (our input or overrides broke the contract) is final: resending the same input cannot help. So is an
+  ``error`` event whose type says retrying cannot help whatever the close code (:data:`FINAL_ERROR_TYPES`:
+  ``safety_violation``, ``override_error`` … and any type naming a quota or limit). Anything else (1002
+  operational errors, 1011 server crash, 1006 dropped socket, 1009 too big) is retried.
 - A reconnect starts a **new conversation** with a new ``conversation_id`` whose event ids start again, so
   the protocol is :meth:`~transport.engine_protocol.EngineProtocol.reset` (metadata, interruption gate, ping
   state) before the new socket's first message. Keeping the old gate would drop the new conversation's audio
@@ -46,7 +54,8 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Literal
@@ -57,12 +66,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.typing import Subprotocol
 
 from core.clock import Clock, MonotonicClock
-from core.errors import ConfigError, EngineAuthError, EngineError, ProtocolError
+from core.errors import ConfigError, EngineAuthError, EngineError, EngineRefusedError, ProtocolError
 from core.formats import AudioFormat
 from core.redact import Redactor, redact_url
 from transport.backoff import DelayFactory, RetryPolicy, full_jitter
 from transport.engine_protocol import (
     CLOSE_NORMAL,
+    DEFAULT_MAX_AUDIO_MS_PER_MESSAGE,
     CloseAction,
     ConnectionState,
     ConversationMetadata,
@@ -79,6 +89,7 @@ from transport.log_context import RedactingLogger
 from transport.signed_url import UrlProvider
 
 __all__ = [  # the state and callback types live in transport.engine_protocol; re-exported here
+    "FINAL_ERROR_TYPES",
     "ClientCounters",
     "ConnectionState",
     "EngineClient",
@@ -91,8 +102,29 @@ __all__ = [  # the state and callback types live in transport.engine_protocol; r
 log = logging.getLogger(__name__)
 _WS_LOG = logging.getLogger("websockets.client")
 
-DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024  # the Python SDK's max_size
+# The Python SDK allows 16 MiB (its max_size). One 15 MiB message held the shared event loop ~600 ms in
+# websockets' UTF-8 decode and json.loads, before any audio check could refuse it; 2 MiB still carries 10 s
+# of pcm_48000 audio (1.3 MB of base64) or a large tool result, and costs a few ms. Larger: close 1009.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 2 * 1024 * 1024
+_YIELD_AFTER_CHARS: Final = 256 * 1024
 _PROTOCOL_ERROR_LOG_FIRST: Final = 10  # per kind; afterwards every 1000th, so a flood cannot flood the log
+# ``error`` types after which a new conversation would end the same way (PROTOCOL.md "Close codes and
+# errors", from the AsyncAPI ErrorType): the safety filter, our overrides or dynamic variables, our messages.
+# Most come with 1008 (final anyway); safety_violation comes with 1002, which is otherwise retried.
+FINAL_ERROR_TYPES: Final = frozenset({
+    "safety_violation", "override_error", "missing_dynamic_variable", "missing_dynamic_variable_transfer",
+    "invalid_message", "value_error", "missing_fields", "telephony_agent_error",
+})
+# Quota and usage-limit types are not in any source we read (UNCONFIRMED names); a type mentioning either
+# word is treated as final, since a quota does not come back in a backoff's seconds.
+_FINAL_ERROR_WORDS: Final = ("quota", "limit")
+
+
+def is_final_error_type(error_type: str | None) -> bool:
+    if not error_type:
+        return False
+    kind = error_type.lower()
+    return kind in FINAL_ERROR_TYPES or any(word in kind for word in _FINAL_ERROR_WORDS)
 
 
 @dataclass(slots=True)
@@ -138,7 +170,11 @@ class EngineClient:
         clock: Clock | None = None,
         backoff: DelayFactory = full_jitter,
         max_attempts: int = 6,
+        stable_after_s: float = 10.0,
+        max_reconnects: int = 5,
+        reconnect_window_s: float = 60.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_audio_ms_per_message: int = DEFAULT_MAX_AUDIO_MS_PER_MESSAGE,
         open_timeout: float = 10.0,
         metadata_timeout: float = 10.0,
         close_timeout: float = 5.0,
@@ -148,9 +184,17 @@ class EngineClient:
         secrets: Iterable[str] = (),
         proxy: str | Literal[True] | None = True,
         default_input_format: str = "pcm_16000",
+        reconnect_wanted: Callable[[], bool] | None = None,
     ) -> None:
         if max_attempts < 1 or audio_queue_limit < 1 or max_message_bytes < 1:
             raise ConfigError("max_attempts, audio_queue_limit and max_message_bytes must be positive")
+        if stable_after_s < 0 or max_reconnects < 0 or reconnect_window_s <= 0:
+            raise ConfigError("stable_after_s and max_reconnects must be >= 0, reconnect_window_s > 0")
+        self._stable_after_ns = int(stable_after_s * 1e9)
+        self._max_reconnects = max_reconnects
+        self._reconnect_window_ns = int(reconnect_window_s * 1e9)
+        self._reconnects_at: deque[int] = deque()  # clock times of re-established conversations
+        self._connected_at_ns: int | None = None
         self._url_provider = url_provider
         self._on_event = on_event
         self._on_state = on_state
@@ -164,12 +208,15 @@ class EngineClient:
         self._keepalive = keepalive_interval
         self._subprotocols = [Subprotocol(p) for p in subprotocols] or None
         self._proxy = proxy
+        # Asked when an established conversation is lost: False ends the client cleanly instead.
+        self._reconnect_wanted = reconnect_wanted
         self.redactor = Redactor(secrets)
 
         # default_input_format: assumed when the metadata names none (as the JS SDK does); audio_queue_limit:
         # 50 × 20 ms chunks = 1 s, beyond that the socket is stalled and old audio is worthless anyway.
         self.protocol = EngineProtocol(max_message_chars=max_message_bytes, default_input_format=default_input_format,
-                                       audio_queue_limit=audio_queue_limit)
+                                       audio_queue_limit=audio_queue_limit,
+                                       max_audio_ms_per_message=max_audio_ms_per_message)
         self.counters = ClientCounters()
         self.state = ConnectionState.CLOSED
         self.last_error_event: EngineErrorEvent | None = None
@@ -252,9 +299,14 @@ class EngineClient:
         await asyncio.shield(self._task)
 
     async def close(self) -> None:
-        """End the conversation with close code 1000 and stop reconnecting. Never raises the final error."""
+        """End the conversation with close code 1000 and stop reconnecting. Never raises the final error.
+
+        Takes at most ``close_timeout`` (plus the cancelled task's unwinding) in all: the polite close and
+        the wait for the client's task share one budget, so a caller can budget its own teardown on it."""
         self._closing = True
         self._stop.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._close_timeout
         ws = self._ws
         if ws is not None:
             await self._close_politely(ws)
@@ -263,7 +315,7 @@ class EngineClient:
             if ws is None:
                 task.cancel()  # connecting or backing off: nothing to close politely
             with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(task), self._close_timeout)
+                await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()))
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -361,9 +413,15 @@ class EngineClient:
                         if ended.error is not None:
                             raise ended.error
                         return
-                    self._retry.lost()  # a new outage starts a new backoff sequence
                     last_reason = ended.reason
-                    log.warning("engine conversation lost (%s); reconnecting", last_reason)
+                    lasted_ns = self._clock.now_ns() - (self._connected_at_ns or 0)
+                    if lasted_ns >= self._stable_after_ns:
+                        # It worked for a while: this is a new outage, with a fresh count and backoff.
+                        self._retry.connected()
+                        self._retry.lost()
+                    log.warning("engine conversation lost after %.1f s (%s); reconnecting", lasted_ns / 1e9,
+                                last_reason)
+                    self._check_reconnect_budget(last_reason)
                 if self._closing:
                     return
                 failures = self._retry.failures
@@ -384,10 +442,20 @@ class EngineClient:
             self._set_state(ConnectionState.CLOSED, close_code=self.close_code,
                             reason=ended.reason if ended is not None else None)
 
+    def _check_reconnect_budget(self, last_reason: str) -> None:
+        now = self._clock.now_ns()
+        while self._reconnects_at and now - self._reconnects_at[0] > self._reconnect_window_ns:
+            self._reconnects_at.popleft()
+        if len(self._reconnects_at) >= self._max_reconnects:
+            raise EngineError(
+                f"engine keeps dropping conversations: {len(self._reconnects_at)} re-established within "
+                f"{self._reconnect_window_ns / 1e9:.0f} s and lost again; giving up (last: {last_reason})",
+                close_code=self.close_code)
+
     async def _attempt(self) -> _Ended:
         try:
             url = await self._url_provider()
-        except EngineAuthError:
+        except (EngineAuthError, EngineRefusedError):
             raise
         except EngineError as exc:
             raise _AttemptFailed(self.redactor(str(exc))) from None
@@ -471,16 +539,24 @@ class EngineClient:
         if error is not None:
             reason += f", error {error.error_type}: {self.redactor(error.message or '')}"
         action = classify_close(code, by_client=self._closing, fatal=self._fatal is not None)
-        if action is CloseAction.RETRY:
-            return _Ended(code, reason, None, final=False)
         if self._fatal is not None:
             return _Ended(code, reason, self._fatal, final=True)
         if self._closing:
             return _Ended(code, "closed by client", None, final=True)
         if action is CloseAction.DONE:
             return _Ended(code, f"engine ended the conversation: {reason}", None, final=True)
-        return _Ended(code, reason, EngineError(f"engine closed the conversation: {reason}", close_code=code),
-                      final=True)
+        if action is CloseAction.FAIL:
+            return _Ended(code, reason, EngineError(f"engine closed the conversation: {reason}", close_code=code),
+                          final=True)
+        if self._reconnect_wanted is not None and not self._reconnect_wanted():
+            # The owner has nobody to reconnect for (an empty room whose keepalive stopped, so the engine's
+            # idle timeout ended the conversation): a new conversation would be billed for nothing.
+            return _Ended(code, f"conversation lost and not reopened (not wanted): {reason}", None, final=True)
+        if error is not None and is_final_error_type(error.error_type):
+            return _Ended(code, reason, EngineRefusedError(
+                f"engine closed the conversation with an error that a retry would repeat: {reason}",
+                close_code=code), final=True)
+        return _Ended(code, reason, None, final=False)
 
     # ------------------------------------------------------------------ internals: the two tasks
 
@@ -488,6 +564,11 @@ class EngineClient:
         try:
             async for message in ws:
                 recv_ns = self._clock.now_ns()
+                if len(message) > _YIELD_AFTER_CHARS:
+                    # websockets hands over buffered messages without suspending: after a large one, let
+                    # the other sessions on this loop run before parsing it, so a burst of large messages
+                    # cannot hold the loop for its whole length.
+                    await asyncio.sleep(0)
                 if isinstance(message, bytes):
                     self._protocol_error(self.protocol.binary_frame(len(message)))
                     continue
@@ -515,7 +596,10 @@ class EngineClient:
         if self._ready:
             return
         self._ready = True
-        self._retry.connected()
+        now = self._clock.now_ns()
+        if self.counters.connects:
+            self._reconnects_at.append(now)
+        self._connected_at_ns = now
         self.counters.connects += 1
         self._conn_ready.set()
         self._first_connected.set()

@@ -73,6 +73,7 @@ from core.formats import AudioFormat, parse_format
 __all__ = [
     "CLOSE_NORMAL",
     "CLOSE_POLICY",
+    "DEFAULT_MAX_AUDIO_MS_PER_MESSAGE",
     "DEFAULT_MAX_MESSAGE_CHARS",
     "UNKNOWN_TYPE_KEY",
     "AgentAudio",
@@ -108,6 +109,11 @@ __all__ = [
 # measure characters, which never exceed the UTF-8 byte count, so this check is never stricter than the
 # socket's own limit for the same number.
 DEFAULT_MAX_MESSAGE_CHARS: Final = 16 * 1024 * 1024
+# The longest audio one ``audio`` message may carry, checked from the base64 length before anything is
+# decoded. The engine streams a reply in chunks of tens to hundreds of milliseconds (the emulator: 100 ms;
+# the Python SDK plays 62.5 ms buffers); 10 s leaves room for any real chunking while one message can cost at
+# most ~10 s of decode + resample (a few ms), not the ~600 ms a 15 MiB message took on the shared loop.
+DEFAULT_MAX_AUDIO_MS_PER_MESSAGE: Final = 10_000
 
 # counters.received key for every type no source documents (their count is also counters.unknown_events).
 UNKNOWN_TYPE_KEY: Final = "<unknown>"
@@ -460,12 +466,14 @@ class EngineProtocol:
     """
 
     def __init__(self, *, max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
-                 default_input_format: str = _DEFAULT_INPUT_FORMAT, audio_queue_limit: int = 50) -> None:
-        if max_message_chars <= 0 or audio_queue_limit <= 0:
-            raise ConfigError("max_message_chars and audio_queue_limit must be positive")
+                 default_input_format: str = _DEFAULT_INPUT_FORMAT, audio_queue_limit: int = 50,
+                 max_audio_ms_per_message: int = DEFAULT_MAX_AUDIO_MS_PER_MESSAGE) -> None:
+        if max_message_chars <= 0 or audio_queue_limit <= 0 or max_audio_ms_per_message <= 0:
+            raise ConfigError("max_message_chars, audio_queue_limit and max_audio_ms_per_message must be positive")
         parse_format(default_input_format)  # a ConfigError now, not a ProtocolError on the first metadata
         self.max_message_chars = max_message_chars
         self.default_input_format = default_input_format
+        self.max_audio_ms_per_message = max_audio_ms_per_message
         self.counters = EngineCounters()
         self.audio_queue_limit = audio_queue_limit
         self._pongs: deque[str] = deque()
@@ -590,6 +598,12 @@ class EngineProtocol:
         encoded = _str(payload, "audio_base_64")
         if self.metadata is None:
             raise _fail("audio before conversation_initiation_metadata", "audio_before_metadata")
+        fmt = self.metadata.output_format
+        audio_ms = len(encoded) * 3 // 4 * 1000 // (fmt.rate * fmt.bytes_per_sample)
+        if audio_ms > self.max_audio_ms_per_message:
+            # Refused before decoding: the cost of an audio message is bounded by this, not by its size.
+            raise _fail(f"audio message of ~{audio_ms} ms exceeds {self.max_audio_ms_per_message} ms",
+                        "audio_too_long")
         try:
             audio = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):

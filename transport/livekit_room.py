@@ -66,12 +66,18 @@ class RoomLinkConfig:
     ignore_agents: bool = True
     connect_timeout_s: float = 15.0
     track_name: str = "agent-voice"
+    # Callers mixed at most; later ones are not heard (nor counted as present) until a place frees and they
+    # publish again. Each caller costs an AudioStream, a ring and its share of the mix on the shared loop,
+    # and one room must not take a process's capacity from the others. None: no cap.
+    max_callers: int | None = 8
 
     def __post_init__(self) -> None:
         if self.queue_ms <= 0 or self.queue_ms % 10:
             raise ConfigError(f"AudioSource queue must be a positive multiple of 10 ms, got {self.queue_ms}")
         if self.caller_frame_ms <= 0 or self.caller_frame_ms % 10:
             raise ConfigError(f"caller frame must be a positive multiple of 10 ms, got {self.caller_frame_ms}")
+        if self.max_callers is not None and self.max_callers < 1:
+            raise ConfigError(f"max_callers must be at least 1 (or None), got {self.max_callers}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,7 @@ class RoomStats:
     callers_seen: int = 0
     reconnects: int = 0
     ignored_tracks: int = 0
+    callers_refused: int = 0  # joins past max_callers
 
 
 @dataclass(slots=True)
@@ -98,6 +105,7 @@ class _Counters:
     callers_seen: int = 0
     reconnects: int = 0
     ignored_tracks: int = 0
+    callers_refused: int = 0
 
 
 @dataclass(slots=True)
@@ -154,7 +162,8 @@ class RoomLink:
         c = self._counters
         return RoomStats(frames_in=c.frames_in, samples_in=c.samples_in, frames_out=c.frames_out,
                          samples_out=c.samples_out, queue_clears=c.queue_clears, capture_errors=c.capture_errors,
-                         callers_seen=c.callers_seen, reconnects=c.reconnects, ignored_tracks=c.ignored_tracks)
+                         callers_seen=c.callers_seen, reconnects=c.reconnects, ignored_tracks=c.ignored_tracks,
+                         callers_refused=c.callers_refused)
 
     @property
     def callers(self) -> list[str]:
@@ -243,6 +252,12 @@ class RoomLink:
 
     def _participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         if not self._closing and self._is_caller(participant) and participant.identity not in self._callers:
+            cap = self.config.max_callers
+            if cap is not None and len(self._callers) >= cap:
+                self._counters.callers_refused += 1
+                log.warning("caller %s not admitted: the room already has %d callers (max_callers)",
+                            participant.identity, cap)
+                return
             self._callers[participant.identity] = _Caller(participant.identity)
             self._counters.callers_seen += 1
             log.info("caller %s joined", participant.identity)
@@ -266,7 +281,10 @@ class RoomLink:
             log.debug("ignoring audio of %s (agent or ignored identity)", participant.identity)
             return
         self._participant_connected(participant)
-        caller = self._callers[participant.identity]
+        caller = self._callers.get(participant.identity)
+        if caller is None:  # past max_callers
+            self._counters.ignored_tracks += 1
+            return
         stream = rtc.AudioStream(track, sample_rate=VOICE_RATE, num_channels=1,
                                  frame_size_ms=self.config.caller_frame_ms)
         task = asyncio.get_running_loop().create_task(self._read_caller(participant.identity, stream),

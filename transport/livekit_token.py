@@ -19,7 +19,7 @@ DEFAULT_TTL = datetime.timedelta(hours=6)
 
 def mint_token(api_key: str, api_secret: str, *, room: str, identity: str, name: str | None = None,
                agent: bool = False, dispatch_agent: str | None = None, dispatch_metadata: str = "",
-               ttl: datetime.timedelta = DEFAULT_TTL) -> str:
+               ttl: datetime.timedelta = DEFAULT_TTL, metadata: str = "") -> str:
     """A JWT that lets ``identity`` join ``room``, publish and subscribe.
 
     ``agent`` marks the participant kind as agent, so other bridges (and this one) can tell it from a caller.
@@ -36,6 +36,8 @@ def mint_token(api_key: str, api_secret: str, *, room: str, identity: str, name:
              .with_grants(grants).with_ttl(ttl))
     if agent:
         token = token.with_kind("agent")
+    if metadata:
+        token = token.with_metadata(metadata)
     if dispatch_agent:
         token = token.with_room_config(api.RoomConfiguration(
             agents=[api.RoomAgentDispatch(agent_name=dispatch_agent, metadata=dispatch_metadata)]))

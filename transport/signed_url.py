@@ -8,7 +8,7 @@ the emulator makes them single-use, so the client asks its :data:`UrlProvider` a
 (elevenlabs-python ``conversations/raw_client.py`` ``get_signed_url``; its docstrings name the signature
 parameter ``conversation_signature`` and say ``agent_id`` takes an ``agent_…`` or a Speech Engine ``seng_…``
 id). We treat the URL as opaque. The API key stays in the header and never enters a URL, a log line or an
-error message.
+error message; it is only sent over https (plain http to loopback only) and never along a redirect.
 """
 
 from __future__ import annotations
@@ -16,13 +16,30 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
-from core.errors import ConfigError, EngineAuthError, EngineError
+from core.errors import ConfigError, EngineAuthError, EngineError, EngineRefusedError
 from core.redact import redact_url
 
-__all__ = ["DEFAULT_API_BASE", "UrlProvider", "fetch_signed_url", "signed_url_provider", "static_url"]
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def check_api_base(base_url: str) -> None:
+    """The ``xi-api-key`` header only goes over https, except to this machine (the emulator, tests).
+
+    A ConfigError otherwise: a plain-http base elsewhere would send the key in the clear."""
+    parts = urlsplit(base_url)
+    host = (parts.hostname or "").lower()
+    loopback = host in _LOOPBACK_HOSTS or host.startswith("127.")
+    if parts.scheme == "https" or (parts.scheme == "http" and loopback):
+        return
+    raise ConfigError(f"the ElevenLabs API base must be https:// (http only for loopback), got "
+                      f"{redact_url(base_url)!r}")
+
+__all__ = ["DEFAULT_API_BASE", "UrlProvider", "check_api_base", "fetch_signed_url", "signed_url_provider",
+           "static_url"]
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +53,13 @@ async def fetch_signed_url(api_key: str, agent_id: str, *, base_url: str = DEFAU
     :class:`EngineError`. Neither carries the key or the response body (which could echo it)."""
     if not api_key:
         raise ConfigError("an API key is needed to mint a signed URL")
+    check_api_base(base_url)
     endpoint = f"{base_url.rstrip('/')}/v1/convai/conversation/get-signed-url"
     where = redact_url(endpoint)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
-                session.get(endpoint, params={"agent_id": agent_id},
-                            headers={"xi-api-key": api_key}) as response:
+                session.get(endpoint, params={"agent_id": agent_id}, headers={"xi-api-key": api_key},
+                            allow_redirects=False) as response:
             status = response.status
             body = await response.read()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -49,7 +67,11 @@ async def fetch_signed_url(api_key: str, agent_id: str, *, base_url: str = DEFAU
         raise EngineError(f"signed URL request to {where} failed: {type(exc).__name__}") from None
     if status in (401, 403):
         raise EngineAuthError(f"signed URL request refused with HTTP {status}: check API key and agent id")
-    if status != 200:
+    if 300 <= status < 400:  # never followed: the key would go along to wherever it points
+        raise EngineError(f"signed URL request to {where} was redirected (HTTP {status}); not followed")
+    if status in (404, 422):  # unknown agent / invalid request: asking again cannot help
+        raise EngineRefusedError(f"signed URL request to {where} answered HTTP {status}: check the agent id")
+    if not 200 <= status < 300:
         raise EngineError(f"signed URL request to {where} answered HTTP {status}")
     try:
         url = json.loads(body)["signed_url"]
@@ -64,6 +86,7 @@ async def fetch_signed_url(api_key: str, agent_id: str, *, base_url: str = DEFAU
 def signed_url_provider(api_key: str, agent_id: str, *, base_url: str = DEFAULT_API_BASE,
                         timeout: float = 10.0) -> UrlProvider:
     """A provider that mints a fresh signed URL on every call."""
+    check_api_base(base_url)
     async def provide() -> str:
         return await fetch_signed_url(api_key, agent_id, base_url=base_url, timeout=timeout)
     return provide

@@ -43,6 +43,7 @@ from transport.worker_protocol import (
     JobAssigned,
     JobOffer,
     JobTerminationRequested,
+    LagWindow,
     Pong,
     Registered,
     ServerEvent,
@@ -104,6 +105,7 @@ class Worker:
         self._registrations = self._connection_failures = 0
         self._rtt_ms: float | None = None
         self._registered_here = False
+        self._serving: asyncio.Task[int | None] | None = None  # the current connection's life
 
     # -- public state --------------------------------------------------------------------------------
     @property
@@ -143,11 +145,23 @@ class Worker:
         limit = self.config.max_reconnects
         # The lost connection counts as the first failure; max_reconnects attempts may follow it.
         retry = RetryPolicy(self._backoff, None if limit is None else limit + 1)
+        lag_watch = (asyncio.get_running_loop().create_task(self._watch_lag(self.config.overload_lag_s),
+                                                            name="worker:lag")
+                     if self.config.overload_lag_s is not None else None)
         try:
             while not self._stop.is_set():
                 self._registered_here = False
                 try:
-                    code = await self._connect_and_serve(endpoint)
+                    self._serving = asyncio.get_running_loop().create_task(self._connect_and_serve(endpoint),
+                                                                            name="worker:connection")
+                    try:
+                        await asyncio.wait({self._serving})
+                    finally:
+                        if not self._serving.done():  # run() itself was cancelled
+                            self._serving.cancel()
+                    if self._serving.cancelled():  # a drain while connecting or registering: nothing to flush
+                        break
+                    code = self._serving.result()
                     if not self._stop.is_set():
                         log.warning("agent endpoint closed the connection (code %s)", code)
                 except websockets.exceptions.InvalidStatus as exc:
@@ -177,7 +191,26 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
         finally:
+            self._serving = None
+            if lag_watch is not None:
+                lag_watch.cancel()
             await self._end_all_jobs("closed")
+
+    async def _watch_lag(self, full_at_s: float, probe_s: float = 0.1) -> None:
+        window = LagWindow(full_at_s)
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(probe_s)
+            now = loop.time()
+            was = window.overloaded
+            if window.add(now - before - probe_s, now) != was:
+                if window.overloaded:
+                    log.warning("event-loop lag p95 >= %.0f ms: reporting full until it recovers", full_at_s * 1e3)
+                else:
+                    log.info("event-loop lag recovered: taking jobs again")
+                self._proto.set_overloaded(window.overloaded)
+                self._kick()
 
     async def _connect_and_serve(self, endpoint: str) -> int | None:
         """One connection's life; returns the close code when the server ended it."""
@@ -341,7 +374,12 @@ class Worker:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # Bounded: a job that swallows its cancellation (or waits on a native call that ignores it) must
+            # not keep the worker, and with it the process, from stopping.
+            _, stuck = await asyncio.wait(tasks, timeout=self.config.stop_timeout_s)
+            if stuck:
+                log.error("%d job(s) did not stop within %.1f s of being cancelled; leaving them",
+                          len(stuck), self.config.stop_timeout_s)
 
     # -- shutdown ------------------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:
@@ -376,6 +414,13 @@ class Worker:
 
     async def _close_socket(self) -> None:
         ws = self._ws
+        if not self._proto.registered:
+            # Still connecting or waiting for registration: nothing to tell the server, so do not wait for
+            # the open timeout (10 s) or a close handshake with a server that may not be answering.
+            self._stop.set()
+            if self._serving is not None:
+                self._serving.cancel()
+            return
         if ws is not None and self._proto.registered:
             self._kick()
             with contextlib.suppress(TimeoutError):

@@ -32,12 +32,18 @@ class WorkerConfig:
     # Periodic UpdateWorkerStatus on top of the ones sent on every change; also frees lapsed reservations.
     status_interval_s: float = 5.0
     # A job asked to end (JobTermination, or drain after its grace) is cancelled if still running after this.
-    stop_timeout_s: float = 5.0
+    # Longer than a session's own close budget (room first, then the engine's 5 s close timeout), so the
+    # worker's cancel never cuts a teardown that is still within its budget; a cancelled job then gets the
+    # same time again to unwind before the worker stops waiting for it.
+    stop_timeout_s: float = 12.0
     full_load: float = DEFAULT_FULL_LOAD
     identity_prefix: str = "agent-"
     open_timeout_s: float = 10.0
     # Reconnect attempts per outage before run() gives up; None retries for ever (a worker's normal life).
     max_reconnects: int | None = None
+    # Report full while the event loop's lag (p95 of 100 ms probes over 10 s) is at or above this: the
+    # threshold in docs/OPERATIONS.md past which the agent's voice gaps. None: slots only.
+    overload_lag_s: float | None = 0.030
 
     def __post_init__(self) -> None:
         if not self.agent_name:

@@ -38,6 +38,7 @@ livekit/agents ``worker.py``; psrpc ``pkg/client/rpc.go``):
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -54,6 +55,7 @@ __all__ = [
     "JobAssigned",
     "JobOffer",
     "JobTerminationRequested",
+    "LagWindow",
     "Pong",
     "Registered",
     "ServerEvent",
@@ -146,6 +148,7 @@ class WorkerProtocol:
         self._out: list[bytes] = []
         self._registered = False
         self._draining = False
+        self._overloaded = False  # the process's event loop lags (LagWindow): take no more jobs for now
         self._running: set[str] = set()
         self._reserved: dict[str, float] = {}  # job id → time the reservation lapses
         self.worker_id = ""
@@ -165,7 +168,7 @@ class WorkerProtocol:
 
     def slots(self) -> SlotState:
         busy = len(self._running) + len(self._reserved)
-        full = self._draining or busy >= self.max_jobs
+        full = self._draining or self._overloaded or busy >= self.max_jobs
         load = self.full_load * min(busy, self.max_jobs) / self.max_jobs
         return SlotState(len(self._running), len(self._reserved), self.max_jobs, self._draining, load, full)
 
@@ -268,6 +271,16 @@ class WorkerProtocol:
                 job_id=job_id, status=pb.JS_FAILED if failed else pb.JS_SUCCESS, error=error[:500])))
             self._queue_status()
 
+    @property
+    def overloaded(self) -> bool:
+        return self._overloaded
+
+    def set_overloaded(self, overloaded: bool) -> None:
+        """Report full (and decline offers) while the process is too busy to take another session."""
+        if overloaded != self._overloaded:
+            self._overloaded = overloaded
+            self._queue_status()
+
     def drain(self) -> None:
         """Take no new jobs from now on; the server hears WS_FULL at once."""
         if not self._draining:
@@ -298,6 +311,39 @@ class WorkerProtocol:
 
     def _queue(self, message: pb.WorkerMessage) -> None:
         self._out.append(message.SerializeToString())
+
+
+class LagWindow:
+    """Event-loop lag over a sliding window, with hysteresis: pure, times passed in.
+
+    ``add(lag_s, now_s)`` records how late one wakeup was. :attr:`overloaded` turns on when the window's
+    p95 reaches ``full_at_s`` (docs/OPERATIONS.md: lag p99 beyond 30 ms is an audible gap, since the agent's
+    voice has 30 ms of lead) and off again when it falls below half of that, so the status does not flap.
+    p95 over 10 s of 100 ms probes, not p99: one stray stall on a shared machine is not a full process.
+    At most ``window_s / 0.001`` samples are kept.
+    """
+
+    def __init__(self, full_at_s: float = 0.030, window_s: float = 10.0, min_samples: int = 20) -> None:
+        if full_at_s <= 0 or window_s <= 0 or min_samples < 1:
+            raise ConfigError("LagWindow needs full_at_s > 0, window_s > 0, min_samples >= 1")
+        self.full_at_s, self.window_s, self.min_samples = full_at_s, window_s, min_samples
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max(min_samples, int(window_s / 0.001)))
+        self.overloaded = False
+
+    def add(self, lag_s: float, now_s: float) -> bool:
+        """Record one sample; returns :attr:`overloaded` after it."""
+        samples = self._samples
+        samples.append((now_s, max(0.0, lag_s)))
+        while samples and samples[0][0] < now_s - self.window_s:
+            samples.popleft()
+        if len(samples) >= self.min_samples:
+            lags = sorted(lag for _, lag in samples)
+            p95 = lags[min(len(lags) - 1, int(0.95 * len(lags)))]
+            if self.overloaded and p95 < self.full_at_s / 2:
+                self.overloaded = False
+            elif not self.overloaded and p95 >= self.full_at_s:
+                self.overloaded = True
+        return self.overloaded
 
 
 def decode_worker_messages(frames: Iterable[bytes]) -> list[pb.WorkerMessage]:

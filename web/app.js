@@ -44,6 +44,7 @@
     $('agent-audio-state').textContent = state.agentAudioPlaying
       ? `playing (${Math.round(state.agentAudio.peakHz)} Hz peak)` : 'silent';
     $('join').disabled = state.connection !== 'disconnected';
+    $('room-input').disabled = state.connection !== 'disconnected';
     $('leave').disabled = state.connection === 'disconnected';
     $('error').hidden = !state.error;
     $('error').textContent = state.error || '';
@@ -165,20 +166,22 @@
 
   async function join() {
     state.error = null;
-    const params = new URLSearchParams(window.location.search);
-    const roomName = params.get('room') || randomId('room');
-    const identity = params.get('identity') || randomId('user');
+    // The room is the one shown (and editable) in the form, never taken from the link behind the user's back;
+    // the identity is the token server's to choose (an open --dev server accepts ?identity= from the link).
+    const roomName = $('room-input').value.trim();
+    if (!roomName) { state.error = 'choose a room to join'; render(); return; }
+    const identity = new URLSearchParams(window.location.search).get('identity');
+    const accessKey = $('access-key').value;
     // Created inside the click handler: browsers only let a user gesture start audio.
     audioContext = audioContext || new AudioContext();
     await audioContext.resume();
     state.connection = 'connecting';
     render();
     try {
-      const response = await fetch('/token', {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ room: roomName, identity }),
-      });
+      const headers = { 'Content-Type': 'application/json' };
+      if (accessKey) headers.Authorization = `Bearer ${accessKey}`;
+      const request = identity ? { room: roomName, identity } : { room: roomName };
+      const response = await fetch('/token', { method: 'POST', headers, body: JSON.stringify(request) });
       const body = await response.json();
       if (!response.ok) throw new Error(body.error || `token request failed (${response.status})`);
       Object.assign(state, { room: body.room, identity: body.identity, captions: [] });
@@ -223,6 +226,9 @@
     if (room) await room.disconnect();
   }
 
+  // A link may suggest a room; it is shown in the form before anything is joined.
+  $('room-input').value = new URLSearchParams(window.location.search).get('room') || randomId('room');
+  $('join-form').addEventListener('submit', (event) => event.preventDefault());
   $('join').addEventListener('click', join);
   $('leave').addEventListener('click', leave);
   $('unmute-audio').addEventListener('click', () => room && room.startAudio());
