@@ -12,8 +12,8 @@ Each case runs ``--seconds`` of audio ``--repeats`` times; the figure is the bes
 repeat, because what we want is the code's cost, not the noise of a shared machine. A per-stage breakdown
 comes from separate runs timed stage by stage with ``perf_counter_ns`` (best of the repeats per stage; it
 includes ~0.1 µs of timer overhead per stage call). The resampler latency table behind ``core.resample``'s
-quality choice is measured here too. Results go to ``benchmarks/results/core_cpu.json`` with a description of
-the machine.
+quality choice is measured here too (soxr alone), and the uplink FIR decimators' latency beside it. Results
+go to ``benchmarks/results/core_cpu.json`` with a description of the machine.
 
 Nothing here is a test: the figures depend on the machine. The target is uplink + downlink under 2 ms of CPU
 per second of audio per session.
@@ -205,6 +205,21 @@ def resampler_latency(seconds: float = 3.0) -> dict[str, dict[str, dict[str, flo
     return table
 
 
+def fir_latency(seconds: float = 3.0) -> dict[str, dict[str, float]]:
+    """The same measure for the uplink decimators (``Resampler`` picks ``core.fir`` for these pairs)."""
+    row: dict[str, dict[str, float]] = {}
+    for out_rate in (24000, 16000, 8000):
+        r = Resampler(48000, out_rate)
+        x = speechlike(48000, seconds, seed=1)
+        held = []
+        for i in range(0, x.shape[0], 480):
+            r.push(x[i : i + 480])
+            held.append(r.delay_ms)
+        steady = np.array(held[len(held) // 3 :])
+        row[f"48000->{out_rate}"] = {"mean_ms": round(float(steady.mean()), 2), "max_ms": round(float(steady.max()), 2)}
+    return row
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
@@ -297,6 +312,12 @@ def main() -> None:
     print(f"  {'':4}" + "".join(f"{p:>16}" for p in pairs))
     for quality, row in latency.items():
         print(f"  {quality:4}" + "".join(f"{row[p]['mean_ms']:7.1f} / {row[p]['max_ms']:5.1f}" for p in pairs))
+
+    fir = fir_latency()
+    results["fir_latency_ms"] = fir
+    print("\nuplink FIR decimator latency, 10 ms chunks (mean / max ms held)")
+    print("  " + "".join(f"{p:>16}" for p in fir))
+    print("  " + "".join(f"{v['mean_ms']:7.2f} / {v['max_ms']:5.2f}" for v in fir.values()))
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
