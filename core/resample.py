@@ -26,8 +26,10 @@ while doubling the 8 kHz latency (HQ) or the 16 kHz one (VHQ). QQ (cubic) has no
 a 9 kHz tone folds to 7 kHz at 0 dB, so it is not offered. CPU is the same ~0.35–0.55 ms per second of audio
 for MQ and HQ.
 
-Uplink decimation (48k→24k, 48k→16k, 48k→8k) does not use soxr: its block processing held the 21–43 ms above,
-which the caller hears on every turn (the uplink measured ~21 ms over its 5 ms budget beyond the chunk).
+Uplink conversion (48k→24k, 48k→16k, 48k→8k, and 48k→44.1k/22.05k) does not use soxr: its block processing held
+the 11–43 ms above, which the caller hears on every turn (the uplink measured ~21 ms over its 5 ms budget beyond
+the chunk). The 44.1 kHz family goes through ``core.fir.FirRational`` (147/160 and 147/320, polyphase, 0.46 and
+0.92 ms of group delay, the same passband and stopband criteria).
 ``core.fir.FirDecimator`` (Kaiser-windowed sinc, polyphase, only the kept outputs computed) holds just its group
 delay, measured the same way (mean over a steady 10 ms-chunk stream): 0.83 ms (48k→24k), 1.25 ms (48k→16k),
 2.50 ms (48k→8k). Passband ±0.1 dB (+0.003/-0.07) to 9.65 / 6.43 / 3.22 kHz (≥ 0.8 × the output Nyquist),
@@ -46,6 +48,7 @@ per second of audio in 10 ms chunks), which is not worth it.
 
 from __future__ import annotations
 
+from math import gcd
 from typing import Literal
 
 import numpy as np
@@ -53,7 +56,7 @@ import numpy.typing as npt
 import soxr
 
 from core.errors import ConfigError
-from core.fir import DECIMATOR_TAPS, FirDecimator
+from core.fir import DECIMATOR_TAPS, RATIONAL_TAPS_PER_PHASE, FirDecimator, FirRational
 from core.formats import SUPPORTED_RATES
 
 __all__ = ["DEFAULT_QUALITY", "Quality", "Resampler"]
@@ -91,11 +94,14 @@ class Resampler:
         self._quality = quality
         # Identity needs no filter: no latency, no dither, no CPU. Integer down-ratios get our FIR at any
         # quality: it holds 1–2.5 ms where soxr holds 21–43 ms (see the module docstring).
-        self._stream: soxr.ResampleStream | FirDecimator | None
+        self._stream: soxr.ResampleStream | FirDecimator | FirRational | None
+        g = gcd(in_rate, out_rate)
         if in_rate == out_rate:
             self._stream = None
         elif in_rate % out_rate == 0 and in_rate // out_rate in DECIMATOR_TAPS:
             self._stream = FirDecimator(in_rate // out_rate)
+        elif (out_rate // g, in_rate // g) in RATIONAL_TAPS_PER_PHASE:
+            self._stream = FirRational(out_rate // g, in_rate // g)
         else:
             self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality)
         self.samples_in = 0
