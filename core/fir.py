@@ -96,9 +96,9 @@ class FirDecimator:
         if n_taps % 2 == 0:
             raise ConfigError(f"taps must be odd (a whole-sample delay), got {n_taps}")
         self.factor = factor
-        self.taps: Float64Array = kaiser_lowpass(n_taps, _CUTOFF * 0.5 / factor)
+        self.taps: Float32Array = kaiser_lowpass(n_taps, _CUTOFF * 0.5 / factor).astype(np.float32)
         self.group_delay = (n_taps - 1) // 2  # input samples
-        self._held: Float64Array = np.zeros(0)
+        self._held: Float32Array = np.zeros(0, dtype=np.float32)
         self._pushed_in = 0
         self._consumed_out = 0
         self._clips = 0
@@ -114,7 +114,7 @@ class FirDecimator:
 
     def clear(self) -> None:
         # Zeros before the first sample: output 0 is centred on input 0, as in a one-shot convolution.
-        self._held = np.zeros(self.group_delay)
+        self._held = np.zeros(self.group_delay, dtype=np.float32)
         self._pushed_in = 0
         self._consumed_out = 0
         self._clips = 0
@@ -122,11 +122,12 @@ class FirDecimator:
     def resample_chunk(self, samples: Int16Array, last: bool = False) -> Int16Array:
         """Every output whose window is complete; with ``last``, also the tail (zeros after the end)."""
         self._pushed_in += samples.shape[0]
-        # Mixed float64 + int16 concatenates to float64 (numpy's promotion), in one copy.
-        buf: Float64Array = np.concatenate((self._held, samples), dtype=np.float64)
+        # float32: int16 converts exactly, and 24 bits of mantissa leave the rounding error of a 245-tap dot
+        # product far below ½ LSB; half the memory traffic of float64 (8.0 → 5.5 µs per 10 ms chunk).
+        buf: Float32Array = np.concatenate((self._held, samples), dtype=np.float32)
         owed = -(-self._pushed_in // self.factor) - self._consumed_out  # ceil: outputs at 0, R, 2R, … < n
         if last:
-            buf = np.concatenate((buf, np.zeros(self.group_delay)))
+            buf = np.concatenate((buf, np.zeros(self.group_delay, dtype=np.float32)))
         n_taps = self.taps.shape[0]
         n_out = min(owed, (buf.shape[0] - n_taps) // self.factor + 1) if buf.shape[0] >= n_taps else 0
         if n_out <= 0:
@@ -135,10 +136,11 @@ class FirDecimator:
         # The rows of sliding_window_view(buf, taps)[::factor], built directly: sliding_window_view's Python
         # overhead measured 7.7 µs a call, as much as the arithmetic of a 20 ms chunk (0.55 µs this way).
         itemsize = buf.itemsize
-        windows = np.ndarray((n_out, n_taps), np.float64, buffer=buf, strides=(self.factor * itemsize, itemsize))
+        windows = np.ndarray((n_out, n_taps), np.float32, buffer=buf, strides=(self.factor * itemsize, itemsize))
         # Symmetric taps: correlation equals convolution, no reversal needed. einsum, because matmul on
         # overlapping rows falls back to a slow loop (16.8 µs vs 8.3 µs for 48k→16k, 20 ms chunks) and dot
-        # copies them first (10 µs); float64 keeps chunked output bit-identical to one-shot.
+        # copies them first (10 µs). Each output is the same dot product whatever the chunking, so chunked
+        # output is bit-identical to one-shot.
         y = np.rint(np.einsum("ij,j->i", windows, self.taps))
         self._held = buf[n_out * self.factor :]
         self._consumed_out += n_out

@@ -2,7 +2,7 @@
 
 Data flow (see ``shared/ARCHITECTURE.md``)::
 
-    callers' AudioStreams ─► Uplink (mixer → soxr → encode) ─► EngineClient.send_audio
+    callers' AudioStreams ─► Uplink (mixer → FIR → encode) ─► EngineClient.send_audio
     EngineClient reader ─► on_event ─► Downlink (gate → decode → soxr → playout) ─► pacer ─► AudioSource
 
 Rules the code here keeps:
@@ -249,7 +249,7 @@ class BridgeSession:
         self.log_context.conversation_id = metadata.conversation_id
         up, down = self.uplink, self.downlink
         if up is None or up.format != metadata.input_format:
-            self.uplink = Uplink(metadata.input_format, self.clock, chunk_ms=self.config.chunk_ms, timer=self.timer)
+            self.uplink = Uplink(metadata.input_format, chunk_ms=self.config.chunk_ms, timer=self.timer)
             for caller in self.room.callers:
                 self.uplink.join(caller)
         if down is None or down.format != metadata.output_format:
@@ -369,7 +369,7 @@ class BridgeSession:
             return
         up.write(identity, samples, recv_ns)
         while up.ready(recv_ns):
-            chunk = up.next_chunk()
+            chunk = up.next_chunk(recv_ns)
             if not chunk:
                 continue
             if engine.send_audio(chunk):
@@ -378,6 +378,7 @@ class BridgeSession:
                 self.counters["chunks_dropped"] += 1
             self._last_uplink_ns = self.clock.now_ns()
             self.timer.add("uplink.total", self._last_uplink_ns - recv_ns)
+            self.timer.add("uplink.hold", self._last_uplink_ns - recv_ns + up.last_held_ns)
 
     def _on_room_state(self, state: str) -> None:
         self._emit("room_state", state=state)
@@ -425,7 +426,7 @@ class BridgeSession:
             if up is None or engine is None or not engine.ready:
                 continue
             if self.clock.now_ns() - self._last_uplink_ns >= _KEEPALIVE_NS:
-                engine.send_audio(silence(up.format, _KEEPALIVE_NS // MS))
+                engine.send_audio(silence(up.format, up.chunk_ms))  # as long as an ordinary chunk
                 self.counters["keepalive_chunks"] += 1
                 self._last_uplink_ns = self.clock.now_ns()
 
