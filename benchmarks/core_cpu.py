@@ -238,6 +238,27 @@ class UplinkClass:
                 up.next_chunk(now)
 
 
+def uplink_hold(seconds: int) -> dict[str, dict[str, float]]:
+    """Per format, the bridge-only hold without the network: a 10 ms frame written → its chunk returned (wall,
+    ``perf_counter_ns``) plus what the FIR still holds (``Uplink.last_held_ns``); p50/p95/p99 in ms."""
+    out: dict[str, dict[str, float]] = {}
+    frames = speechlike(48000, seconds, seed=5).reshape(-1, FRAME)
+    for name in ("pcm_8000", "ulaw_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000"):
+        up = Uplink(parse_format(name))
+        up.join("a")
+        holds = []
+        for i, frame in enumerate(frames):
+            now = i * 10 * MS
+            t0 = time.perf_counter_ns()
+            up.write("a", frame, now)
+            while up.ready(now):
+                up.next_chunk(now)
+            holds.append(time.perf_counter_ns() - t0 + up.last_held_ns)
+        p50, p95, p99 = np.percentile(np.asarray(holds[10:]) / 1e6, [50, 95, 99])
+        out[name] = {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+    return out
+
+
 def uplink_class_cpu(seconds: int, repeats: int) -> dict[str, dict[str, float]]:
     """CPU ms per second of audio of the whole ``Uplink`` (mix, FIR, encode, bookkeeping), one caller."""
     out: dict[str, dict[str, float]] = {}
@@ -350,6 +371,12 @@ def main() -> None:
     print("\ncore.uplink.Uplink, 1 caller, CPU ms per second of audio (10 ms chunks / 20 ms chunks)")
     for name, row in whole.items():
         print(f"  {name:10} {row['chunk_10ms']:6.3f} / {row['chunk_20ms']:6.3f}")
+
+    hold = uplink_hold(seconds)
+    results["uplink_hold_ms"] = hold
+    print("\nuplink hold without the network, 1 caller, 10 ms chunks: frame written → chunk out + FIR (p50/p95/p99 ms)")
+    for name, row in hold.items():
+        print(f"  {name:10} {row['p50']:.3f} / {row['p95']:.3f} / {row['p99']:.3f}")
 
     fir = fir_latency()
     results["fir_latency_ms"] = fir

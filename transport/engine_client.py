@@ -62,6 +62,7 @@ from core.formats import AudioFormat
 from core.redact import Redactor, redact_url
 from transport.backoff import DelayFactory, full_jitter
 from transport.engine_protocol import (
+    AgentAudio,
     ConversationMetadata,
     EngineErrorEvent,
     EngineProtocol,
@@ -540,12 +541,21 @@ class EngineClient:
                         self.counters.pongs_dropped += 1
                     self._pongs.append(pong)
                     self._wake.set()
+                audio = False
                 for event in events:
                     if isinstance(event, ConversationMetadata):
                         self._on_metadata()
                     elif isinstance(event, EngineErrorEvent):
                         self.last_error_event = event
+                    elif isinstance(event, AgentAudio):
+                        audio = True
                     self._dispatch(event, recv_ns)
+                if audio:
+                    # websockets hands out queued messages without suspending, so a burst of audio events
+                    # would all be decoded and resampled before the playout task could send the first frame
+                    # (1-3 ms at a 10x burst). One loop turn lets it; an interruption behind them waits
+                    # only for that turn, never for audio output.
+                    await asyncio.sleep(0)
         except ConnectionClosed:
             pass
 

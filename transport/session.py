@@ -107,7 +107,7 @@ class SessionConfig:
     identity: str = ""
     chunk_ms: int = DEFAULT_CHUNK_MS
     queue_ms: int = 50
-    caller_frame_ms: int = 20
+    caller_frame_ms: int = 10
     downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
     start_when: Literal["first_caller", "immediately"] = "first_caller"
     end_when_empty: bool = True
