@@ -163,7 +163,11 @@ async def _one_rate(server: LiveKitServer, cfg: TurnsConfig, burst: float, progr
     trials: list[dict[str, Any]] = []
     async with Rig(server, emu_cfg, progress, log_dir=log_dir, tag=f"turn{burst:g}") as rig:
         for side in rig.sides:  # warm-up, not counted
-            await _trial(rig, side, cfg)
+            try:
+                await _trial(rig, side, cfg)
+            except TimeoutError:
+                side.conversation.interrupt()
+                await asyncio.sleep(1.5)
         assert rig.ours is not None and rig.ours.session is not None and rig.baseline is not None
         ours_timer = rig.ours.session.timer
         naive = rig.baseline.naive
@@ -171,13 +175,27 @@ async def _one_rate(server: LiveKitServer, cfg: TurnsConfig, burst: float, progr
         hold_from = ours_timer.summary().get("uplink.hold")
         skip_ours = hold_from.count if hold_from is not None else 0
         skip_naive = len(naive.holds_ns)
+        failed: list[dict[str, Any]] = []
         for i in range(cfg.trials):
             order = rig.sides if i % 2 == 0 else rig.sides[::-1]
+            pair = []
             for side in order:
-                trial = await _trial(rig, side, cfg)
+                try:
+                    trial = await _trial(rig, side, cfg)
+                except TimeoutError:
+                    # The engine never answered or never barged in (a lost onset on a loaded machine): recorded,
+                    # not counted; the pair is dropped so both bridges keep the same trials.
+                    failed.append({"bridge": side.name, "index": i})
+                    progress(f"{burst:g}x trial {i + 1}: {side.name} timed out; pair dropped")
+                    side.conversation.interrupt()
+                    await asyncio.sleep(1.5)
+                    break
                 trial["index"] = i
                 trial["burst"] = burst
-                trials.append(trial)
+                pair.append(trial)
+            if len(pair) < 2:
+                continue
+            trials.extend(pair)
             by = {t["bridge"]: t for t in trials[-2:]}
             progress(f"{burst:g}x trial {i + 1}/{cfg.trials}: turn ours {_f(by['ours']['turn_ms'])} naive "
                      f"{_f(by['baseline']['turn_ms'])} ms; onset {_f(by['ours']['onset_ms'])} / "
@@ -204,7 +222,8 @@ async def _one_rate(server: LiveKitServer, cfg: TurnsConfig, burst: float, progr
     summary["ours_align_wait_ms"] = summarize(v / 1e6 for v in align.tolist())
     summary["ours_fir_hold_ms"] = summarize(v / 1e6 for v in fir.tolist())
     summary["ours_capture_ms"] = summarize(v / 1e6 for v in capture.tolist())
-    return {"burst": burst, "trials": trials, "summary": summary, "ours_metrics": metrics,
+    summary["failed_pairs"] = len(failed)
+    return {"burst": burst, "trials": trials, "failed": failed, "summary": summary, "ours_metrics": metrics,
             "hold_ns": {"ours": hold_ours.tolist(), "baseline": hold_naive.tolist()}}
 
 

@@ -186,7 +186,7 @@ class EngineClient:
         metadata_timeout: float = 10.0,
         close_timeout: float = 5.0,
         keepalive_interval: float | None = 20.0,
-        audio_queue_limit: int = 50,
+        audio_queue_limit: int = 100,
         subprotocols: Sequence[str] = (),
         secrets: Iterable[str] = (),
         proxy: str | Literal[True] | None = True,
@@ -205,7 +205,7 @@ class EngineClient:
         self._metadata_timeout = metadata_timeout
         self._close_timeout = close_timeout
         self._keepalive = keepalive_interval
-        # 50 × 20 ms chunks = 1 s: beyond that the socket is stalled and old audio is worthless anyway.
+        # 100 × 10 ms chunks = 1 s: beyond that the socket is stalled and old audio is worthless anyway.
         self._audio_queue_limit = audio_queue_limit
         self._subprotocols = [Subprotocol(p) for p in subprotocols] or None
         self._proxy = proxy
