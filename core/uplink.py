@@ -64,6 +64,7 @@ class Uplink:
         # When each caller's backlog last reached a whole chunk (None: it has less than a chunk waiting).
         self._complete_ns: dict[str, int | None] = {}
         self._resampler = Resampler(MIXER_RATE, fmt.rate)
+        self._ns_per_out_sample = 1_000_000_000 / fmt.rate
         self.timer = timer or StageTimer()
         self.chunks = 0
         self.bytes_out = 0
@@ -104,17 +105,19 @@ class Uplink:
 
     def next_chunk(self, now_ns: int) -> bytes:
         """Mix, resample and encode one chunk cut at ``now_ns``; empty while a resampler fills its history."""
-        complete = [t for t in self._complete_ns.values() if t is not None]
-        align_wait = now_ns - min(complete) if complete else 0
-        mixed = self.mixer.mix(self._chunk_in)
-        resampled = self._resampler.push(mixed)
+        completes = self._complete_ns
+        earliest = min((t for t in completes.values() if t is not None), default=now_ns)
+        align_wait = now_ns - earliest
+        mixer, chunk = self.mixer, self._chunk_in
+        mixed = mixer.mix(chunk)
+        resampler = self._resampler
+        resampled = resampler.push(mixed)
         payload = self.format.encode(resampled) if resampled.size else b""
-        for caller in self._complete_ns:
-            if self._complete_ns[caller] is not None and self.mixer.backlog(caller) < self._chunk_in:
-                self._complete_ns[caller] = None
-            elif self._complete_ns[caller] is not None:
-                self._complete_ns[caller] = now_ns  # a second chunk already waiting: it is complete as of now
-        resampler_hold = round(self._resampler.delay_samples * 1_000_000_000 / self.format.rate)
+        for caller, t in completes.items():
+            if t is not None:
+                # Still a whole chunk waiting: it is complete as of now; otherwise it is not complete.
+                completes[caller] = now_ns if mixer.backlog(caller) >= chunk else None
+        resampler_hold = round(resampler.delay_samples * self._ns_per_out_sample)
         self.timer.add("uplink.align_wait", align_wait)
         self.timer.add("uplink.resampler_hold", resampler_hold)
         self.last_held_ns = align_wait + resampler_hold
