@@ -152,6 +152,8 @@ def render(results: dict[str, Any]) -> str:
         labels = {"turn_ms": "turn: speech end → caller hears reply",
                   "turn_minus_hangover_ms": "  the same minus the 400 ms hangover",
                   "onset_ms": "speech onset → engine receives it",
+                  "onset_room_ms": "  of which caller → bridge gets frame",
+                  "onset_bridge_ms": "  of which bridge frame → engine",
                   "talkover_ms": "talk-over onset → engine interrupts",
                   "downlink_ms": "engine's first chunk → caller hears",
                   "bridge_downlink_ms": "bridge: first audio event → source",

@@ -25,6 +25,8 @@ Figures (``time.monotonic_ns`` on one machine for every process):
   ``room_start_ms`` (that capture → the caller hears it: the native queue, Opus, SFU, jitter buffer).
 - ``onset_ms``: the caller's first frame → the engine receives the ``user_audio_chunk`` holding the first
   loud sample (speech onset → engine receives speech).
+- ``onset_room_ms`` / ``onset_bridge_ms``: the onset split at the bridge's receipt of the first loud caller
+  frame (ours at 48 kHz through the session tap, the naive bridge's 16 kHz frame in its forwarder).
 - ``talkover_ms``: the talk-over's first frame → the engine writes ``interruption`` (its VAD needs 60 ms of
   speech, so this is the uplink plus 60 ms plus a VAD frame).
 - ``bridge_silent_ms`` / ``remote_silent_ms``: ``interruption`` written → the bridge's output stays silent
@@ -98,6 +100,7 @@ async def _trial(rig: Rig, side: Side, cfg: TurnsConfig) -> dict[str, Any]:
     speak_ns = starts[-1]
     speech_end_ns = speak_ns + int(SPEECH_S * 1e9)
     onset_ns = _first_loud_chunk(side, mark)
+    caller_onset = next((t for t, p in side.caller_frames if t >= speak_ns and p > LOUD_REMOTE), None)
     # Talk over the reply.
     await asyncio.sleep(max(0.0, (reply.start_ns + int(TALKOVER_AT_S * 1e9) - time.monotonic_ns()) / 1e9))
     await rig.say(side, TALKOVER_S, 250.0)
@@ -127,6 +130,9 @@ async def _trial(rig: Rig, side: Side, cfg: TurnsConfig) -> dict[str, Any]:
         "turn_ms": ms(hear_ns - speech_end_ns) if hear_ns is not None else None,
         "turn_minus_hangover_ms": ms(hear_ns - speech_end_ns) - HANGOVER_MS if hear_ns is not None else None,
         "onset_ms": ms(onset_ns - speak_ns) if onset_ns is not None else None,
+        "onset_room_ms": ms(caller_onset - speak_ns) if caller_onset is not None else None,
+        "onset_bridge_ms": ms(onset_ns - caller_onset) if onset_ns is not None and caller_onset is not None
+        else None,
         "engine_reply_after_speech_end_ms": ms(reply.start_ns - speech_end_ns),
         "downlink_ms": ms(hear_ns - reply.start_ns) if hear_ns is not None else None,
         "bridge_downlink_ms": ms(first_capture - first_event)
@@ -149,8 +155,9 @@ async def _trial(rig: Rig, side: Side, cfg: TurnsConfig) -> dict[str, Any]:
     return trial
 
 
-METRICS = ("turn_ms", "turn_minus_hangover_ms", "onset_ms", "engine_reply_after_speech_end_ms", "downlink_ms",
-           "bridge_downlink_ms", "room_start_ms", "talkover_ms", "bridge_silent_ms", "remote_silent_ms")
+METRICS = ("turn_ms", "turn_minus_hangover_ms", "onset_ms", "onset_room_ms", "onset_bridge_ms",
+           "engine_reply_after_speech_end_ms", "downlink_ms", "bridge_downlink_ms", "room_start_ms", "talkover_ms",
+           "bridge_silent_ms", "remote_silent_ms")
 
 
 async def _one_rate(server: LiveKitServer, cfg: TurnsConfig, burst: float, progress: Progress,
