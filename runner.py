@@ -31,6 +31,7 @@ from core.downlink import DownlinkConfig
 from core.errors import BridgeError, ConfigError
 from core.formats import ENGINE_FORMATS, parse_format
 from core.redact import Redactor
+from core.uplink import DEFAULT_CHUNK_MS
 from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
 from transport.livekit_token import mint_token
 from transport.log_context import ContextFilter
@@ -68,7 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "engine it is only a fallback when the metadata names none (configure the engine with "
                         "`python -m transport.engine_admin`)")
     p.add_argument("--output-format", choices=ENGINE_FORMATS, help="agent audio format (as --input-format)")
-    p.add_argument("--chunk-ms", type=int, default=20, help="user_audio_chunk length (default 20 ms)")
+    p.add_argument("--chunk-ms", type=int, default=DEFAULT_CHUNK_MS,
+                   help=f"user_audio_chunk length, a multiple of 5 ms (default {DEFAULT_CHUNK_MS})")
     p.add_argument("--queue-ms", type=int, default=50, help="AudioSource queue, a multiple of 10 ms (default 50)")
     p.add_argument("--lead-frames", type=int, default=3, help="10 ms frames kept queued ahead (default 3)")
     p.add_argument("--duck-db", type=float, default=18.0,

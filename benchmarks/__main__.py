@@ -9,6 +9,9 @@ interface that is not ``lo``. Three benchmarks, each its own module with the det
 - ``latency`` (:mod:`benchmarks.latency`): uplink, downlink, round trip, ours and the naive bridge, and our
   per-stage processing times from ``session.timer``.
 - ``scaling`` (:mod:`benchmarks.scaling`): N sessions in one process, N stepped up until it breaks.
+- ``turns`` (:mod:`benchmarks.turns`): whole turns with the emulator's VAD (turn latency, speech onset →
+  engine, talk-over → interruption, interruption → silence, the bridge-only uplink hold), ours against the
+  naive bridge, with the engine's burst rate swept 1×, 2×, 4×, 10×.
 
 Progress goes to stderr; the table to stdout; JSON with every raw sample and the machine description to
 ``benchmarks/results/<name>.json`` (``--quick``: ``benchmarks/results/quick/``) with ``summary.json`` beside
@@ -28,12 +31,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks import interrupt, latency, scaling
+from benchmarks import interrupt, latency, scaling, turns
 from benchmarks.common import RESULTS, Progress, machine, run_loop, write_json
 from benchmarks.report import render, targets
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
 
-NAMES = ("interrupt", "latency", "scaling")
+NAMES = ("turns", "interrupt", "latency", "scaling")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, help="interruption trials per bridge (hook-triggered)")
     parser.add_argument("--speech-trials", type=int, help="interruption trials per bridge by caller speech")
     parser.add_argument("--latency-trials", type=int, help="latency trials per bridge")
+    parser.add_argument("--turn-trials", type=int, help="turn trials per bridge per burst rate")
+    parser.add_argument("--bursts", help="engine burst rates for the turns, comma-separated (default 1,2,4,10)")
     parser.add_argument("--steps", help="scaling N values, comma-separated (e.g. 1,10,50)")
     parser.add_argument("--window", type=float, help="scaling measurement window per step, seconds")
     parser.add_argument("--frame-study-n", type=int,
@@ -95,7 +100,8 @@ def configs(opts: argparse.Namespace) -> tuple[interrupt.InterruptConfig, latenc
 
 def _strip_raw(result: dict[str, Any]) -> dict[str, Any]:
     """The summary part of a benchmark's result (no per-trial samples)."""
-    keep = {k: v for k, v in result.items() if k not in ("trials", "stages_ns", "interrupt_flush_ns", "machine")}
+    keep = {k: v for k, v in result.items()
+            if k not in ("trials", "stages_ns", "interrupt_flush_ns", "machine", "rates")}
     if "steps" in keep:
         keep["steps"] = [{k: v for k, v in s.items() if k not in ("lags_ms", "interruption_samples_ms")}
                          for s in keep["steps"]]
@@ -129,6 +135,13 @@ async def run(opts: argparse.Namespace, server: LiveKitServer | None = None) -> 
                 res = await interrupt.run(server, i_cfg, progress, log_dir=log_dir)
             elif name == "latency":
                 res = await latency.run(server, l_cfg, progress, log_dir=log_dir)
+            elif name == "turns":
+                t_cfg = turns.TurnsConfig(trials=4) if opts.quick else turns.TurnsConfig()
+                if opts.turn_trials is not None:
+                    t_cfg = replace(t_cfg, trials=opts.turn_trials)
+                if opts.bursts:
+                    t_cfg = replace(t_cfg, bursts=tuple(float(b) for b in opts.bursts.split(",")))
+                res = await turns.run(server, t_cfg, progress, log_dir=log_dir)
             else:
                 res = await scaling.run(server, s_cfg, progress, log_dir=log_dir)
             res["elapsed_s"] = time.monotonic() - t0

@@ -12,8 +12,8 @@ Each case runs ``--seconds`` of audio ``--repeats`` times; the figure is the bes
 repeat, because what we want is the code's cost, not the noise of a shared machine. A per-stage breakdown
 comes from separate runs timed stage by stage with ``perf_counter_ns`` (best of the repeats per stage; it
 includes ~0.1 µs of timer overhead per stage call). The resampler latency table behind ``core.resample``'s
-quality choice is measured here too. Results go to ``benchmarks/results/core_cpu.json`` with a description of
-the machine.
+quality choice is measured here too (soxr alone), and the uplink FIR decimators' latency beside it. Results
+go to ``benchmarks/results/core_cpu.json`` with a description of the machine.
 
 Nothing here is a test: the figures depend on the machine. The target is uplink + downlink under 2 ms of CPU
 per second of audio per session.
@@ -40,6 +40,7 @@ from core.mixer import Mixer
 from core.pacer import Pacer
 from core.playout import PlayoutBuffer
 from core.resample import Resampler
+from core.uplink import Uplink
 
 Int16Array = npt.NDArray[np.int16]
 RESULTS = Path(__file__).resolve().parent / "results" / "core_cpu.json"
@@ -205,6 +206,73 @@ def resampler_latency(seconds: float = 3.0) -> dict[str, dict[str, dict[str, flo
     return table
 
 
+def fir_latency(seconds: float = 3.0) -> dict[str, dict[str, float]]:
+    """The same measure for the uplink FIRs (``Resampler`` picks ``core.fir`` for every 48 kHz → engine pair)."""
+    row: dict[str, dict[str, float]] = {}
+    for out_rate in (44100, 24000, 22050, 16000, 8000):
+        r = Resampler(48000, out_rate)
+        x = speechlike(48000, seconds, seed=1)
+        held = []
+        for i in range(0, x.shape[0], 480):
+            r.push(x[i : i + 480])
+            held.append(r.delay_ms)
+        steady = np.array(held[len(held) // 3 :])
+        row[f"48000->{out_rate}"] = {"mean_ms": round(float(steady.mean()), 2), "max_ms": round(float(steady.max()), 2)}
+    return row
+
+
+class UplinkClass:
+    """The real ``core.uplink.Uplink`` as the session drives it: write a 10 ms frame, cut while ready."""
+
+    def __init__(self, fmt: AudioFormat, chunk_ms: int, seconds: int) -> None:
+        self.uplink = Uplink(fmt, chunk_ms=chunk_ms)
+        self.uplink.join("a")
+        self.frames = speechlike(48000, seconds, seed=3).reshape(-1, FRAME)
+
+    def run(self, stages: dict[str, int] | None = None) -> None:
+        up = self.uplink
+        for i, frame in enumerate(self.frames):
+            now = i * 10 * MS
+            up.write("a", frame, now)
+            while up.ready(now):
+                up.next_chunk(now)
+
+
+def uplink_hold(seconds: int) -> dict[str, dict[str, float]]:
+    """Per format, the bridge-only hold without the network: a 10 ms frame written → its chunk returned (wall,
+    ``perf_counter_ns``) plus what the FIR still holds (``Uplink.last_held_ns``); p50/p95/p99 in ms."""
+    out: dict[str, dict[str, float]] = {}
+    frames = speechlike(48000, seconds, seed=5).reshape(-1, FRAME)
+    for name in ("pcm_8000", "ulaw_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000"):
+        up = Uplink(parse_format(name))
+        up.join("a")
+        holds = []
+        for i, frame in enumerate(frames):
+            now = i * 10 * MS
+            t0 = time.perf_counter_ns()
+            up.write("a", frame, now)
+            while up.ready(now):
+                up.next_chunk(now)
+            holds.append(time.perf_counter_ns() - t0 + up.last_held_ns)
+        p50, p95, p99 = np.percentile(np.asarray(holds[10:]) / 1e6, [50, 95, 99])
+        out[name] = {"p50": round(float(p50), 3), "p95": round(float(p95), 3), "p99": round(float(p99), 3)}
+    return out
+
+
+def uplink_class_cpu(seconds: int, repeats: int) -> dict[str, dict[str, float]]:
+    """CPU ms per second of audio of the whole ``Uplink`` (mix, FIR, encode, bookkeeping), one caller."""
+    out: dict[str, dict[str, float]] = {}
+    for name in ("pcm_8000", "ulaw_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000"):
+        row, fmt = {}, parse_format(name)
+        for chunk_ms in (10, 20):
+            def make(fmt: AudioFormat = fmt, chunk_ms: int = chunk_ms) -> UplinkClass:
+                return UplinkClass(fmt, chunk_ms, seconds)
+            cpu, _ = best_of(make, seconds, repeats)
+            row[f"chunk_{chunk_ms}ms"] = round(cpu, 3)
+        out[name] = row
+    return out
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
@@ -297,6 +365,24 @@ def main() -> None:
     print(f"  {'':4}" + "".join(f"{p:>16}" for p in pairs))
     for quality, row in latency.items():
         print(f"  {quality:4}" + "".join(f"{row[p]['mean_ms']:7.1f} / {row[p]['max_ms']:5.1f}" for p in pairs))
+
+    whole = uplink_class_cpu(seconds, repeats)
+    results["uplink_class_cpu_ms_per_s"] = whole
+    print("\ncore.uplink.Uplink, 1 caller, CPU ms per second of audio (10 ms chunks / 20 ms chunks)")
+    for name, row in whole.items():
+        print(f"  {name:10} {row['chunk_10ms']:6.3f} / {row['chunk_20ms']:6.3f}")
+
+    hold = uplink_hold(seconds)
+    results["uplink_hold_ms"] = hold
+    print("\nuplink hold without the network, 1 caller, 10 ms chunks: frame written → chunk out + FIR (p50/p95/p99 ms)")
+    for name, row in hold.items():
+        print(f"  {name:10} {row['p50']:.3f} / {row['p95']:.3f} / {row['p99']:.3f}")
+
+    fir = fir_latency()
+    results["fir_latency_ms"] = fir
+    print("\nuplink FIR latency, 10 ms chunks (mean / max ms held)")
+    print("  " + "".join(f"{p:>16}" for p in fir))
+    print("  " + "".join(f"{v['mean_ms']:7.2f} / {v['max_ms']:5.2f}" for v in fir.values()))
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -125,7 +125,7 @@ async def _trial(rig: Rig, side: Side, echo: np.ndarray) -> dict[str, Any]:
     }
 
 
-STAGES = ("uplink.mix", "uplink.resample", "uplink.encode", "uplink.total", "downlink.decode",
+STAGES = ("uplink.hold", "uplink.align_wait", "uplink.resampler_hold", "uplink.total", "downlink.decode",
           "downlink.resample", "downlink.buffer", "downlink.total", "downlink.capture", "interrupt.flush")
 
 

@@ -255,6 +255,35 @@ def plot_stages(latency: dict[str, Any], interrupt: dict[str, Any] | None, path:
     plt.close(fig)
 
 
+def plot_turns(turns: dict[str, Any], path: Path, machine: str) -> None:
+    """Per burst rate: turn latency p50 and interruption → silence at the caller, ours against naive."""
+    plt = _plt()
+    rates = turns["rates"]
+    x = [r["burst"] for r in rates]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    panels = (("turn_ms", "Turn: speech end → caller hears the reply (p50, p95)"),
+              ("onset_ms", "Speech onset → engine receives it (p50, p95)"),
+              ("remote_silent_ms", "Interruption → caller hears silence (p50, p95)"))
+    for ax, (metric, title) in zip(axes, panels, strict=True):
+        for bridge, color, label in (("ours", OURS, "ours"), ("baseline", BASE, "naive")):
+            p50 = [r["summary"][metric][bridge]["p50"] for r in rates]
+            p95 = [r["summary"][metric][bridge]["p95"] for r in rates]
+            ax.plot(x, p50, marker="o", color=color, label=f"{label} p50")
+            ax.plot(x, p95, marker="x", linestyle=":", color=color, label=f"{label} p95")
+        ax.set_xscale("log")
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{v:g}×" for v in x])
+        ax.set_xlabel("engine burst rate (× real time)")
+        ax.set_ylabel("ms")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Turns through livekit-server and the emulator, burst rate swept — {machine}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
     m = results.get("machine", {})
     machine = f"{m.get('cpu_model', '?')}, {m.get('cores', '?')} cores, {str(m.get('date', ''))[:10]}"
@@ -266,6 +295,9 @@ def plot_all(results: dict[str, Any], out: Path) -> list[Path]:
     if "interrupt" in results:
         plot_interrupt(results["interrupt"], out / "interrupt_hist.png", machine)
         written.append(out / "interrupt_hist.png")
+    if "turns" in results and results["turns"].get("rates"):
+        plot_turns(results["turns"], out / "turns.png", machine)
+        written.append(out / "turns.png")
     if "scaling" in results and results["scaling"].get("steps"):
         plot_scaling(results["scaling"], out / "scaling.png", machine)
         written.append(out / "scaling.png")

@@ -34,12 +34,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from core.formats import ROOM_RATE
 from core.ring import OverflowPolicy, RingBuffer
 
 __all__ = ["MIXER_RATE", "SILENCE_DBFS", "CallerStats", "Mixer"]
 
 Int16Array = npt.NDArray[np.int16]
-MIXER_RATE = 48000
+MIXER_RATE = ROOM_RATE  # the room's rate: callers are mixed as LiveKit hands them out
 SILENCE_DBFS = -100.0  # below one LSB of int16 RMS (-90.3 dBFS), so "no signal" reads as its own value
 _FULL_SCALE_SQUARED = 32768.0 * 32768.0
 

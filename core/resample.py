@@ -1,4 +1,4 @@
-"""Streaming sample-rate conversion between the engine's rates and LiveKit's 48 kHz, over libsoxr.
+"""Streaming sample-rate conversion between the engine's rates and LiveKit's 48 kHz, over libsoxr and our FIR.
 
 One :class:`Resampler` per direction per session, fed int16 chunks of any size. Output is continuous across
 chunk boundaries (soxr keeps the filter history), so chunking never clicks.
@@ -26,6 +26,19 @@ while doubling the 8 kHz latency (HQ) or the 16 kHz one (VHQ). QQ (cubic) has no
 a 9 kHz tone folds to 7 kHz at 0 dB, so it is not offered. CPU is the same ~0.35–0.55 ms per second of audio
 for MQ and HQ.
 
+Uplink conversion (48k→24k, 48k→16k, 48k→8k, and 48k→44.1k/22.05k) does not use soxr: its block processing held
+the 11–43 ms above, which the caller hears on every turn (the uplink measured ~21 ms over its 5 ms budget beyond
+the chunk). The 44.1 kHz family goes through ``core.fir.FirRational`` (147/160 and 147/320, polyphase, 0.46 and
+0.92 ms of group delay, the same passband and stopband criteria).
+``core.fir.FirDecimator`` (Kaiser-windowed sinc, polyphase, only the kept outputs computed) holds just its group
+delay, measured the same way (mean over a steady 10 ms-chunk stream): 0.83 ms (48k→24k), 1.25 ms (48k→16k),
+2.50 ms (48k→8k). Passband ±0.1 dB (+0.003/-0.07) to 9.65 / 6.43 / 3.22 kHz (≥ 0.8 × the output Nyquist),
+≥ 71.6 dB down from the output Nyquist on; 48k→8k is 1.6 dB down at 3.4 kHz, the top of the telephone band,
+the price of staying near 2 ms (details in ``core.fir``). Its output is not dithered and chunking does not
+change it at all. CPU, 20 ms chunks: ~0.70–0.75 ms per second of audio vs soxr MQ's ~0.19–0.22 (+0.5 ms/s;
+10 ms chunks +0.7 ms/s, per-call overhead; ``python -m benchmarks.core_cpu`` for the whole chain). The downlink
+keeps soxr: replies arrive in bursts, so its delay is not heard.
+
 int16 in, int16 out, natively: soxr converts internally and saturates (``clipped_samples``). Its int16 output
 is TPDF-dithered (libsoxr's default; python-soxr has no switch for it), so digital silence comes out as ±1 LSB
 (-90 dBFS) and a chunked run differs from a one-shot run by at most 2 LSB. Both are inaudible and below any
@@ -35,6 +48,7 @@ per second of audio in 10 ms chunks), which is not worth it.
 
 from __future__ import annotations
 
+from math import gcd
 from typing import Literal
 
 import numpy as np
@@ -42,6 +56,7 @@ import numpy.typing as npt
 import soxr
 
 from core.errors import ConfigError
+from core.fir import DECIMATOR_TAPS, RATIONAL_TAPS_PER_PHASE, FirDecimator, FirRational
 from core.formats import SUPPORTED_RATES
 
 __all__ = ["DEFAULT_QUALITY", "Quality", "Resampler"]
@@ -77,11 +92,18 @@ class Resampler:
         self._in_rate = in_rate
         self._out_rate = out_rate
         self._quality = quality
-        # Identity needs no filter: no latency, no dither, no CPU.
-        self._stream: soxr.ResampleStream | None = (
-            None if in_rate == out_rate
-            else soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality)
-        )
+        # Identity needs no filter: no latency, no dither, no CPU. Integer down-ratios get our FIR at any
+        # quality: it holds 1–2.5 ms where soxr holds 21–43 ms (see the module docstring).
+        self._stream: soxr.ResampleStream | FirDecimator | FirRational | None
+        g = gcd(in_rate, out_rate)
+        if in_rate == out_rate:
+            self._stream = None
+        elif in_rate % out_rate == 0 and in_rate // out_rate in DECIMATOR_TAPS:
+            self._stream = FirDecimator(in_rate // out_rate)
+        elif (out_rate // g, in_rate // g) in RATIONAL_TAPS_PER_PHASE:
+            self._stream = FirRational(out_rate // g, in_rate // g)
+        else:
+            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality=quality)
         self.samples_in = 0
         self.samples_out = 0
         self.flushes = 0
@@ -106,7 +128,7 @@ class Resampler:
 
     @property
     def delay_samples(self) -> float:
-        """Output samples owed for input already pushed (soxr's ``delay()``): the current latency."""
+        """Output samples owed for input already pushed (the engine's ``delay()``): the current latency."""
         return 0.0 if self._stream is None else float(self._stream.delay())
 
     @property
@@ -115,7 +137,7 @@ class Resampler:
 
     @property
     def clipped_samples(self) -> int:
-        """Output samples soxr saturated to the int16 range (filter overshoot on near-full-scale input)."""
+        """Output samples saturated to the int16 range (filter overshoot on near-full-scale input)."""
         live = 0 if self._stream is None else int(self._stream.num_clips())
         return self._clips_before_restart + live
 
@@ -143,7 +165,7 @@ class Resampler:
             return _EMPTY
         out = self._process(_EMPTY, last=True)
         self.samples_out += out.shape[0]
-        # soxr refuses input after ``last``; clearing makes the stream reusable for the next utterance.
+        # soxr refuses input after ``last`` (the FIR mirrors it); clearing makes the stream reusable.
         self._restart()
         return out
 
@@ -160,6 +182,6 @@ class Resampler:
 
     def _restart(self) -> None:
         assert self._stream is not None
-        # soxr's clip counter restarts with ``clear()``; keep the running total for metrics.
+        # The engines' clip counters restart with ``clear()``; keep the running total for metrics.
         self._clips_before_restart += int(self._stream.num_clips())
         self._stream.clear()

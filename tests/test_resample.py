@@ -52,10 +52,13 @@ def test_chunked_equals_one_shot_without_clicks(in_rate: int, out_rate: int, siz
     joined = np.concatenate(pieces)
     assert joined.shape == whole.shape
     assert np.abs(joined.astype(np.int32) - whole).max() <= DITHER_LSB
-    # No step at a boundary larger than the steepest slope of the tone itself (plus dither).
+    # No step at a boundary larger than the steepest slope of the tone itself (plus dither). The tone starts
+    # and stops abruptly, and every filter rings there (one-shot too: 48k→44.1k overshoots the slope by 3 %
+    # in its first samples), so boundaries in the first and last 5 ms are covered by the comparison above.
     max_slope = 2 * np.pi * TONE_HZ * AMPLITUDE / out_rate
+    settle = out_rate // 200
     boundaries = np.cumsum([len(p) for p in pieces[:-1]])
-    boundaries = boundaries[(boundaries > 0) & (boundaries < len(joined))]
+    boundaries = boundaries[(boundaries > settle) & (boundaries < len(joined) - settle)]
     steps = np.abs(joined[boundaries].astype(np.int32) - joined[boundaries - 1])
     assert steps.max(initial=0) <= max_slope + 2 * DITHER_LSB
 
@@ -138,3 +141,126 @@ def test_bad_configuration() -> None:
         Resampler(16000, 48000, quality="QQ")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Resampler(16000, 48000).push(np.zeros(4, dtype=np.float32))
+
+
+# ---------------------------------------------------------------------- uplink FIR decimators (core.fir)
+
+DECIMATIONS = [(48000, 24000), (48000, 16000), (48000, 8000), (48000, 44100), (48000, 22050)]
+# core.fir's design: 48k→8k needs 245 taps (2.54 ms) to be flat to 3.2 kHz and 70 dB down from 4 kHz; the
+# others are well inside 2 ms (44.1k/22.05k: 0.46/0.92 ms, polyphase rational).
+MAX_DELAY_MS = {24000: 2.0, 16000: 2.0, 8000: 2.6, 44100: 1.0, 22050: 1.0}
+
+
+def tone_level_db(out_rate: int, hz: float) -> float:
+    """Output level of a 48 kHz tone at ``hz``, relative to the input, away from the ends."""
+    x = sine(48000, 1.0, hz=hz)
+    y = one_shot(48000, out_rate, x)[out_rate // 10 : -out_rate // 10].astype(np.float64)
+    # An alias below ½ LSB rounds to digital silence; count it at int16's rounding floor (1/√12 LSB rms,
+    # -93 dB here) instead of -inf.
+    rms = max(float(np.sqrt(np.mean(y**2))), 1 / np.sqrt(12))
+    return float(20 * np.log10(rms / (AMPLITUDE / np.sqrt(2))))
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), DECIMATIONS)
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 2000), min_size=1, max_size=20), seed=st.integers(0, 2**16))
+def test_fir_chunked_is_bit_identical_to_one_shot(in_rate: int, out_rate: int, sizes: list[int], seed: int) -> None:
+    # No dither and the same float64 dot product per output whatever the chunking: exact, not ±LSB.
+    x = np.random.default_rng(seed).integers(-20000, 20000, 3000).astype(np.int16)
+    joined = np.concatenate(chunked(Resampler(in_rate, out_rate), x, sizes))
+    assert np.array_equal(joined, one_shot(in_rate, out_rate, x))
+    assert joined.shape == (-(-3000 * out_rate // in_rate),)
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), DECIMATIONS)
+def test_fir_group_delay_is_small(in_rate: int, out_rate: int) -> None:
+    r = Resampler(in_rate, out_rate)
+    # Held while streaming 10 ms chunks: the benchmark's latency measure.
+    held = []
+    for _ in range(20):
+        r.push(sine(in_rate, 0.01))
+        held.append(r.delay_ms)
+    assert max(held[5:]) <= MAX_DELAY_MS[out_rate]
+    # The output is time-aligned (delay compensated like soxr): a click at input sample 960 (20 ms) comes out
+    # at output 20 ms, and the first output appears only once the click is group-delay old.
+    click = np.zeros(4800, dtype=np.int16)
+    click[960] = 30000
+    r = Resampler(in_rate, out_rate)
+    first = r.push(click[:961])
+    assert (961 * out_rate / in_rate - first.size) * 1000 / out_rate <= MAX_DELAY_MS[out_rate]
+    y = np.concatenate([first, r.push(click[961:]), r.flush()])
+    assert int(np.argmax(np.abs(y))) == 960 * out_rate // in_rate  # 20 ms in, 20 ms out
+    # Cross-correlating a chirp finds the same alignment: zero lag against the chirp sampled at the output rate.
+    def chirp(rate: int) -> npt.NDArray[np.float64]:
+        t = np.arange(rate // 2) / rate
+        return np.round(8000 * np.sin(2 * np.pi * (100 * t + 0.8 * out_rate / 2 * t**2)))
+    out = one_shot(in_rate, out_rate, chirp(in_rate).astype(np.int16)).astype(np.float64)
+    ideal = chirp(out_rate)
+    lags = np.arange(-20, 21)
+    corr = [np.dot(out[100 + k : -100 + k], ideal[100:-100]) for k in lags]
+    assert lags[int(np.argmax(corr))] == 0
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), DECIMATIONS)
+def test_fir_passband_is_flat_to_0_8_nyquist(in_rate: int, out_rate: int) -> None:
+    nyquist = out_rate / 2
+    for hz in (0.5 * nyquist, 0.8 * nyquist):
+        assert abs(tone_level_db(out_rate, hz)) < 0.1, hz
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), DECIMATIONS)
+def test_fir_rejects_aliases_by_70_db(in_rate: int, out_rate: int) -> None:
+    # Just above the output Nyquist (9 kHz into 48k→16k folds to 7 kHz) and further up.
+    # 48k→44.1k has only 22.05–24 kHz to fold back from.
+    nyquist = out_rate / 2
+    tones = [hz for hz in (nyquist + 500, nyquist + 1000, nyquist * 1.5, 20000, 23500) if nyquist < hz < 24000]
+    assert len(tones) >= 3
+    for hz in tones:
+        assert tone_level_db(out_rate, hz) <= -70, hz
+
+
+def test_fir_flush_emits_the_tail_and_reset_drops_history() -> None:
+    r = Resampler(48000, 16000)
+    x = sine(48000, 0.02, hz=3000)
+    head = r.push(x)
+    assert head.size < 320 and r.delay_samples == 320 - head.size
+    tail = r.flush()
+    assert head.size + tail.size == 320 and np.abs(tail).max() > AMPLITUDE / 2  # real signal, not just zeros
+    assert r.delay_samples == 0
+    r.push(x)
+    r.reset()
+    assert r.delay_samples == 0 and r.flush().size == 0
+    # After the reset nothing of the old tone leaks into the next utterance.
+    silence = np.concatenate([r.push(np.zeros(960, dtype=np.int16)), r.flush()])
+    assert silence.shape == (320,) and not silence.any()
+    assert r.resets == 1 and r.flushes == 3
+
+
+def test_fir_saturates_and_counts_clips() -> None:
+    r = Resampler(48000, 8000)
+    square = np.tile(np.array([32767] * 240 + [-32768] * 240, dtype=np.int16), 10)
+    y = np.concatenate([r.push(square), r.flush()])
+    assert r.clipped_samples > 0
+    assert y.max() == 32767 and y.min() == -32768
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), DECIMATIONS)
+def test_fir_tone_comes_out_at_its_frequency(in_rate: int, out_rate: int) -> None:
+    # The FFT peak of a converted 48 kHz tone sits at the tone's frequency, at the input's level.
+    for hz in (440.0, 3000.0, 0.7 * out_rate / 2):
+        y = one_shot(in_rate, out_rate, sine(in_rate, 0.5, hz=hz))[out_rate // 20 : -out_rate // 20]
+        spectrum = np.abs(np.fft.rfft(y.astype(np.float64) * np.hanning(y.size)))
+        peak = float(np.fft.rfftfreq(y.size, 1 / out_rate)[int(np.argmax(spectrum))])
+        assert abs(peak - hz) <= out_rate / y.size, (hz, peak)
+        rms = float(np.sqrt(np.mean(y.astype(np.float64) ** 2)))
+        assert abs(20 * np.log10(rms / (AMPLITUDE / np.sqrt(2)))) < 0.1
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), out_rate=st.sampled_from([16000, 44100, 8000]))
+def test_fir_sample_at_a_time_equals_whole(seed: int, out_rate: int) -> None:
+    # The extreme chunking: one sample per push gives exactly what one push of everything gives.
+    x = np.random.default_rng(seed).integers(-30000, 30000, 700).astype(np.int16)
+    r = Resampler(48000, out_rate)
+    pieces = [r.push(x[i : i + 1]) for i in range(x.size)] + [r.flush()]
+    assert np.array_equal(np.concatenate(pieces), one_shot(48000, out_rate, x))

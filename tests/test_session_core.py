@@ -36,7 +36,7 @@ def make_core(*, immediately: bool = False, end_when_empty: bool = True, linger_
     clock = FakeClock()  # the pipelines' stage timings only; every decision takes the literal times below
     return SessionCore(start_immediately=immediately, end_when_empty=end_when_empty,
                        linger_ns=int(linger_s * SECOND),
-                       make_uplink=lambda fmt: Uplink(fmt, clock, chunk_ms=20),
+                       make_uplink=lambda fmt: Uplink(fmt, chunk_ms=20),
                        make_downlink=lambda fmt: Downlink(fmt, clock))
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from core.clock import MS, FakeClock
 from core.downlink import Downlink, DownlinkConfig
+from core.errors import ConfigError
 from core.formats import ROOM_RATE, parse_format
 from core.uplink import Uplink
 
@@ -19,8 +21,7 @@ def tone(freq: float, n: int, rate: int = RATE, amp: float = 8000.0, phase: int 
 
 
 def test_offset_callers_are_mixed_chunk_by_chunk() -> None:
-    clock = FakeClock()
-    up = Uplink(parse_format("pcm_48000"), clock)
+    up = Uplink(parse_format("pcm_48000"), chunk_ms=20)
     up.join("a")
     up.join("b")
     chunks = []
@@ -29,36 +30,38 @@ def test_offset_callers_are_mixed_chunk_by_chunk() -> None:
         now = k * 20 * MS
         up.write("a", tone(300, FRAME20, phase=k * FRAME20), now)
         while up.ready(now):
-            chunks.append(up.next_chunk())
+            chunks.append(up.next_chunk(now))
         up.write("b", tone(700, FRAME20, phase=k * FRAME20), now + 10 * MS)
         while up.ready(now + 10 * MS):
-            chunks.append(up.next_chunk())
+            chunks.append(up.next_chunk(now + 10 * MS))
     assert len(chunks) >= 18
     stats = up.mixer.stats
     # b is waited for from its first frame on; only the very first chunk, cut before b had ever sent, lacks b.
     assert stats["a"].starved_samples == 0
     assert stats["b"].starved_samples == FRAME20
+    # The alignment wait is what a's chunk waited for b's frame: 10 ms, on the times given (no clock).
+    waits = up.timer.recent("uplink.align_wait")
+    assert np.all(waits[1:] == 10 * MS)
 
 
 def test_a_silent_caller_is_not_waited_for() -> None:
-    clock = FakeClock()
-    up = Uplink(parse_format("pcm_16000"), clock, inactive_ms=100)
+    up = Uplink(parse_format("pcm_16000"), chunk_ms=20, inactive_ms=100)
     up.join("talker")
     up.join("muted")  # joined, never sends a frame
     up.write("talker", tone(300, FRAME20), 0)
     assert up.ready(0)  # the muted caller is inactive: no need to wait for them
-    payload = up.next_chunk()
+    payload = up.next_chunk(0)
     assert len(payload) % 2 == 0
 
 
 def test_a_late_caller_is_waited_for_up_to_the_slack() -> None:
-    up = Uplink(parse_format("pcm_16000"), FakeClock(), slack_chunks=2)
+    up = Uplink(parse_format("pcm_16000"), chunk_ms=20, slack_ms=40)
     up.join("a")
     up.join("b")
     up.write("a", tone(300, FRAME20), 0)
     up.write("b", tone(700, FRAME20), 0)
     assert up.ready(0)
-    up.next_chunk()
+    up.next_chunk(0)
     # b falls behind: a's next two chunks wait for b, the third is cut without b.
     up.write("a", tone(300, FRAME20), 20 * MS)
     assert not up.ready(20 * MS)
@@ -69,15 +72,49 @@ def test_a_late_caller_is_waited_for_up_to_the_slack() -> None:
 
 
 def test_uplink_chunk_is_the_engine_format_and_length() -> None:
-    up = Uplink(parse_format("ulaw_8000"), FakeClock(), chunk_ms=20)
+    up = Uplink(parse_format("ulaw_8000"), chunk_ms=20)
     up.join("a")
     total = 0
     for k in range(50):
         up.write("a", tone(440, FRAME20, phase=k * FRAME20), k * 20 * MS)
         while up.ready(k * 20 * MS):
-            total += len(up.next_chunk())
-    # one byte per sample at 8 kHz; the resampler keeps its ~43 ms of history
-    assert 8000 - 8 * 60 < total <= 8000
+            total += len(up.next_chunk(k * 20 * MS))
+    # one byte per sample at 8 kHz, less the few ms the decimator still holds
+    assert 8000 - 8 * 5 < total <= 8000
+
+
+FRAME10 = RATE // 100
+ALL_FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
+
+
+@pytest.mark.parametrize("fmt_name", ALL_FORMATS)
+def test_one_caller_chunk_leaves_with_its_frame_and_holds_a_few_ms(fmt_name: str) -> None:
+    # Default 10 ms chunks: every 10 ms frame of a lone caller is cut into a chunk at once, and what the
+    # resampler still holds of it is its group delay: ≤ 2.6 ms whatever the format (soxr held 11–43 ms).
+    fmt = parse_format(fmt_name)
+    up = Uplink(fmt)
+    up.join("a")
+    sizes, held = [], []
+    for k in range(100):
+        now = k * 10 * MS
+        up.write("a", tone(440, FRAME10, phase=k * FRAME10), now)
+        assert up.ready(now)
+        chunk = up.next_chunk(now)
+        assert not up.ready(now)
+        sizes.append(len(chunk))
+        held.append(up.last_held_ns)
+    per_10ms = fmt.rate // 100 * fmt.bytes_per_sample
+    assert all(abs(size - per_10ms) <= 2 * fmt.bytes_per_sample for size in sizes[1:])
+    assert max(held[1:]) <= 2.6 * MS
+    assert up.timer.recent("uplink.align_wait").max() == 0
+
+
+def test_chunk_length_must_be_a_multiple_of_5_ms() -> None:
+    for ms in (20, 25, 250):
+        assert Uplink(parse_format("pcm_16000"), chunk_ms=ms).chunk_ms == ms
+    for ms in (0, 7, -10):
+        with pytest.raises(ConfigError):
+            Uplink(parse_format("pcm_16000"), chunk_ms=ms)
 
 
 def burst(fmt_name: str, seconds: float) -> bytes:

@@ -89,8 +89,8 @@ class SessionConfig:
         if room.queue_ms < down.lead_frames * down.frame_ms:
             raise ConfigError(f"the AudioSource queue ({room.queue_ms} ms) must hold the pacer's lead "
                               f"({down.lead_frames} × {down.frame_ms} ms)")
-        if self.chunk_ms <= 0 or self.chunk_ms % 10:
-            raise ConfigError(f"chunk_ms must be a positive multiple of 10 ms, got {self.chunk_ms}")
+        if self.chunk_ms <= 0 or self.chunk_ms % 5:
+            raise ConfigError(f"chunk_ms must be a positive multiple of 5 ms, got {self.chunk_ms}")
         if self.start_when not in ("first_caller", "immediately"):
             raise ConfigError(f"start_when must be 'first_caller' or 'immediately', got {self.start_when!r}")
         if self.linger_s < 0 or self.events_queue < 1 or self.backlog_ms <= 0:

@@ -73,6 +73,7 @@ from transport.backoff import DelayFactory, RetryPolicy, full_jitter
 from transport.engine_protocol import (
     CLOSE_NORMAL,
     DEFAULT_MAX_AUDIO_MS_PER_MESSAGE,
+    AgentAudio,
     CloseAction,
     ConnectionState,
     ConversationMetadata,
@@ -179,7 +180,7 @@ class EngineClient:
         metadata_timeout: float = 10.0,
         close_timeout: float = 5.0,
         keepalive_interval: float | None = 20.0,
-        audio_queue_limit: int = 50,
+        audio_queue_limit: int = 100,
         subprotocols: Sequence[str] = (),
         secrets: Iterable[str] = (),
         proxy: str | Literal[True] | None = True,
@@ -213,7 +214,7 @@ class EngineClient:
         self.redactor = Redactor(secrets)
 
         # default_input_format: assumed when the metadata names none (as the JS SDK does); audio_queue_limit:
-        # 50 × 20 ms chunks = 1 s, beyond that the socket is stalled and old audio is worthless anyway.
+        # 100 × 10 ms chunks = 1 s, beyond that the socket is stalled and old audio is worthless anyway.
         self.protocol = EngineProtocol(max_message_chars=max_message_bytes, default_input_format=default_input_format,
                                        audio_queue_limit=audio_queue_limit,
                                        max_audio_ms_per_message=max_audio_ms_per_message)
@@ -583,12 +584,21 @@ class EngineClient:
                     continue
                 if self.protocol.queued[0]:  # a pong: the writer sends it ahead of anything else queued
                     self._wake.set()
+                audio = False
                 for event in events:
                     if isinstance(event, ConversationMetadata):
                         self._on_metadata()
                     elif isinstance(event, EngineErrorEvent):
                         self.last_error_event = event
+                    elif isinstance(event, AgentAudio):
+                        audio = True
                     self._dispatch(event, recv_ns)
+                if audio:
+                    # websockets hands out queued messages without suspending, so a burst of audio events
+                    # would all be decoded and resampled before the playout task could send the first frame
+                    # (1-3 ms at a 10x burst). One loop turn lets it; an interruption behind them waits
+                    # only for that turn, never for audio output.
+                    await asyncio.sleep(0)
         except ConnectionClosed:
             pass
 

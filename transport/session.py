@@ -8,7 +8,7 @@ the actions it returns; it owns the :class:`~transport.livekit_room.RoomLink`, t
 
 Data flow (see ``docs/ARCHITECTURE.md``)::
 
-    callers' AudioStreams ─► core.caller_audio ─► Uplink (mixer → soxr → encode) ─► EngineClient.send_audio
+    callers' AudioStreams ─► core.caller_audio ─► Uplink (mixer → FIR → encode) ─► EngineClient.send_audio
     EngineClient reader ─► core.engine_event ─► Downlink (gate → decode → soxr → playout) ─► _play ─► AudioSource
 
 Rules the code here keeps:
@@ -199,7 +199,11 @@ class BridgeSession:
         engine = self.engine
         self.core.audio_sent(engine is not None and engine.send_audio(action.payload))
         if action.recv_ns is not None:
-            self.timer.add("uplink.total", self._now() - action.recv_ns)
+            now = self._now()
+            self.timer.add("uplink.total", now - action.recv_ns)
+            up = self.core.uplink
+            if up is not None:  # the caller frame's wait in our code plus the resampler's group delay
+                self.timer.add("uplink.hold", now - action.recv_ns + up.last_held_ns)
 
     def _arm_timer(self) -> None:
         """One loop timer for the core's deadlines. Re-armed only when a deadline comes *earlier*: a later one
@@ -232,7 +236,7 @@ class BridgeSession:
 
     # ------------------------------------------------------------------ engine side
     def _make_uplink(self, fmt: AudioFormat) -> Uplink:
-        return Uplink(fmt, self.clock, chunk_ms=self.config.chunk_ms, timer=self.timer)
+        return Uplink(fmt, chunk_ms=self.config.chunk_ms, timer=self.timer)
 
     def _make_downlink(self, fmt: AudioFormat) -> Downlink:
         return Downlink(fmt, self.clock, self.config.downlink, timer=self.timer)

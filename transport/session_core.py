@@ -297,7 +297,7 @@ class SessionCore:
             return _NOTHING
         actions: list[Action] = []
         while up.ready(recv_ns):
-            chunk = up.next_chunk()
+            chunk = up.next_chunk(recv_ns)
             if chunk:
                 actions.append(SendAudio(chunk, recv_ns))
         if actions:
@@ -309,7 +309,7 @@ class SessionCore:
         for frame in self.backlog.drain():
             up.write(frame.identity, frame.samples, frame.recv_ns)
             while up.ready(frame.recv_ns):
-                chunk = up.next_chunk()
+                chunk = up.next_chunk(frame.recv_ns)
                 if chunk:
                     chunks.append(chunk)
         if not chunks:
@@ -429,7 +429,8 @@ class SessionCore:
         keepalive = self._keepalive_at()
         if keepalive is not None and now_ns >= keepalive and self.uplink is not None:
             fmt = self.uplink.format
-            actions.append(SendAudio(silence(fmt, self._keepalive_ns // MS), None, keepalive=True))
+            # As long as an ordinary chunk: the engine sees one chunk size whatever the room does.
+            actions.append(SendAudio(silence(fmt, self.uplink.chunk_ms), None, keepalive=True))
             self.counters.keepalive_chunks += 1
             self._last_sent_ns = now_ns
         return actions
