@@ -10,6 +10,7 @@ from core.downlink import DownlinkConfig
 from core.errors import ConfigError
 from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
 from transport.engine_client import EngineClient
+from transport.token_auth import shared_secret
 from transport.token_server import TokenServerConfig
 from transport.worker import JobContext, WorkerConfig
 
@@ -30,7 +31,8 @@ def every_public_config() -> list[object]:
         LiveKitTarget("wss://lk.example", "APIkey", secret),
         from_env({"LIVEKIT_API_SECRET": secret, "ELEVENLABS_API_KEY": key, "SPEECH_ENGINE_ID": "agent_1"}),
         WorkerConfig(url="wss://lk.example", api_key="APIkey", api_secret=secret, agent_name="bridge"),
-        TokenServerConfig(livekit_url="wss://lk.example", api_key="APIkey", api_secret=secret, agent_name="bridge"),
+        TokenServerConfig(livekit_url="wss://lk.example", api_key="APIkey", api_secret=secret, agent_name="bridge",
+                          authorize=shared_secret(secret * 4)),
         JobContext(job_id="J", dispatch_id="D", room_name="r", url="wss://lk.example", token=token, identity="a",
                    agent_name="bridge", metadata="", worker_id="W", termination=asyncio.Event()),
     ]
@@ -56,7 +58,7 @@ def test_the_engine_needs_a_url_or_a_key_and_an_id(settings: dict[str, str]) -> 
         EngineSettings(**settings)
 
 
-@pytest.mark.parametrize("bad", [{"chunk_ms": 15}, {"chunk_ms": 0}, {"start_when": "later"}, {"linger_s": -1.0},
+@pytest.mark.parametrize("bad", [{"chunk_ms": 12}, {"chunk_ms": 0}, {"start_when": "later"}, {"linger_s": -1.0},
                                  {"events_queue": 0}, {"backlog_ms": 0}])
 def test_impossible_session_options_fail_when_built(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError):

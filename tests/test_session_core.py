@@ -144,7 +144,7 @@ def test_keepalive_silence_only_while_no_caller_audio_flows() -> None:
     assert core.timer(T0 + 249 * MS) == []
     keep = core.timer(T0 + 250 * MS)
     assert len(keep) == 1 and isinstance(keep[0], SendAudio) and keep[0].keepalive
-    assert keep[0].payload == bytes(16_000 // 4 * 2)  # 250 ms of pcm_16000 zeros
+    assert keep[0].payload == bytes(16_000 // 50 * 2)  # one ordinary chunk (20 ms here) of pcm_16000 zeros
     assert core.next_wakeup_ns(T0 + 250 * MS) == T0 + 500 * MS
     # Caller audio moves the deadline: no keepalive while chunks go out.
     voice = tone(300.0, 0.6)

@@ -21,9 +21,10 @@ Inputs: :meth:`begin`, :meth:`room_joined`, :meth:`caller_joined`, :meth:`caller
 Deadlines (all in :meth:`next_wakeup_ns`):
 
 - **linger**: the room emptied while running and ``end_when_empty``; a caller joining cancels it.
-- **keepalive**: with a conversation open and no caller audio for 250 ms (empty room, "start at once"), a
-  quarter second of silence goes out, the documented chunk size; else the engine ends the conversation after
-  60 s (``transport_receive_timeout``). 4 messages a second when idle, none while callers talk.
+- **keepalive**: with a conversation open and no caller audio for 250 ms (empty room, "start at once"), one
+  chunk of silence goes out, as long as an ordinary chunk so the engine sees one chunk size; else the engine
+  ends the conversation after 60 s (``transport_receive_timeout``). 4 messages a second when idle, none while
+  callers talk.
 - **duck hold** (not built yet): the pre-emptive ducking input (``caller_onset(identity, now_ns)``) belongs
   here as one more input, its release deadline as one more entry in :meth:`next_wakeup_ns`, and the
   duck/unduck as actions, next to :meth:`_interrupt` which it races.
