@@ -256,3 +256,34 @@ def test_base64_is_not_involved() -> None:
     raw = FMT_OUT.encode(tone(220.0, 0.1, rate=24_000))
     core.engine_event(ep.AgentAudio(raw, 1), T0)
     assert core.downlink is not None and core.downlink.bytes_in == len(raw) != len(base64.b64encode(raw))
+
+
+def test_an_empty_room_gets_no_keepalive_and_is_not_worth_a_new_conversation() -> None:
+    # Before: silence went out for ever, so the engine's idle timeout never ended a conversation nobody used.
+    core = make_core(linger_s=30.0)
+    running(core, T0)
+    assert core.wants_conversation()
+    core.caller_left("alice", T0 + SECOND)
+    assert not core.wants_conversation()
+    assert core.next_wakeup_ns(T0 + SECOND) == T0 + 31 * SECOND  # the linger only, no keepalive
+    assert not of(core.timer(T0 + 2 * SECOND), SendAudio)
+    stay = make_core(end_when_empty=False)
+    running(stay, T0)
+    stay.caller_left("alice", T0 + SECOND)
+    assert stay.wants_conversation()  # --stay: the session keeps its conversation for the next caller
+    assert of(stay.timer(T0 + 2 * SECOND), SendAudio)
+
+
+def pcm(ms: int, level: int = 3000) -> bytes:
+    return (np.full(FMT_OUT.rate * ms // 1000, level, dtype="<i2")).tobytes()
+
+
+def test_an_interruption_of_an_older_event_leaves_the_newer_reply_and_its_queue() -> None:
+    core = make_core()
+    running(core, T0)
+    core.engine_event(ep.AgentAudio(pcm(500), 7), T0 + MS)
+    older = core.engine_event(ep.Interruption(5), T0 + 2 * MS)
+    assert not of(older, ClearVoice)  # reply 7 goes on playing; nothing of it is cleared from the sink
+    assert core.downlink is not None and core.downlink.playout.depth_samples > 0
+    barge = core.engine_event(ep.Interruption(8), T0 + 3 * MS)
+    assert of(barge, ClearVoice) and not core.downlink.playout.depth_samples

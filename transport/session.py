@@ -246,7 +246,8 @@ class BridgeSession:
         self.engine = self._client_factory(
             settings.url_provider(), self._on_engine_event, on_state=self._on_engine_state,
             init=settings.init, clock=self.clock, max_attempts=settings.max_attempts,
-            secrets=settings.secrets(), default_input_format=settings.fallback_input_format)
+            secrets=settings.secrets(), default_input_format=settings.fallback_input_format,
+            reconnect_wanted=self.core.wants_conversation)
         await self.engine.start()
         self._apply(self.core.engine_started(self._now()))
         self._spawn(self._watch_engine(self.engine), "engine-watch")
@@ -386,16 +387,45 @@ class BridgeSession:
             if task is not current:
                 with contextlib.suppress(BaseException):
                     await task
+        # The room first, each side on its own budget and shielded from a cancel of this task: the agent must
+        # leave the room even when the engine is blackholed (its close alone may take the close timeout).
+        await _within(self.room.close(), _ROOM_CLOSE_S, "leaving the room")
         if self.engine is not None:
-            with contextlib.suppress(Exception):
-                await self.engine.close()
+            await _within(self.engine.close(), _ENGINE_CLOSE_S, "closing the engine conversation")
         if self.transcripts is not None:
-            await self.transcripts.close()
-        await self.room.close()
+            await _within(self.transcripts.close(), _TRANSCRIPTS_CLOSE_S, "closing the transcript streams")
         self._apply(self.core.stopped(self._now()))
         for queue in self._subscribers:
             _put_latest(queue, None)
         self._done.set()
+
+
+# Teardown budgets: together under the worker's stop timeout (12 s), the engine's the close timeout (5 s) plus
+# slack for the close handshake.
+_ROOM_CLOSE_S = 3.0
+_ENGINE_CLOSE_S = 6.0
+_TRANSCRIPTS_CLOSE_S = 1.0
+
+
+async def _within(step: Awaitable[None], budget_s: float, what: str) -> None:
+    """Run one teardown step to its end or its budget, whichever first; never raise."""
+    task = asyncio.ensure_future(step)
+    try:
+        await asyncio.wait_for(asyncio.shield(task), budget_s)
+    except TimeoutError:
+        log.warning("%s took over %.0f s; going on without it", what, budget_s)
+        task.cancel()
+    except asyncio.CancelledError:
+        # Our caller is being cancelled: let the step finish in the background within its budget.
+        task.add_done_callback(_swallow)
+        raise
+    except Exception as exc:
+        log.warning("%s failed: %s", what, exc)
+
+
+def _swallow(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _put_latest(queue: asyncio.Queue[SessionEvent | None], item: SessionEvent | None) -> None:

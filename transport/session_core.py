@@ -261,6 +261,12 @@ class SessionCore:
                 and self._linger_at is None):
             self._linger_at = now_ns + self._linger_ns
 
+    def wants_conversation(self) -> bool:
+        """Is a conversation worth keeping open (and reopening when lost)? While callers are in the room, or
+        when the session stays without them (``end_when_empty`` False): an empty room's conversation is billed
+        for nothing."""
+        return bool(self.callers) or not self._end_when_empty
+
     def speaker(self) -> str:
         """Whom a user transcript belongs to: the one caller, or nobody in particular."""
         return self.callers[0] if len(self.callers) == 1 else ""
@@ -355,7 +361,7 @@ class SessionCore:
             return _NOTHING
         self.counters.audio_events += 1
         try:
-            down.push(event.audio, recv_ns)
+            down.push(event.audio, recv_ns, event_id=event.event_id)
         except BridgeError:
             self.counters.bad_audio += 1  # the protocol layer already validated it; a codec refusal is rare
             return _NOTHING
@@ -364,9 +370,14 @@ class SessionCore:
     def _interrupt(self, event: ep.Interruption, recv_ns: int) -> list[Action]:
         """Silence first (the flush and the ClearVoice), bookkeeping after."""
         down = self.downlink
-        dropped = self.last_interrupt_dropped = down.interrupt() if down is not None else 0
+        dropped = self.last_interrupt_dropped = down.interrupt(event.event_id) if down is not None else 0
         self.counters.interruptions += 1
-        actions: list[Action] = [_CLEAR, Interrupted(recv_ns, event.event_id, dropped * 1000 // ROOM_RATE)]
+        actions: list[Action] = [Interrupted(recv_ns, event.event_id, dropped * 1000 // ROOM_RATE)]
+        # An interruption of an older event (a tool-call sound) while a newer reply plays leaves that reply in
+        # the buffer: the sink's queue is cleared only if something was dropped (its lead may be older audio)
+        # or nothing is left to play (the usual barge-in).
+        if dropped or down is None or not down.playout.depth_samples:
+            actions.insert(0, _CLEAR)
         if self.ducker is not None:
             self.ducker.interruption(recv_ns)  # a duck in progress is confirmed
             actions += self._duck_events()
@@ -419,6 +430,8 @@ class SessionCore:
     def _keepalive_at(self) -> int | None:
         if self.state is not S.RUNNING or not self._engine_ready or self.uplink is None:
             return None
+        if not self.wants_conversation():
+            return None  # an empty room: the engine's own idle timeout may end a conversation nobody uses
         return self._last_sent_ns + self._keepalive_ns
 
     def timer(self, now_ns: int) -> list[Action]:
