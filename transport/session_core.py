@@ -25,9 +25,11 @@ Deadlines (all in :meth:`next_wakeup_ns`):
   chunk of silence goes out, as long as an ordinary chunk so the engine sees one chunk size; else the engine
   ends the conversation after 60 s (``transport_receive_timeout``). 4 messages a second when idle, none while
   callers talk.
-- **duck hold** (not built yet): the pre-emptive ducking input (``caller_onset(identity, now_ns)``) belongs
-  here as one more input, its release deadline as one more entry in :meth:`next_wakeup_ns`, and the
-  duck/unduck as actions, next to :meth:`_interrupt` which it races.
+- **ducking** (``core/ducker.py``, owned here when ``duck_db`` > 0): every caller frame reaches the ducker
+  before the uplink; a talk-over onset returns a ``WakePlayout`` (the shell re-sends the AudioSource's queue
+  ducked and applies the gain to each paced frame) and a :class:`~transport.events.Ducked` event; an
+  ``interruption`` confirms the duck, and the release after the hold happens on the voice's own frames, so it
+  needs no deadline here.
 
 Caller audio before the conversation can take it (waiting for the first caller, connecting, reconnecting) is
 held in a :class:`~core.backlog.CallerBacklog` (2 s per caller, oldest dropped and counted) and replayed into
