@@ -98,6 +98,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-redispatch", action="store_true",
                    help="worker mode: do not ask LiveKit to dispatch a dead worker process's rooms again")
     p.add_argument("--supervised-fd", type=int, help=argparse.SUPPRESS)  # set by transport.supervisor
+    p.add_argument("--overload-lag-ms", type=float, default=30.0,
+                   help="worker mode: report full while the event loop's lag p95 is at least this (0 = slots only; "
+                        "default 30, the threshold past which the agent's voice gaps)")
     p.add_argument("--drain-grace", type=float, default=30.0,
                    help="seconds running sessions get to finish after SIGTERM (worker mode)")
     p.add_argument("--metrics-port", type=int,
@@ -212,7 +215,9 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
                     metrics.untrack(session)
 
         worker = Worker(WorkerConfig(url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret,
-                                     agent_name=args.agent_name, max_jobs=args.max_jobs), job)
+                                     agent_name=args.agent_name, max_jobs=args.max_jobs,
+                                     overload_lag_s=args.overload_lag_ms / 1000 if args.overload_lag_ms > 0 else None),
+                        job)
         serving = asyncio.ensure_future(worker.run())
         stopping = asyncio.ensure_future(stop.wait())
         reporter = None

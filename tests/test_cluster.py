@@ -160,7 +160,8 @@ def workers(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "runner.py"), "--worker", "--processes", "1", "--agent-name", name,
-                 "--max-jobs", "3", "--metrics-port", str(port), "--emulator", "--reply", "echo", "--drain-grace", "1",
+                 "--max-jobs", "3", "--metrics-port", str(port), "--emulator",
+                 "--overload-lag-ms", "0", "--reply", "echo", "--drain-grace", "1",  # dispatch, not capacity
                  "--linger", "0.5"],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         procs.append(WorkerProc(i, proc, port, log))

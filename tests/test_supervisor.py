@@ -89,7 +89,8 @@ async def supervised(server: LiveKitServer, tmp_path: Path, name: str, *extra: s
     with open(log, "wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(ROOT / "runner.py"), "--worker", "--processes", str(processes), "--agent-name", name,
-            "--metrics-port", str(port), "--emulator", "--reply", "tone", *extra, cwd=ROOT, env=env,
+            "--metrics-port", str(port), "--emulator", "--overload-lag-ms", "0",  # dispatch, not capacity
+            "--reply", "tone", *extra, cwd=ROOT, env=env,
             stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
     sup = Supervised(proc, port, log)
     try:
