@@ -45,7 +45,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -342,13 +342,18 @@ def main(argv: list[str] | None = None) -> int:
         with LiveKitServer(port=args.port, log_dir=Path(tempfile.gettempdir())) as server:
             print(f"livekit-server {SERVER_VERSION} on {server.url} (keys {server.api_key}/…); "
                   f"log: {server.log_path}; Ctrl-C stops it", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                while server.running:
-                    time.sleep(0.5)
+            hold_until_interrupted(lambda: server.running)
         return 0
     except LiveKitServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def hold_until_interrupted(running: Callable[[], bool]) -> None:
+    """A test-bed server's command line: keep it up until Ctrl-C or until it exits by itself."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while running():
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":

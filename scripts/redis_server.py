@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from scripts.livekit_server import hold_until_interrupted
+
 __all__ = ["RedisServer", "RedisServerError"]
 
 
@@ -117,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with RedisServer(port=args.port, log_dir=Path(tempfile.gettempdir())) as server:
             print(f"redis-server on {server.address} (no persistence); Ctrl-C stops it", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                while server.running:
-                    time.sleep(0.5)
+            hold_until_interrupted(lambda: server.running)
         return 0
     except RedisServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
