@@ -34,31 +34,26 @@ $(STAMP): pyproject.toml
 server: venv
 	$(PY) -m scripts.livekit_server build
 
-# Debian's chromium for the browser test (needs root and apt; elsewhere install it yourself).
+# Debian packages the suite and the demo need, installed as root with apt when missing (elsewhere: say so).
+# $(call apt_need,COMMAND,PACKAGE,WHAT FOR)
+apt_need = @command -v $(1) >/dev/null 2>&1 || { \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's $(2) ($(3))..."; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
+	else echo "$(1) is missing: install it (e.g. apt-get install $(2)) for $(3)"; fi; }
+
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing Debian's chromium for the browser test..."; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-		else echo "chromium is missing: install it (e.g. apt-get install chromium) to run the browser test"; fi; }
+	$(call apt_need,chromium,chromium,the browser test)
 
-# Debian's espeak-ng: the emulator speaks the brain's text with it, the demo's callers speak with it, and the
-# ducking benchmark's backchannels, talk-overs and echoes are made with it.
+# The emulator speaks the brain's text with espeak-ng, the demo's callers too, and the ducking benchmark's
+# backchannels, talk-overs and echoes are made with it.
 espeak:
-	@command -v espeak-ng >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing Debian's espeak-ng for the emulator's speech and the ducking benchmark..."; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; \
-		else echo "espeak-ng is missing: install it (e.g. apt-get install espeak-ng) for the demo and the speech tests"; fi; }
+	$(call apt_need,espeak-ng,espeak-ng,the emulator's speech and the ducking benchmark)
 
-# Debian's redis-server for the two-node LiveKit cluster tests (tests/test_cluster.py). Only installed here:
-# the tests start their own on loopback (scripts/redis_server.py), on a port of their own, without persistence.
+# The two-node LiveKit cluster tests start their own redis-server on loopback (scripts/redis_server.py), on a
+# port of their own, without persistence; only the package is installed here.
 redis:
-	@command -v redis-server >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing Debian's redis-server for the cluster tests..."; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-		else echo "redis-server is missing: install it (e.g. apt-get install redis-server) to run the cluster tests"; fi; }
+	$(call apt_need,redis-server,redis-server,the cluster tests)
 
 # The browser page's livekit-client, pinned by web/package-lock.json.
 web: web/node_modules/livekit-client/package.json
