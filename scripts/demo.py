@@ -42,6 +42,7 @@ from emulator.records import Reply
 from emulator.tts import TtsUnavailable, synthesize
 from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
+from scripts.ports import free_tcp_port
 from transport.engine_admin import EngineAdmin, EngineRef
 from transport.livekit_token import mint_token
 from transport.token_server import TokenServer, TokenServerConfig, dev_open
@@ -65,12 +66,6 @@ SCRIPT: tuple[tuple[str, str, bool], ...] = (
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def until(predicate: object, timeout: float) -> bool:
@@ -361,7 +356,7 @@ async def main_async(args: argparse.Namespace) -> int:
     call = Call(server.url, server.api_key, server.api_secret, emulator, script)
     try:
         await emulator.start()
-        brain_port = free_port()
+        brain_port = free_tcp_port()
         procs.append(await asyncio.create_subprocess_exec(
             sys.executable, "-m", "examples.brain_server", "--port", str(brain_port), "--log-level", args.log_level,
             env=dict(env, ELEVENLABS_API_KEY=api_key), cwd=ROOT))

@@ -35,10 +35,8 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +46,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+
+from scripts.ports import free_tcp_port, free_udp_range, tcp_port_free
 
 __all__ = ["SERVER_VERSION", "LiveKitServer", "LiveKitServerError", "ensure_binary"]
 
@@ -143,41 +143,6 @@ def ensure_binary(version: str = SERVER_VERSION, *, build: bool = True) -> Path:
     return path
 
 
-def _free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tcp_port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _udp_range_free(start: int, count: int) -> bool:
-    for port in range(start, start + count):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def _free_udp_range(count: int) -> int:
-    # Ephemeral ports (32768+) are handed out by the kernel to every client socket; stay below them.
-    for _ in range(50):
-        start = random.randrange(20000, 32000 - count)
-        if _udp_range_free(start, count):
-            return start
-    raise LiveKitServerError("no free UDP port range found for the server's ICE candidates")
-
-
 class LiveKitServer:
     """One ``livekit-server --dev`` process on loopback with ports of its own."""
 
@@ -233,11 +198,11 @@ class LiveKitServer:
 
     def start(self, timeout: float = 20.0) -> LiveKitServer:
         binary = ensure_binary(self.version)
-        self.port = self._port or _free_tcp_port()
+        self.port = self._port or free_tcp_port()
         log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="livekit-server-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"livekit-server-{self.port}.log"
-        config = self._config(self.port, _free_tcp_port(), _free_udp_range(self._udp_ports))
+        config = self._config(self.port, free_tcp_port(), free_udp_range(self._udp_ports))
         for pid in sweep_orphans():
             print(f"livekit_server: killed orphaned livekit-server {pid} (its test run was killed)",
                   file=sys.stderr)
@@ -304,7 +269,7 @@ class LiveKitServer:
         self._port = self.port
         # The old process may hold its listening socket for a moment after it exits.
         deadline = time.monotonic() + 10
-        while not _tcp_port_free(self.port) and time.monotonic() < deadline:
+        while not tcp_port_free(self.port) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.start(timeout)
 

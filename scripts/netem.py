@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from scripts.livekit_server import LiveKitServer, _free_tcp_port, ensure_binary
+from scripts.livekit_server import LiveKitServer, ensure_binary
+from scripts.ports import free_tcp_port
 
 __all__ = ["ImpairedLink", "NamespacedLiveKitServer", "Unavailable", "netem_available", "why_unavailable"]
 
@@ -263,7 +264,7 @@ class NamespacedLiveKitServer(LiveKitServer):
     def start(self, timeout: float = 20.0) -> NamespacedLiveKitServer:
         binary = ensure_binary(self.version)
         # The namespace is empty: any port is free there.
-        self.port = self._port or _free_tcp_port()
+        self.port = self._port or free_tcp_port()
         log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="livekit-server-netem-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"livekit-server-netem-{self.port}.log"

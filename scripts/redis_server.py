@@ -23,18 +23,13 @@ from pathlib import Path
 from types import TracebackType
 
 from scripts.livekit_server import hold_until_interrupted
+from scripts.ports import free_tcp_port
 
 __all__ = ["RedisServer", "RedisServerError"]
 
 
 class RedisServerError(RuntimeError):
     """redis-server is missing or did not come up; the message says why."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ping(port: int) -> bool:
@@ -62,7 +57,7 @@ class RedisServer:
         binary = os.environ.get("REDIS_SERVER_BIN") or shutil.which("redis-server")
         if binary is None:
             raise RedisServerError("redis-server is not installed (`make redis`, or apt-get install redis-server)")
-        self.port = self._port or _free_port()
+        self.port = self._port or free_tcp_port()
         log_dir = self._log_dir or Path(tempfile.mkdtemp(prefix="redis-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"redis-{self.port}.log"

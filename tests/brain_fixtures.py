@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,15 +12,10 @@ import numpy.typing as npt
 from websockets.asyncio.server import ServerConnection, serve
 
 from emulator import tts
+from scripts.ports import free_tcp_port
 from tests.conftest import need
 
 Int16Array = npt.NDArray[np.int16]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def require_sdk() -> Any:
@@ -56,7 +50,7 @@ async def _until_listening(port: int, timeout: float = 10.0) -> None:
 async def sdk_brain(api_key: str, **handlers: Any) -> AsyncIterator[str]:
     """The SDK's ``SpeechEngineServer`` (authentication on) with ``handlers``; yields its ws:// URL."""
     speech_engine = require_sdk()
-    port = free_port()
+    port = free_tcp_port()
     server = speech_engine.SpeechEngineServer(port=port, api_key=api_key, **handlers)
     task = asyncio.create_task(server.serve())
     try:

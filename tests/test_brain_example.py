@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from tests.brain_fixtures import free_port, require_espeak, require_sdk
+from scripts.ports import free_tcp_port
+from tests.brain_fixtures import require_espeak, require_sdk
 from tests.engine_fixtures import fast, raw, running
 
 KEY = "sk_example_brain_0123456789"
@@ -42,7 +43,7 @@ async def test_the_example_streams_its_answer_in_pieces_to_the_emulator() -> Non
     from examples.brain_server import build_server
     from tests.brain_fixtures import _until_listening
 
-    port = free_port()
+    port = free_tcp_port()
     server = build_server(port=port, api_key=KEY, piece_delay_s=0.01)
     task = asyncio.create_task(server.serve())
     try:

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from livekit import api, rtc
 from core.signals import voiced_s
 from scripts.caller import Caller
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
+from scripts.ports import free_tcp_port
 from scripts.redis_server import RedisServer, RedisServerError
 from tests.bridge_fixtures import dominant_hz, unique, wait_for
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET, need
@@ -113,12 +113,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     redis.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def readyz(port: int) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
@@ -155,7 +149,7 @@ def workers(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
     for i, node in enumerate(cluster.nodes):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "ELEVENLABS_", "SPEECH_ENGINE"))}
         env.update(LIVEKIT_URL=node.url, LIVEKIT_API_KEY=TEST_API_KEY, LIVEKIT_API_SECRET=TEST_API_SECRET)
-        port = _free_port()
+        port = free_tcp_port()
         log = log_dir / f"worker-{i}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from runner import JsonFormatter
 from scripts.caller import Caller, tone
 from scripts.livekit_server import LiveKitServer
+from scripts.ports import free_tcp_port
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
 from tests.fault_helpers import Scenario, turn, until
 from transport.livekit_token import mint_token
@@ -112,14 +112,8 @@ async def test_metrics_are_scraped_over_http_per_session_and_in_total(livekit_se
         await metrics.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_runner_serves_metrics_and_writes_json_logs_with_session_ids(livekit_server: LiveKitServer) -> None:
-    port = _free_port()
+    port = free_tcp_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ELEVENLABS_", "SPEECH_ENGINE"))}
     env.update(LIVEKIT_URL=livekit_server.url, LIVEKIT_API_KEY=TEST_API_KEY, LIVEKIT_API_SECRET=TEST_API_SECRET)
     proc = await asyncio.create_subprocess_exec(

@@ -25,6 +25,7 @@ from livekit import rtc
 
 from scripts.caller import Caller
 from scripts.livekit_server import LiveKitServer
+from scripts.ports import free_tcp_port
 from tests.bridge_fixtures import unique, wait_for
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
 from transport.livekit_token import mint_token
@@ -46,14 +47,6 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 async def readyz(port: int) -> tuple[int, dict[str, Any]]:
     status, body = await asyncio.to_thread(http_get, port, "/readyz")
     return status, json.loads(body)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Supervised:
@@ -82,7 +75,7 @@ class Supervised:
 @contextlib.asynccontextmanager
 async def supervised(server: LiveKitServer, tmp_path: Path, name: str, *extra: str,
                      processes: int = 2) -> AsyncIterator[Supervised]:
-    port = free_port()
+    port = free_tcp_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "ELEVENLABS_", "SPEECH_ENGINE"))}
     env.update(LIVEKIT_URL=server.url, LIVEKIT_API_KEY=TEST_API_KEY, LIVEKIT_API_SECRET=TEST_API_SECRET)
     log = tmp_path / f"{name}.log"
