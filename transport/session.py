@@ -40,11 +40,11 @@ from core.errors import BridgeError, ConfigError, EngineError
 from core.formats import AudioFormat
 from core.timing import StageTimer
 from core.uplink import Uplink
+from transport.agent_state_link import AgentStateLink
 from transport.config import EngineSettings, SessionConfig
 from transport.engine_client import EngineClient, StateChange
 from transport.engine_protocol import ConversationMetadata, Event, Interruption
 from transport.events import (
-    AgentResponse,
     RoomStateChanged,
     SessionEvent,
     SessionState,
@@ -85,6 +85,7 @@ class BridgeSession:
             on_caller_left=self._on_caller_left, on_state=self._on_room_state, clock=self.clock)
         self.engine: EngineClient | None = None
         self.transcripts: TranscriptPublisher | None = None
+        self.agent_state = AgentStateLink(self.room.room, self.clock)  # lk.agent.state, turn figures, captions
         self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
@@ -123,6 +124,7 @@ class BridgeSession:
             self.log_context.room = self.room.room.name
             if self.config.publish_transcripts:
                 self.transcripts = TranscriptPublisher(self.room.room)
+            self.agent_state.start(self.transcripts)
             actions = self.core.room_joined(self._now())
             if any(isinstance(a, StartEngine) for a in actions):
                 await self._start_engine()  # the first conversation opens inside start(): its errors raise here
@@ -226,11 +228,9 @@ class BridgeSession:
 
     def _publish(self, event: SessionEvent) -> None:
         transcripts = self.transcripts
-        if transcripts is not None:
-            if isinstance(event, UserTranscript):
-                transcripts.user(self.core.speaker(), event.text, event_id=event.event_id, final=event.final)
-            elif isinstance(event, AgentResponse):
-                transcripts.agent(self.room.identity, event.text, event_id=event.event_id)
+        if transcripts is not None and isinstance(event, UserTranscript):
+            transcripts.user(self.core.speaker(), event.text, event_id=event.event_id, final=event.final)
+        self.agent_state.event(event)  # the agent's captions follow its playout: agent_state decides them
         for queue in self._subscribers:
             _put_latest(queue, event)
 
@@ -262,6 +262,7 @@ class BridgeSession:
     def _on_engine_event(self, event: Event, recv_ns: int) -> None:
         if self.hooks.engine_event is not None:
             self.hooks.engine_event(event, recv_ns)
+        self.agent_state.engine_event(event, recv_ns)
         if isinstance(event, ConversationMetadata):
             self.log_context.conversation_id = event.conversation_id
             log.info("conversation %s: user audio %s, agent audio %s", event.conversation_id, event.input_format,
@@ -294,6 +295,7 @@ class BridgeSession:
     def _on_caller_audio(self, identity: str, samples: npt.NDArray[np.int16], recv_ns: int) -> None:
         if self.hooks.caller_frame is not None:
             self.hooks.caller_frame(identity, samples, recv_ns)
+        self.agent_state.caller_frame(samples, recv_ns)
         actions = self.core.caller_audio(identity, samples, recv_ns)
         if actions:
             self._apply(actions)
@@ -314,6 +316,7 @@ class BridgeSession:
         while True:
             down = core.downlink
             now = clock.now_ns()
+            self.agent_state.voice(down, now)  # what the last pass handed to the AudioSource has played
             if ducker is not None and ducker.rewind_pending:
                 # A duck started: what the AudioSource already holds (the pacer's lead) is replaced by the same
                 # audio, ducked, so the caller hears the duck now rather than after the lead has played.
@@ -394,6 +397,7 @@ class BridgeSession:
             await _within(self.engine.close(), _ENGINE_CLOSE_S, "closing the engine conversation")
         if self.transcripts is not None:
             await _within(self.transcripts.close(), _TRANSCRIPTS_CLOSE_S, "closing the transcript streams")
+        await _within(self.agent_state.close(), _TRANSCRIPTS_CLOSE_S, "stopping the agent state")
         self._apply(self.core.stopped(self._now()))
         for queue in self._subscribers:
             _put_latest(queue, None)

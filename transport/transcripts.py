@@ -1,9 +1,16 @@
 """Publish the conversation's transcripts into the room the way LiveKit clients expect them.
 
-LiveKit's convention (client-sdk-js ``TextStreamReader`` consumers, the Agents framework): a text stream on
-topic ``lk.transcription`` whose sender is the speaker, with attributes ``lk.segment_id`` (one id per
-utterance, repeated for interim updates), ``lk.transcription_final`` ("true"/"false") and
-``lk.transcribed_track_id`` when the track is known. Any LiveKit client can render captions from it.
+LiveKit's convention (client-sdk-js ``TextStreamReader`` consumers, the Agents framework: livekit/agents
+``types.py`` names the attributes): a text stream on topic ``lk.transcription`` whose sender is the speaker,
+with attributes ``lk.segment_id`` (one id per utterance, repeated for interim updates),
+``lk.transcription_final`` ("true"/"false") and ``lk.transcribed_track_id`` when the track is known (for the
+agent, its own published voice track, as the Agents framework sets it). Each stream carries one whole version
+of a segment's text. Any LiveKit client can render captions from it.
+
+Segment ids carry the conversation's id (``user-<conversation>-<event_id>``; the agent's come from
+:mod:`transport.agent_state`), so an engine reconnect, whose event ids start again, never reuses one. The
+agent's text is published as it is *played* (:class:`~transport.agent_state.AgentStateMachine` decides when
+and how much); user transcripts as the engine sends them.
 
 Publishing awaits the data channel, so it runs in one background task fed by a bounded queue: a transcript
 never delays audio, and a stalled data channel drops the oldest captions (counted) instead of growing.
@@ -32,6 +39,7 @@ class _Caption:
     text: str
     segment_id: str
     final: bool
+    track_id: str | None = None
 
 
 class TranscriptPublisher:
@@ -42,12 +50,13 @@ class TranscriptPublisher:
         self.published = 0
         self.dropped = 0
         self.failed = 0
+        self.conversation = "0"  # the open conversation's id, part of every user segment id
 
     def user(self, identity: str, text: str, *, event_id: int, final: bool) -> None:
-        self._put(_Caption(identity, text, f"user-{event_id}", final))
+        self._put(_Caption(identity, text, f"user-{self.conversation}-{event_id}", final))
 
-    def agent(self, identity: str, text: str, *, event_id: int) -> None:
-        self._put(_Caption(identity, text, f"agent-{event_id}", True))
+    def agent(self, identity: str, text: str, *, segment_id: str, final: bool, track_id: str | None) -> None:
+        self._put(_Caption(identity, text, segment_id, final, track_id))
 
     def _put(self, caption: _Caption) -> None:
         if self._queue.full():
@@ -62,6 +71,8 @@ class TranscriptPublisher:
             caption = await self._queue.get()
             attributes = {"lk.segment_id": caption.segment_id,
                           "lk.transcription_final": "true" if caption.final else "false"}
+            if caption.track_id:
+                attributes["lk.transcribed_track_id"] = caption.track_id
             try:
                 writer = await participant.stream_text(topic=TOPIC, attributes=attributes,
                                                        sender_identity=caption.sender or None)

@@ -1,0 +1,173 @@
+"""The asyncio side of :mod:`transport.agent_state`: feed it the session's events, publish what it decides.
+
+- ``lk.agent.state`` and ``lk.bridge.turn`` are participant attributes of the agent, set with
+  ``local_participant.set_attributes`` by one background task. Setting them awaits the server, so callers
+  never wait: a new value replaces a pending one (only the latest value of an attribute matters), at most
+  one call is in flight, and a failing or timed-out call is logged and counted (``failed``), never raised.
+- ``lk.bridge.turn`` is JSON, the latest turn's figures in ms: ``{"turn": 3, "reply_ms": 812.4}``, and after a
+  barge-in also ``interruption_ms``, ``onset_to_silence_ms`` (with ducking on) and ``played_ms``.
+- Agent captions go to the :class:`~transport.transcripts.TranscriptPublisher` (when the session publishes
+  transcripts) with ``lk.transcribed_track_id`` = the sid of the agent's published voice track.
+- The machine's one deadline (thinking gives up) is one loop timer, armed after every input.
+
+The session makes one before it joins, calls :meth:`start` once in the room, then :meth:`engine_event`,
+:meth:`event`, :meth:`caller_frame` and, once per turn of its player loop, :meth:`voice`; each returns at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+import numpy as np
+import numpy.typing as npt
+from livekit import rtc
+
+from core.clock import SECOND, Clock
+from core.downlink import Downlink
+from core.formats import ROOM_RATE, AudioFormat
+from core.playout import PlayoutState
+from transport import engine_protocol as ep
+from transport.agent_state import ATTR_AGENT_STATE, AgentStateMachine, Caption, Output, StateChanged, TurnFigures
+from transport.engine_client import ConnectionState
+from transport.events import AgentResponse, Ducked, EngineStateChanged, Interrupted, SessionEvent, UserTranscript
+from transport.transcripts import TranscriptPublisher
+
+__all__ = ["ATTR_TURN", "AgentStateLink"]
+
+log = logging.getLogger(__name__)
+
+ATTR_TURN = "lk.bridge.turn"
+_CALL_TIMEOUT_S = 5.0
+
+
+class AgentStateLink:
+    def __init__(self, room: rtc.Room, clock: Clock, *, machine: AgentStateMachine | None = None) -> None:
+        self.machine = machine or AgentStateMachine()
+        self._room = room
+        self._clock = clock
+        self._transcripts: TranscriptPublisher | None = None
+        self._format: AudioFormat | None = None
+        self._down: Downlink | None = None
+        self._played = 0  # the watched downlink's playout.samples_out at the last look
+        self._pending: dict[str, str] = {}
+        self._ready = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.calls = 0
+        self.failed = 0
+        self.coalesced = 0  # values replaced before they were sent
+        self._set(ATTR_AGENT_STATE, self.machine.state.value)
+
+    def start(self, transcripts: TranscriptPublisher | None) -> None:
+        """In the room: publish what is pending (``initializing``) and from now on every change."""
+        self._transcripts = transcripts
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="bridge:agent-state")
+
+    # ------------------------------------------------------------------ inputs
+    def engine_event(self, event: ep.Event, recv_ns: int) -> None:
+        if isinstance(event, ep.AgentAudio):
+            fmt = self._format
+            if fmt is not None:
+                n = len(event.audio) // fmt.bytes_per_sample
+                self.machine.agent_audio(event.event_id, n * ROOM_RATE // fmt.rate)
+        elif isinstance(event, ep.ConversationMetadata):
+            self._format = event.output_format
+            if self._transcripts is not None:
+                self._transcripts.conversation = event.conversation_id
+            self._apply(self.machine.conversation_opened(event.conversation_id, recv_ns))
+
+    def event(self, event: SessionEvent) -> None:
+        m, now = self.machine, self._clock.now_ns()
+        if isinstance(event, UserTranscript) and event.final:
+            self._apply(m.user_turn_ended(now))
+        elif isinstance(event, AgentResponse) and event.corrected_from is None:
+            self._apply(m.agent_text(event.event_id, event.text, now))
+        elif isinstance(event, Interrupted):
+            self._apply(m.interrupted(event.event_id, event.at_ns, now))  # the voice was cleared just before
+        elif isinstance(event, Ducked):
+            m.talk_over(event.at_ns - int(event.onset_to_duck_ms * 1e6))
+        elif isinstance(event, EngineStateChanged) and event.state in (ConnectionState.RECONNECTING,
+                                                                       ConnectionState.CLOSED):
+            self._apply(m.conversation_lost(now))
+
+    def caller_frame(self, samples: npt.NDArray[np.int16], recv_ns: int) -> None:
+        self.machine.caller_frame(samples, recv_ns)
+
+    def voice(self, down: Downlink | None, now_ns: int) -> None:
+        """The player loop's look at the playout: real samples handed out since the last look, or its end."""
+        if down is None:
+            return
+        playout = down.playout
+        if down is not self._down:
+            self._down, self._played = down, playout.samples_out
+        played = playout.samples_out - self._played
+        if played:
+            self._played = playout.samples_out
+            self._apply(self.machine.voice_played(played, now_ns))
+        elif playout.state is PlayoutState.IDLE:
+            self._apply(self.machine.voice_ended(now_ns))
+
+    # ------------------------------------------------------------------ outputs
+    def _apply(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, StateChanged):
+                log.debug("agent state: %s", out.state.value)
+                self._set(ATTR_AGENT_STATE, out.state.value)
+            elif isinstance(out, TurnFigures):
+                self._set(ATTR_TURN, json.dumps(out.as_dict(), separators=(",", ":")))
+            elif isinstance(out, Caption) and self._transcripts is not None:
+                self._transcripts.agent(self._room.local_participant.identity, out.text,
+                                        segment_id=out.segment_id, final=out.final, track_id=self._voice_sid())
+        if outputs:
+            self._arm()
+
+    def _voice_sid(self) -> str | None:
+        for sid, publication in self._room.local_participant.track_publications.items():
+            if publication.kind == rtc.TrackKind.KIND_AUDIO:
+                return sid
+        return None
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        wake = self.machine.next_wakeup_ns()
+        if wake is not None:
+            delay = max(0.0, (wake - self._clock.now_ns()) / SECOND)
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._apply(self.machine.timer(self._clock.now_ns()))
+
+    def _set(self, key: str, value: str) -> None:
+        if key in self._pending:
+            self.coalesced += 1
+        self._pending[key] = value
+        self._ready.set()
+
+    async def _run(self) -> None:
+        participant = self._room.local_participant
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._pending = self._pending, {}
+            self.calls += 1
+            try:
+                async with asyncio.timeout(_CALL_TIMEOUT_S):
+                    await participant.set_attributes(batch)
+            except Exception as exc:  # a closed room, a slow server: the next value goes out anyway
+                self.failed += 1
+                log.warning("could not set the agent's attributes %s: %s", sorted(batch), exc)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
