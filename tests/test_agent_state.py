@@ -188,3 +188,15 @@ def test_cut_at_word() -> None:
     assert cut_at_word(text, 8 / 16) == "alpha"  # inside "beta": not reached whole
     assert cut_at_word(text, 10 / 16) == "alpha beta"
     assert cut_at_word("word", 0.9) == ""
+
+
+def test_a_voiced_frame_counts_for_one_turn_only() -> None:
+    m = opened()
+    m.caller_frame(VOICE, 2 * SECOND)
+    m.user_turn_ended(2 * SECOND + 500 * MS)
+    m.agent_audio(1, FRAME)
+    assert figures(m.voice_played(FRAME, 3 * SECOND))[0].reply_ms == 1000.0
+    m.voice_ended(3 * SECOND + 10 * MS)
+    m.user_turn_ended(5 * SECOND)  # a typed message: nobody spoke since
+    m.agent_audio(2, FRAME)
+    assert figures(m.voice_played(FRAME, 6 * SECOND)) == []

@@ -30,9 +30,10 @@ The same machine ties the agent's text to what was heard (:class:`Caption`) and 
   what the engine *sent*, not what the room heard.
 - **Turn figures.** ``reply_ms``: from the caller's last voiced frame before the end of the turn (a 10 ms frame
   at or above ``voiced_dbfs``, by arrival time at the bridge) to the first reply sample played.
-  ``interruption_ms``: from the engine's ``interruption`` reaching the bridge to the voice being cleared (the
-  flush and the AudioSource's ``clear_queue``); ``onset_to_silence_ms``: from the talk-over's onset as the local
-  ducker detected it (when ducking is on) to that same moment.
+  A turn with no voiced frame since the previous one (a typed message, a reply the engine starts by itself)
+  has no ``reply_ms``. ``interruption_ms``: from the engine's ``interruption`` reaching the bridge to the voice
+  being cleared (the flush and the AudioSource's ``clear_queue``); ``onset_to_silence_ms``: from the talk-over's
+  onset as the local ducker detected it (when ducking is on) to that same moment.
 
 Every input takes the time (``now_ns``) and returns what changed; nothing reads a clock or logs.
 """
@@ -166,9 +167,10 @@ class AgentStateMachine:
     def user_turn_ended(self, now_ns: int) -> list[Output]:
         """The engine's final transcript of the callers: their turn is over."""
         self.turns += 1
+        last_voiced, self._last_voiced_ns = self._last_voiced_ns, None  # a voiced frame belongs to one turn
         if self.state is AgentState.SPEAKING or not self._open:
             return []
-        self._caller_stop_ns = self._last_voiced_ns
+        self._caller_stop_ns = last_voiced
         self._thinking_since = now_ns
         return self._move(AgentState.THINKING, now_ns)
 

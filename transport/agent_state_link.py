@@ -97,10 +97,10 @@ class AgentStateLink:
     def caller_frame(self, samples: npt.NDArray[np.int16], recv_ns: int) -> None:
         self.machine.caller_frame(samples, recv_ns)
 
-    def voice(self, down: Downlink | None, now_ns: int) -> None:
-        """The player loop's look at the playout: real samples handed out since the last look, or its end."""
-        if down is None:
-            return
+    def voice(self, down: Downlink, now_ns: int) -> None:
+        """The player loop's look at the playout right after ``Downlink.due``: real voice samples handed out
+        since the last look (the loop captures them into the AudioSource before it next awaits; padding and
+        the silence after an interruption are not voice), and whether the reply has ended (idle)."""
         playout = down.playout
         if down is not self._down:
             self._down, self._played = down, playout.samples_out
@@ -108,7 +108,7 @@ class AgentStateLink:
         if played:
             self._played = playout.samples_out
             self._apply(self.machine.voice_played(played, now_ns))
-        elif playout.state is PlayoutState.IDLE:
+        if playout.state is PlayoutState.IDLE:
             self._apply(self.machine.voice_ended(now_ns))
 
     # ------------------------------------------------------------------ outputs

@@ -22,7 +22,8 @@ def mint_token(api_key: str, api_secret: str, *, room: str, identity: str, name:
                ttl: datetime.timedelta = DEFAULT_TTL, metadata: str = "") -> str:
     """A JWT that lets ``identity`` join ``room``, publish and subscribe.
 
-    ``agent`` marks the participant kind as agent, so other bridges (and this one) can tell it from a caller.
+    ``agent`` marks the participant kind as agent, so other bridges (and this one) can tell it from a caller,
+    and lets it set its own attributes.
     ``dispatch_agent`` adds a ``RoomAgentDispatch`` to the room configuration: when this token creates the room,
     LiveKit dispatches that agent name into it (explicit dispatch).
     """
@@ -30,8 +31,10 @@ def mint_token(api_key: str, api_secret: str, *, room: str, identity: str, name:
         raise ConfigError("LiveKit API key and secret must both be set")
     if not room or not identity:
         raise ConfigError("a LiveKit token needs a room and an identity")
+    # An agent publishes its own state as participant attributes (``lk.agent.state``): that needs
+    # canUpdateOwnMetadata, which LiveKit's own job tokens for dispatched agents also carry.
     grants = api.VideoGrants(room_join=True, room=room, can_publish=True, can_subscribe=True,
-                             can_publish_data=True, agent=agent or None)
+                             can_publish_data=True, agent=agent or None, can_update_own_metadata=agent or None)
     token = (api.AccessToken(api_key, api_secret).with_identity(identity).with_name(name or identity)
              .with_grants(grants).with_ttl(ttl))
     if agent:

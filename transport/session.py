@@ -316,7 +316,6 @@ class BridgeSession:
         while True:
             down = core.downlink
             now = clock.now_ns()
-            self.agent_state.voice(down, now)  # what the last pass handed to the AudioSource has played
             if ducker is not None and ducker.rewind_pending:
                 # A duck started: what the AudioSource already holds (the pacer's lead) is replaced by the same
                 # audio, ducked, so the caller hears the duck now rather than after the lead has played.
@@ -326,6 +325,7 @@ class BridgeSession:
                     await room.send_voice(redo)
             if down is not None:
                 samples = down.due(now)
+                self.agent_state.voice(down, now)  # these samples reach the AudioSource before the next await
                 if samples is not None:
                     if ducker is not None:
                         samples = ducker.voice_frame(samples, now)

@@ -1,0 +1,134 @@
+"""Agent state, turn figures and captions as another participant sees them: real livekit-server, real rtc
+participants, the emulator as the engine.
+
+A caller talks; the room sees ``lk.agent.state`` go listening → thinking → speaking → listening, ``lk.bridge.turn``
+carry the reply latency, and the agent's caption arrive interim then final with the agent's voice track sid.
+A barge-in (the emulator interrupts a long reply) turns speaking into listening, and the caption is cut to the
+part that was played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from livekit import rtc
+
+from emulator import wire
+from scripts.livekit_server import LiveKitServer
+from tests.test_bridge_e2e import AGENT, LOUD, Bridge, bridge, caller, connected, until, voice
+from transport.agent_state import ATTR_AGENT_STATE
+from transport.agent_state_link import ATTR_TURN
+from transport.transcripts import TOPIC
+
+__all__ = ["bridge"]  # the fixture, imported for its use here
+
+pytestmark = pytest.mark.livekit
+
+
+@dataclass
+class RoomView:
+    """What a participant sees of the agent: its state changes, its turn figures, its captions."""
+
+    states: list[tuple[int, str]] = field(default_factory=list)
+    turns: list[dict[str, float]] = field(default_factory=list)
+    captions: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # (segment, text, attrs)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def watch(self, room: rtc.Room) -> None:
+        room.on("participant_attributes_changed", self._attributes)
+        room.register_text_stream_handler(TOPIC, self._stream)
+
+    def _attributes(self, changed: dict[str, str], participant: rtc.Participant) -> None:
+        if participant.identity != AGENT:
+            return
+        if ATTR_AGENT_STATE in changed:
+            self.states.append((time.monotonic_ns(), changed[ATTR_AGENT_STATE]))
+        if ATTR_TURN in changed:
+            self.turns.append(json.loads(changed[ATTR_TURN]))
+
+    def _stream(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        async def read() -> None:
+            text = await reader.read_all()
+            if identity == AGENT:
+                self.captions.append((reader.info.attributes["lk.segment_id"], text, dict(reader.info.attributes)))
+
+        task = asyncio.get_running_loop().create_task(read())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def sequence(self, since: int = 0) -> list[str]:
+        return [s for _, s in self.states[since:]]
+
+    def segment(self, segment_id: str) -> list[tuple[str, bool]]:
+        return [(text, attrs["lk.transcription_final"] == "true") for sid, text, attrs in self.captions
+                if sid == segment_id]
+
+
+async def test_the_room_sees_the_agent_listen_think_speak_and_be_cut_off(livekit_server: LiveKitServer,
+                                                                          bridge: Bridge) -> None:
+    session, emu = await bridge("agent-state", reply_mode="tone", tone_ms=800.0)
+    conversation = await emu.next_conversation()
+    view = RoomView()
+    alice = caller(livekit_server, "agent-state", "alice")
+    view.watch(alice.room)
+    async with alice:
+        heard = await connected(session, alice)
+        await until(lambda: view.sequence()[-1:] == ["listening"] or
+                    alice.room.remote_participants[AGENT].attributes.get(ATTR_AGENT_STATE) == "listening")
+        mark = len(view.states)
+
+        # One turn: the caller speaks, the engine ends the turn, the reply plays to its end.
+        alice.say(voice(1.0))
+        await alice.wait_said()
+        stopped_ns = time.monotonic_ns()
+        reply = await conversation.next_reply(timeout=10)
+        await until(lambda: view.sequence(mark)[-1:] == ["listening"] and "speaking" in view.sequence(mark), 15)
+        assert view.sequence(mark) == ["thinking", "speaking", "listening"]
+        first_heard = heard.first_loud_after(stopped_ns, LOUD)
+        assert first_heard is not None
+        # The published latency runs from the caller's last voiced frame at the bridge to the first sample played;
+        # the caller hears that sample one media hop later. The engine waits out its VAD hangover and think time.
+        (turn,) = view.turns
+        heard_ms = (first_heard - stopped_ns) / 1e6
+        assert emu.config.think_time_ms < turn["reply_ms"] < heard_ms + 100, (turn, heard_ms)
+        segment = f"agent-{conversation.conversation_id}-{reply.event_id}"
+        await until(lambda: (reply.text, True) in view.segment(segment), 10)
+        assert view.segment(segment) == [(reply.text, False), (reply.text, True)]
+        voice_sid = next(iter(session.room.room.local_participant.track_publications))
+        assert all(attrs.get("lk.transcribed_track_id") == voice_sid for _, _, attrs in view.captions)
+
+        # A barge-in: a long reply with words, cut by the engine while it plays.
+        mark = len(view.states)
+        long_reply = conversation.trigger_reply("tone", ms=4000.0, transcript="tell me everything")
+        await until(lambda: view.sequence(mark)[-1:] == ["speaking"], 10)
+        speaking_ns = view.states[-1][0]
+        # More of its text while it plays (sent after the reply's own, so the order is known).
+        words = " ".join(f"word{i:02d}" for i in range(40))
+        conversation.send(wire.agent_response(words, long_reply.event_id), "agent_response", long_reply.event_id)
+        await asyncio.sleep(1.2)
+        assert conversation.interrupt()
+        interrupted_ns = time.monotonic_ns()
+        await until(lambda: view.sequence(mark)[-1:] == ["listening"], 10)
+        assert view.sequence(mark) == ["thinking", "speaking", "listening"]
+        # No caller voice since the last turn: the triggered reply has no reply latency, only its interruption.
+        await until(lambda: len(view.turns) == 2, 10)
+        assert "reply_ms" not in view.turns[-1]
+        cut = view.turns[-1]
+        assert cut["interruption_ms"] < 50, cut
+        wall_ms = (interrupted_ns - speaking_ns) / 1e6
+        assert abs(cut["played_ms"] - wall_ms) < 400, (cut, wall_ms)
+
+        segment = f"agent-{conversation.conversation_id}-{long_reply.event_id}"
+        await until(lambda: any(final for _, final in view.segment(segment)), 10)
+        full = f"{long_reply.text} {words}"
+        text, final = view.segment(segment)[-1]
+        assert final and full.startswith(text) and full[len(text):len(text) + 1] == " ", text
+        # The caption is the played fraction of the reply's text: about 1.2 s of 4 s (plus the lead), one word
+        # either way for the word boundary.
+        expected = len(full) * cut["played_ms"] / 4000.0
+        assert expected - 8 <= len(text) <= expected + 1, (len(text), expected, text)
+        assert 0.15 < len(text) / len(full) < 0.6
