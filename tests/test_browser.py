@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from core.formats import ROOM_RATE
-from emulator import Emulator, EmulatorConfig
+from emulator import Emulator, EmulatorConfig, wire
 from scripts.livekit_server import LiveKitServer
 from tests.bridge_fixtures import ToneAgent, running_worker, unique, wait_for
 from tests.cdp import Chromium, Page, find_chromium
@@ -232,3 +232,84 @@ async def test_the_page_talks_to_the_engine_through_the_bridge(livekit_server: L
                 print(page.diagnostics())
                 raise
     print(f"full browser test took {time.monotonic() - started:.1f} s")
+
+
+def _runs(states: list[str], *runs: list[str]) -> bool:
+    """Do ``runs`` appear in ``states`` in this order, each as consecutive entries?"""
+    at = 0
+    for run in runs:
+        while at + len(run) <= len(states) and states[at:at + len(run)] != run:
+            at += 1
+        if at + len(run) > len(states):
+            return False
+        at += len(run)
+    return True
+
+
+async def test_the_page_sees_the_agent_state_and_captions_cut_at_a_barge_in(livekit_server: LiveKitServer,
+                                                                          chromium_binary: str,
+                                                                          tmp_path: Path) -> None:
+    """The page reads ``lk.agent.state`` as LiveKit frontends do: listening → thinking → speaking → listening
+    across a turn (the fake microphone speaks, the emulator answers with a short tone), then speaking →
+    listening when the engine interrupts a long reply; the agent's caption of that reply is cut to the part
+    that played."""
+    name, room = unique("web-state"), unique("state-room")
+    sessions: list[BridgeSession] = []
+    emulator_config = EmulatorConfig(reply_mode="tone", tone_hz=660.0, tone_ms=800.0)
+    async with Emulator(emulator_config) as emu:
+        engine = EngineSettings(api_key=emu.api_key, agent_id=emulator_config.agent_id, api_base=emu.rest_base_url)
+        # The microphone speaks once, then is silent for longer than the test: the rest is driven from here.
+        async with production_path(livekit_server, bridge_job_runner(engine, sessions), name) as site, \
+                browser_page(chromium_binary, tmp_path, seconds_off=60.0) as page:
+            try:
+                await page.navigate(f"{site}/?room={room}&identity=web-user")
+                await page.evaluate("document.getElementById('join').click()", user_gesture=True)
+                await page.wait_for("window.bridgeState.connection === 'connected'", timeout=30)
+                await wait_for(lambda: len(sessions) == 1, timeout=30)
+                conversation = await emu.next_conversation(timeout=30)
+
+                # A turn: the microphone's speech ends, the engine answers, the answer plays to its end.
+                reply = await conversation.next_reply(timeout=30)
+                await page.wait_for("window.bridgeState.agentState === 'listening' && "
+                                    "window.bridgeState.agentStates.some(s => s.state === 'speaking')", timeout=20)
+                seen = [s["state"] for s in (await state(page))["agentStates"]]
+                assert _runs(seen, ["listening", "thinking", "speaking", "listening"]), seen
+                await page.wait_for("window.bridgeState.agentTurn !== null", timeout=10)
+                turn = (await state(page))["agentTurn"]
+                assert turn["turn"] == 1 and emulator_config.think_time_ms < turn["reply_ms"] < 5000, turn
+
+                # A barge-in: a long reply with words, interrupted by the engine while it plays.
+                mark = len(seen)
+                long_reply = conversation.trigger_reply("tone", ms=6000.0, transcript="tell me a long story")
+                await page.wait_for("window.bridgeState.agentState === 'speaking'", timeout=20)
+                words = " ".join(f"word{i:02d}" for i in range(30))
+                conversation.send(wire.agent_response(words, long_reply.event_id), "agent_response",
+                                  long_reply.event_id)
+                await asyncio.sleep(1.5)
+                assert conversation.interrupt()
+                await page.wait_for("window.bridgeState.agentState === 'listening'", timeout=20)
+                seen = [s["state"] for s in (await state(page))["agentStates"]]
+                assert _runs(seen[mark:], ["thinking", "speaking", "listening"]), seen
+
+                # The caption of the cut reply: final, a prefix of its text ending at a word, well short of it.
+                segment = f"agent-{conversation.conversation_id}-{long_reply.event_id}"
+                await page.wait_for(f"window.bridgeState.captions.some(c => c.id === {segment!r} && c.final)",
+                                    timeout=20)
+                caption = next(c for c in (await state(page))["captions"] if c["id"] == segment)
+                full = f"{long_reply.text} {words}"
+                assert caption["role"] == "agent" and caption["text"], caption
+                assert full.startswith(caption["text"]) and full[len(caption["text"])] == " ", caption
+                assert len(caption["text"]) < 0.6 * len(full), caption
+                shown = await page.evaluate("document.getElementById('captions').innerText")
+                assert caption["text"] in shown and "word29" not in shown
+                assert await page.evaluate("document.getElementById('agent-state').textContent") == "listening"
+                assert (await state(page))["agentTurn"]["interruption_ms"] < 50
+                assert any(c["id"] == f"agent-{conversation.conversation_id}-{reply.event_id}" and c["final"]
+                           and c["text"] == reply.text for c in (await state(page))["captions"])
+                await page.screenshot(ARTIFACTS / "agent-state.png")
+                assert page.exceptions == []
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await page.screenshot(ARTIFACTS / "agent-state-failure.png")
+                print(page.diagnostics())
+                raise

@@ -7,6 +7,10 @@
 // "lk.transcribed_track_id". Older publishers use transcription packets, surfaced by the SDK as
 // RoomEvent.TranscriptionReceived; both feed the same list, keyed by segment id.
 //
+// The agent's state is the agent participant's attribute "lk.agent.state" (initializing / listening / thinking /
+// speaking, as LiveKit agents publish it and components-js useVoiceAssistant reads it); the bridge adds the
+// latest turn's latencies as JSON in "lk.bridge.turn". See watchAgentState below.
+//
 // Everything the page knows is mirrored in window.bridgeState so tests (and curious users) can read it.
 (() => {
   'use strict';
@@ -28,6 +32,9 @@
     agentAudio: { rms: 0, peakHz: 0, loudMs: 0 },
     captions: [],
     error: null,
+    agentState: null, // the agent's lk.agent.state, and every change seen, oldest first
+    agentStates: [],
+    agentTurn: null, // the agent's lk.bridge.turn, parsed
   };
   window.bridgeState = state;
 
@@ -164,6 +171,49 @@
     render();
   }
 
+  // --- Agent state (lk.agent.state) and turn figures (lk.bridge.turn) -------------------------------------
+  const ATTR_AGENT_STATE = 'lk.agent.state';
+  const ATTR_TURN = 'lk.bridge.turn';
+
+  function renderAgentState() {
+    $('agent-state').textContent = state.agentState || '–';
+    $('agent-state').dataset.state = state.agentState || '';
+    const turn = state.agentTurn;
+    const parts = [];
+    if (turn && turn.reply_ms !== undefined) parts.push(`reply ${Math.round(turn.reply_ms)} ms after you stopped`);
+    if (turn && turn.interruption_ms !== undefined) {
+      parts.push(`interrupted after ${Math.round(turn.played_ms || 0)} ms, silent ${turn.interruption_ms} ms later`);
+    }
+    $('agent-turn').textContent = parts.length ? `turn ${turn.turn}: ${parts.join('; ')}` : '–';
+  }
+
+  function takeAgentAttributes(attributes, participant) {
+    if (!participant || !participant.isAgent) return;
+    const value = attributes[ATTR_AGENT_STATE];
+    if (value !== undefined && value !== state.agentState) {
+      state.agentState = value;
+      state.agentStates.push({ state: value, at: performance.now() });
+    }
+    if (attributes[ATTR_TURN] !== undefined) {
+      try { state.agentTurn = JSON.parse(attributes[ATTR_TURN]); } catch (err) { console.warn('bad lk.bridge.turn', err); }
+    }
+    renderAgentState();
+  }
+
+  // Attributes a participant had when we met it come with it; later ones as ParticipantAttributesChanged.
+  function watchAgentState(lkRoom) {
+    Object.assign(state, { agentState: null, agentStates: [], agentTurn: null });
+    lkRoom.on(RoomEvent.ParticipantAttributesChanged, takeAgentAttributes);
+    lkRoom.on(RoomEvent.ParticipantConnected, (p) => takeAgentAttributes(p.attributes || {}, p));
+    lkRoom.on(RoomEvent.Connected, () => {
+      for (const p of lkRoom.remoteParticipants.values()) takeAgentAttributes(p.attributes || {}, p);
+    });
+    lkRoom.on(RoomEvent.ParticipantDisconnected, (p) => {
+      if (p.isAgent) { state.agentState = null; renderAgentState(); }
+    });
+    renderAgentState();
+  }
+
   async function join() {
     state.error = null;
     // The room is the one shown (and editable) in the form, never taken from the link behind the user's back;
@@ -187,6 +237,7 @@
       Object.assign(state, { room: body.room, identity: body.identity, captions: [] });
 
       room = new Room({ adaptiveStream: true, dynacast: true });
+      watchAgentState(room);
       room.on(RoomEvent.ConnectionStateChanged, (s) => { state.connection = s; render(); });
       room.on(RoomEvent.TrackSubscribed, onTrackSubscribed);
       room.on(RoomEvent.TrackUnsubscribed, onTrackUnsubscribed);
