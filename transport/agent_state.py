@@ -1,9 +1,10 @@
 """What the agent is doing, as LiveKit frontends read it, decided without I/O.
 
 LiveKit agents publish their state as the agent participant's attribute ``lk.agent.state`` (livekit/agents
-``livekit-agents/livekit/agents/types.py`` ``ATTRIBUTE_AGENT_STATE``; the values are the ``AgentState`` literal
-of ``voice/events.py``: ``initializing``, ``idle``, ``listening``, ``thinking``, ``speaking``), and
-components-js ``useVoiceAssistant`` reads that attribute into its ``state``. The bridge uses four of them:
+``livekit-agents/livekit/agents/types.py`` ``ATTRIBUTE_AGENT_STATE``, formerly ``_constants.py``, whose docstring
+points at components-js ``useVoiceAssistant``, which reads it into its ``state``; the values are the
+``AgentState`` literal of ``voice/events.py``: ``initializing``, ``idle``, ``listening``, ``thinking``,
+``speaking``; components-js' own ``AgentState`` type has the four without ``idle``). The bridge uses those four:
 
 ==================  ==========================================================================================
 ``initializing``    in the room, no conversation open (waiting for the first caller, connecting, reconnecting)
