@@ -93,6 +93,8 @@ async def test_the_room_sees_the_agent_listen_think_speak_and_be_cut_off(livekit
         # The published latency runs from the caller's last voiced frame at the bridge to the first sample played;
         # the caller hears that sample one media hop later. The engine waits out its VAD hangover and think time.
         (turn,) = view.turns
+        print(f"turn: {turn}, first reply sample heard by the caller {(first_heard - stopped_ns) / 1e6:.0f} ms after "
+              "its last sample was sent")
         heard_ms = (first_heard - stopped_ns) / 1e6
         assert emu.config.think_time_ms < turn["reply_ms"] < heard_ms + 100, (turn, heard_ms)
         segment = f"agent-{conversation.conversation_id}-{reply.event_id}"
@@ -132,3 +134,31 @@ async def test_the_room_sees_the_agent_listen_think_speak_and_be_cut_off(livekit
         expected = len(full) * cut["played_ms"] / 4000.0
         assert expected - 8 <= len(text) <= expected + 1, (len(text), expected, text)
         assert 0.15 < len(text) / len(full) < 0.6
+
+
+async def test_a_spoken_barge_in_reports_onset_to_silence(livekit_server: LiveKitServer, bridge: Bridge) -> None:
+    """A caller talks over a long reply: the ducker finds the onset, the engine interrupts, and the turn figures
+    say how long the voice took to go silent after the caller started."""
+    session, emu = await bridge("agent-barge", reply_mode="tone", tone_ms=6000.0)
+    conversation = await emu.next_conversation()
+    view = RoomView()
+    alice = caller(livekit_server, "agent-barge", "alice")
+    view.watch(alice.room)
+    async with alice:
+        await connected(session, alice)
+        long_reply = conversation.trigger_reply("tone", ms=6000.0, transcript="go on")
+        await until(lambda: view.sequence()[-1:] == ["speaking"], 10)
+        await asyncio.sleep(0.5)
+        said_ns = time.monotonic_ns()
+        alice.say(voice(1.0))
+        await until(lambda: long_reply.interruption_id is not None, 10)
+        await until(lambda: view.sequence()[-1:] == ["listening"], 10)
+        await until(lambda: any("interruption_ms" in t for t in view.turns), 10)
+        cut = next(t for t in view.turns if "interruption_ms" in t)
+        waited_ms = (time.monotonic_ns() - said_ns) / 1e6
+        # The caller's voice crosses one media hop to the bridge before its onset can be found; the engine needs
+        # its own share of it (VAD plus 60 ms) before it interrupts; all of it within the time waited here.
+        assert "onset_to_silence_ms" in cut, cut
+        assert cut["interruption_ms"] < cut["onset_to_silence_ms"] < waited_ms, (cut, waited_ms)
+        assert cut["onset_to_silence_ms"] > 60, cut
+    print(f"spoken barge-in: {cut}")
