@@ -162,3 +162,39 @@ async def test_a_spoken_barge_in_reports_onset_to_silence(livekit_server: LiveKi
         assert cut["interruption_ms"] < cut["onset_to_silence_ms"] < waited_ms, (cut, waited_ms)
         assert cut["onset_to_silence_ms"] > 60, cut
     print(f"spoken barge-in: {cut}")
+
+
+async def test_an_engine_reconnect_reinitialises_and_never_reuses_a_segment_id(livekit_server: LiveKitServer,
+                                                                               bridge: Bridge) -> None:
+    """The engine's socket drops in the middle of a reply: the caption is cut, the agent is ``initializing``
+    until the next conversation opens, and that conversation's replies (whose event ids start again) get new
+    segment ids."""
+    session, emu = await bridge("agent-reconnect", reply_mode="tone", tone_ms=4000.0)
+    first = await emu.next_conversation()
+    view = RoomView()
+    alice = caller(livekit_server, "agent-reconnect", "alice")
+    view.watch(alice.room)
+    async with alice:
+        await connected(session, alice)
+        reply = first.trigger_reply("tone", ms=4000.0, transcript="first")
+        await until(lambda: view.sequence()[-1:] == ["speaking"], 10)
+        words = " ".join(f"word{i:02d}" for i in range(20))
+        first.send(wire.agent_response(words, reply.event_id), "agent_response", reply.event_id)
+        await asyncio.sleep(1.5)
+        mark = len(view.states)
+        first.drop()
+        second = await emu.next_conversation(timeout=15)
+        await until(lambda: view.sequence(mark)[-2:] == ["initializing", "listening"], 15)
+        assert view.sequence(mark) == ["initializing", "listening"]
+        old = f"agent-{first.conversation_id}-{reply.event_id}"
+        await until(lambda: any(final for _, final in view.segment(old)), 10)
+        text, _ = view.segment(old)[-1]
+        full = f"{reply.text} {words}"
+        assert text and full.startswith(text) and len(text) < 0.7 * len(full), text
+
+        again = second.trigger_reply("tone", ms=500.0, transcript="second")
+        new = f"agent-{second.conversation_id}-{again.event_id}"
+        await until(lambda: (again.text, True) in view.segment(new), 15)
+        print(f"event ids: {reply.event_id} then {again.event_id}; segments {old} then {new}")
+        assert first.conversation_id != second.conversation_id and new != old
+        assert {sid for sid, _, _ in view.captions} == {old, new}
