@@ -23,7 +23,10 @@ _ids = itertools.count(1)
 
 def call_tool(conversation: Conversation, tool_name: str, parameters: Mapping[str, Any], *,
               event_id: int | None = None, expects_response: bool | None = None) -> str:
-    """Send ``client_tool_call`` now, in order with everything else; returns its ``tool_call_id``."""
+    """Send ``client_tool_call`` now, in order with everything else; returns its ``tool_call_id``. The
+    conversation must have started (its metadata sent): a real engine calls tools only in a conversation."""
+    if conversation.init is None:
+        raise RuntimeError("the client has not initiated the conversation yet: wait for conversation.init")
     call_id = f"toolu_{next(_ids):04d}"
     eid = event_id if event_id is not None else (conversation.current_reply.event_id
                                                    if conversation.current_reply is not None else 1)
