@@ -16,7 +16,7 @@ import pytest
 from livekit import rtc
 
 from emulator import Conversation, Emulator, EmulatorConfig, wire
-from emulator.client_tools import call_tool, tool_result
+from emulator.client_tools import call_tool, tool_result, tool_results
 from scripts.caller import Caller
 from scripts.livekit_server import LiveKitServer
 from tests.bridge_fixtures import unique, wait_for
@@ -29,7 +29,7 @@ from transport.tools import ClientTools, ToolConfig
 pytestmark = pytest.mark.livekit
 
 AGENT = "tools-agent"
-Bridge = Callable[..., Awaitable[tuple[BridgeSession, Conversation, str]]]
+Bridge = Callable[..., Awaitable[tuple[BridgeSession, Conversation, str, Emulator]]]
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ async def bridge(livekit_server: LiveKitServer) -> AsyncIterator[Bridge]:
     """An emulator (no greeting, no replies to speech) and a bridge in a fresh room with a conversation open."""
     started: list[tuple[BridgeSession, Emulator]] = []
 
-    async def start(tools: ClientTools | None = None) -> tuple[BridgeSession, Conversation, str]:
+    async def start(tools: ClientTools | None = None) -> tuple[BridgeSession, Conversation, str, Emulator]:
         emu = Emulator(EmulatorConfig(greeting_ms=0))
         await emu.start()
         room = unique("tools")
@@ -48,7 +48,7 @@ async def bridge(livekit_server: LiveKitServer) -> AsyncIterator[Bridge]:
                                 tools=tools)
         await session.start()
         started.append((session, emu))
-        return session, await emu.next_conversation(), room
+        return session, await emu.next_conversation(), room, emu
 
     yield start
     for session, emu in started:
@@ -71,7 +71,7 @@ async def test_a_registered_handler_answers_the_engine(bridge: Bridge) -> None:
         seen.append(params)
         return {"sum": params["a"] + params["b"]}
 
-    session, conversation, _room = await bridge(ClientTools({"add": add}))
+    session, conversation, _room, _emu = await bridge(ClientTools({"add": add}))
     call_id = call_tool(conversation, "add", {"a": 2, "b": 40})
     result = await tool_result(conversation, call_id)
     assert (result.result, result.is_error) == ('{"sum":42}', False)
@@ -82,7 +82,7 @@ async def test_a_registered_handler_answers_the_engine(bridge: Bridge) -> None:
 
 async def test_an_unregistered_tool_is_forwarded_to_the_caller_that_offers_it(
         livekit_server: LiveKitServer, bridge: Bridge) -> None:
-    session, conversation, room = await bridge()
+    session, conversation, room, _emu = await bridge()
 
     async def local_time(params: dict[str, Any]) -> str:
         return f"12:00 in {params['zone']}"
@@ -124,7 +124,7 @@ async def test_an_unregistered_tool_is_forwarded_to_the_caller_that_offers_it(
 
 
 async def test_unknown_tools_and_timeouts_are_error_results(livekit_server: LiveKitServer, bridge: Bridge) -> None:
-    session, conversation, room = await bridge(ClientTools(config=ToolConfig(timeout_s=1.5)))
+    session, conversation, room, _emu = await bridge(ClientTools(config=ToolConfig(timeout_s=1.5)))
 
     async def never(_params: dict[str, Any]) -> str:
         await asyncio.sleep(30)
@@ -156,13 +156,18 @@ async def test_unknown_tools_and_timeouts_are_error_results(livekit_server: Live
 
 
 async def test_chat_messages_reach_the_engine_as_user_messages(livekit_server: LiveKitServer, bridge: Bridge) -> None:
-    session, conversation, room = await bridge()
+    session, conversation, room, _emu = await bridge()
     dave = await joined(livekit_server, session, room, "dave")
 
     def user_messages() -> list[str | None]:
         return [m.text for m in conversation.client_messages if isinstance(m, wire.UserMessage)]
 
+    # Another agent in the room (participant kind agent) is not a caller: its chat is not the user's.
+    bot = Caller(livekit_server.url, mint_token(TEST_API_KEY, TEST_API_SECRET, room=room, identity="other-bot",
+                                                agent=True), identity="other-bot")
+    await bot.start()
     try:
+        await bot.room.local_participant.send_text("I am a bot", topic="lk.chat")
         await dave.room.local_participant.send_text("What time is it?", topic="lk.chat")
         await conversation.wait_for(lambda: len(user_messages()) >= 1, timeout=10)
         assert user_messages() == ["What time is it?"]
@@ -176,6 +181,36 @@ async def test_chat_messages_reach_the_engine_as_user_messages(livekit_server: L
         await asyncio.sleep(0.3)
         assert user_messages() == ["What time is it?", "x" * 2000, "last one"]
         stats = session.stats().chat
-        assert stats is not None and (stats.received, stats.sent, stats.truncated, stats.ignored) == (4, 3, 1, 1)
+        assert stats is not None and (stats.received, stats.sent, stats.truncated, stats.ignored) == (5, 3, 1, 2)
     finally:
+        await bot.stop()
         await dave.stop()
+
+
+async def test_calls_of_a_lost_conversation_are_dropped_and_the_next_one_works(
+        livekit_server: LiveKitServer, bridge: Bridge) -> None:
+    release = asyncio.Event()
+
+    async def wait(_params: dict[str, Any]) -> str:
+        await release.wait()
+        return "released"
+
+    session, conversation, room, emu = await bridge(ClientTools({"wait": wait}))
+    erin = await joined(livekit_server, session, room, "erin")  # a caller keeps the conversation wanted
+    try:
+        call_tool(conversation, "wait", {})
+        await wait_for(lambda: session.tool_calls.stats().in_flight == 1, timeout=10)
+        conversation.drop()  # the engine socket dies: the bridge opens a new conversation
+        second = await emu.next_conversation(timeout=20)
+        await second.wait_for(lambda: second.init is not None, timeout=10)
+        await wait_for(lambda: session.tool_calls.stats().abandoned == 1, timeout=10)
+        release.set()
+        # The new conversation never hears of the old call, and its own calls are answered.
+        call_id = call_tool(second, "wait", {})
+        assert (await tool_result(second, call_id)).result == "released"
+        assert [r.tool_call_id for r in tool_results(second)] == [call_id]
+        assert tool_results(conversation) == []
+        stats = session.tool_calls.stats()
+        assert (stats.calls, stats.local, stats.abandoned, stats.in_flight) == (2, 1, 1, 0), stats
+    finally:
+        await erin.stop()

@@ -11,8 +11,9 @@ one is forwarded, by default, as ``local_participant.perform_rpc(destination_ide
 payload=<parameters as JSON>)`` to the callers in the room, one after another, until one has the method; its
 answer (a string) is the result. Whatever happens the engine gets a ``client_tool_result`` with the call's id:
 the result, or ``is_error: true`` with a short reason (unknown tool, timeout, too many calls in flight, the
-handler's failure). Calls of a conversation that is replaced (engine reconnect) or of a stopping session are
-cancelled: the new conversation does not know their ids.
+handler's failure). A call whose ``expects_response`` is false is answered too, as the vendor's JS client
+does (the engine ignores what it did not ask for). Calls of a conversation that is replaced (engine
+reconnect) or of a stopping session are cancelled: the new conversation does not know their ids.
 """
 
 from __future__ import annotations
