@@ -23,6 +23,7 @@ from tests.bridge_fixtures import unique, wait_for
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
 from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
+from transport.metrics import BridgeMetrics
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 from transport.tools import ClientTools, ToolConfig
 
@@ -78,6 +79,11 @@ async def test_a_registered_handler_answers_the_engine(bridge: Bridge) -> None:
     assert seen == [{"a": 2, "b": 40}]
     stats = session.stats().tools
     assert stats is not None and (stats.calls, stats.local, stats.errors) == (1, 1, 0)
+    metrics = BridgeMetrics()
+    metrics.track(session)
+    text = metrics.render().decode()
+    assert 'bridge_tool_calls_total{outcome="local"} 1.0' in text, text
+    assert 'bridge_chat_messages_total{outcome="sent"} 0.0' in text
 
 
 async def test_an_unregistered_tool_is_forwarded_to_the_caller_that_offers_it(
