@@ -282,12 +282,15 @@ async def test_calls_in_flight_are_bounded_and_the_rest_answered_at_once() -> No
     calls, engine = runner(ClientTools({"wait": wait}, config=ToolConfig(max_in_flight=2)))
     for i in range(4):
         calls.call(call("wait", f"tc_{i}"))
+    calls.call(call("wait", "tc_0"))  # a repeat of a call in flight: that call answers the id, once
     await engine.until(2)
     assert sorted(engine.results) == [("tc_2", "Client tool wait was not run: too many tool calls in progress", True),
                                       ("tc_3", "Client tool wait was not run: too many tool calls in progress", True)]
-    assert calls.stats().in_flight == 2 and calls.stats().rejected == 2
+    assert calls.stats().in_flight == 2 and calls.stats().rejected == 3
     release.set()
     await engine.until(4)
+    await asyncio.sleep(0.02)
+    assert len(engine.results) == 4
     assert sorted(engine.results)[:2] == [("tc_0", "done", False), ("tc_1", "done", False)]
     assert calls.stats().in_flight == 0
 
@@ -325,3 +328,28 @@ async def test_a_result_with_no_conversation_is_counted() -> None:
     calls.call(call("ok", "tc"))
     await asyncio.sleep(0.05)
     assert calls.stats().undelivered == 1 and calls.stats().local == 1
+
+
+async def test_close_does_not_wait_for_a_handler_that_ignores_cancellation() -> None:
+    done = asyncio.Event()
+    finished: list[bool] = []
+
+    async def stubborn(_params: dict[str, Any]) -> str:
+        while not done.is_set():
+            try:
+                await done.wait()
+            except asyncio.CancelledError:
+                continue  # a badly written handler
+        finished.append(True)
+        return "late"
+
+    calls, engine = runner(ClientTools({"stubborn": stubborn}))
+    calls.call(call("stubborn", "s"))
+    await asyncio.sleep(0.01)
+    started = asyncio.get_running_loop().time()
+    await calls.close(grace_s=0.2)
+    assert 0.15 < asyncio.get_running_loop().time() - started < 1.0
+    assert engine.results == [] and calls.stats().abandoned == 1
+    done.set()  # it finishes after all: its answer must not reach the engine (a later conversation's)
+    await asyncio.sleep(0.05)
+    assert finished == [True] and engine.results == []

@@ -19,7 +19,6 @@ reconnect) or of a stopping session are cancelled: the new conversation does not
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -110,6 +109,7 @@ class ToolCalls:
         self._routes = ToolRoutes(tools.config.routes)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
+        self._generation = 0  # moves on with each conversation: a result of an older one is never sent
         self._counts = {f.name: 0 for f in fields(ToolStats)}
 
     def stats(self) -> ToolStats:
@@ -120,7 +120,12 @@ class ToolCalls:
         self._counts["calls"] += 1
         if self._closed:
             return
-        if len(self._tasks) >= self.tools.config.max_in_flight or event.tool_call_id in self._tasks:
+        if event.tool_call_id in self._tasks:  # the same call again: the one in flight answers its id
+            self._counts["rejected"] += 1
+            log.warning("tool call %s (%s) is already running; the repeat is ignored", event.tool_call_id,
+                        event.tool_name)
+            return
+        if len(self._tasks) >= self.tools.config.max_in_flight:
             self._counts["rejected"] += 1
             log.warning("tool call %s (%s) refused: %d calls in flight", event.tool_call_id, event.tool_name,
                         len(self._tasks))
@@ -132,15 +137,19 @@ class ToolCalls:
 
     def new_conversation(self) -> None:
         """The conversation was replaced: calls of the old one can no longer be answered."""
+        self._generation += 1
         self._cancel_all()
 
-    async def close(self) -> None:
-        """Cancel every call in flight and wait for them (no answers: the session is stopping)."""
+    async def close(self, grace_s: float = 1.0) -> None:
+        """Cancel every call in flight (no answers: the session is stopping) and wait up to ``grace_s`` for them
+        to unwind: a handler that ignores cancellation must not hold up the session's teardown."""
         self._closed = True
+        self._generation += 1
         tasks = self._cancel_all()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+            if pending:
+                log.warning("%d tool handler(s) ignored cancellation; leaving them behind", len(pending))
 
     def _cancel_all(self) -> list[asyncio.Task[None]]:
         tasks = list(self._tasks.values())
@@ -163,6 +172,14 @@ class ToolCalls:
             log.warning("tool result %s (%s) not delivered: no conversation", event.tool_call_id, event.tool_name)
 
     async def _run(self, event: ClientToolCall) -> None:
+        generation = self._generation
+        text, is_error = await self._outcome(event)
+        if generation != self._generation:
+            return  # a handler that ignored its cancellation finished after all: its conversation is gone
+        self._send(event, text, is_error=is_error)
+
+    async def _outcome(self, event: ClientToolCall) -> tuple[str, bool]:
+        """Run the call: (the result text, is it an error)."""
         name, config = event.tool_name, self.tools.config
         started = time.monotonic()
         scope = asyncio.timeout(config.timeout_s)
@@ -180,36 +197,30 @@ class ToolCalls:
                 text = encode_result(name, value, max_chars=config.max_result_chars)
         except (TimeoutError, _TimedOut) as exc:
             if isinstance(exc, TimeoutError) and not scope.expired():  # the handler's own, e.g. an HTTP client's
-                self._failed(event, exc)
-                return
+                return self._failed(event, exc), True
             self._counts["timeouts"] += 1
             log.warning("tool call %s (%s) timed out after %.1f s", event.tool_call_id, name, config.timeout_s)
-            self._send(event, error_text(name, "timeout", timeout_s=config.timeout_s), is_error=True)
-            return
+            return error_text(name, "timeout", timeout_s=config.timeout_s), True
         except _Unknown:
             self._counts["unknown"] += 1
             log.warning("tool call %s: no handler and no participant offers %r", event.tool_call_id, name)
-            self._send(event, error_text(name, "unknown"), is_error=True)
-            return
+            return error_text(name, "unknown"), True
         except ToolError as exc:
             log.warning("tool call %s (%s) failed: %s", event.tool_call_id, name, exc)
-            self._send(event, error_text(name, "failed", detail=str(exc)), is_error=True)
-            return
+            return error_text(name, "failed", detail=str(exc)), True
         except _RpcFailed as exc:
-            self._send(event, exc.text, is_error=True)
-            return
+            return exc.text, True
         except Exception as exc:
-            self._failed(event, exc)
-            return
+            return self._failed(event, exc), True
         self._counts[kind] += 1
         log.info("tool call %s (%s) answered in %.0f ms", event.tool_call_id, name,
                  (time.monotonic() - started) * 1000)
-        self._send(event, text, is_error=False)
+        return text, False
 
-    def _failed(self, event: ClientToolCall, exc: Exception) -> None:
+    def _failed(self, event: ClientToolCall, exc: Exception) -> str:
         """The handler's own failure: logged here in full, named by its type only to the engine."""
         log.warning("tool call %s (%s) raised", event.tool_call_id, event.tool_name, exc_info=exc)
-        self._send(event, error_text(event.tool_name, "exception", detail=type(exc).__name__), is_error=True)
+        return error_text(event.tool_name, "exception", detail=type(exc).__name__)
 
     async def _forward(self, event: ClientToolCall, deadline: float) -> str:
         """Ask the callers in turn until one has the method; its answer, or the first real error."""
