@@ -13,7 +13,9 @@ Who broke the rules decides the branch:
     │   ├── EngineAuthError    the API key or signed URL was refused (never retried)
     │   └── EngineRefusedError the engine answered that this request cannot succeed (unknown agent, invalid
     │                          request, a don't-retry error type): never retried
-    └── LiveKitError           the room side failed: no server at the URL, bad credentials, kicked
+    ├── LiveKitError           the room side failed: no server at the URL, bad credentials, kicked
+    └── ToolError              a client tool failed; raised by a tool handler (its message is the error result
+                               the engine gets) or by the bridge when a result cannot be sent as a string
 
 Messages never carry secrets: build them from redacted values (see :mod:`core.redact`).
 """
@@ -29,6 +31,7 @@ __all__ = [
     "EngineRefusedError",
     "LiveKitError",
     "ProtocolError",
+    "ToolError",
 ]
 
 
@@ -75,3 +78,8 @@ class EngineRefusedError(EngineError):
 
 class LiveKitError(BridgeError):
     """The LiveKit side failed: server unreachable, credentials refused, participant removed."""
+
+
+class ToolError(BridgeError):
+    """A client tool failed. Raise it in a tool handler to send its message to the engine as the error result
+    (any other exception is reported by its type only: its text may carry secrets)."""

@@ -3,7 +3,9 @@
     LIVEKIT_URL=ws://127.0.0.1:7880 LIVEKIT_API_KEY=devkey LIVEKIT_API_SECRET=secret \
     ELEVENLABS_API_KEY=... SPEECH_ENGINE_ID=... python examples/embed.py room-a room-b
 
-Without ELEVENLABS_API_KEY it starts the local emulator and bridges to that instead.
+Without ELEVENLABS_API_KEY it starts the local emulator and bridges to that instead. Both rooms share one
+client tool, ``get_utc_time``; a tool the agent calls that is not registered here goes to the callers as a
+LiveKit RPC (see the README's "Client tools").
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from transport import (
     AgentResponse,
     BridgeSession,
     CallerJoined,
     CallerLeft,
+    ClientTools,
     EngineSettings,
     EngineStateChanged,
     Interrupted,
@@ -44,6 +49,11 @@ async def engine() -> AsyncIterator[EngineSettings]:
         yield EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
 
 
+async def get_utc_time(_params: dict[str, Any]) -> dict[str, str]:
+    """A client tool: the agent gets this (as JSON) as the tool's result."""
+    return {"utc": time.strftime("%H:%M", time.gmtime())}
+
+
 async def watch(room: str, session: BridgeSession) -> None:
     event: SessionEvent
     async for event in session.events():
@@ -61,11 +71,12 @@ async def watch(room: str, session: BridgeSession) -> None:
 async def main(rooms: list[str], run_for: float | None = None) -> None:
     url = os.environ.get("LIVEKIT_URL", "ws://127.0.0.1:7880")
     key, secret = os.environ.get("LIVEKIT_API_KEY", "devkey"), os.environ.get("LIVEKIT_API_SECRET", "secret")
+    tools = ClientTools({"get_utc_time": get_utc_time})
     async with engine() as settings:
         sessions = {room: BridgeSession(SessionConfig(
             room=RoomLinkConfig(url, mint_token(key, secret, room=room, identity="agent", agent=True),
                                 identity="agent"),
-            engine=settings, end_when_empty=False)) for room in rooms}
+            engine=settings, end_when_empty=False), tools=tools) for room in rooms}
         await asyncio.gather(*(s.start() for s in sessions.values()))
         watchers = [asyncio.ensure_future(watch(room, s)) for room, s in sessions.items()]
         try:

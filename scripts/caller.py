@@ -23,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,7 @@ class Caller:
         self.departed: list[str] = []
         self.frames_sent = 0
         self.speech_started_ns: list[int] = []  # when each utterance's first sample was handed to the track
+        self.rpc_calls: list[tuple[str, str, dict[str, Any]]] = []  # (method, caller identity, parameters)
         # The native queue takes the pacer's lead plus a frame of slack before a capture waits.
         self.pacer = Pacer(frame_ns=frame_ms * MS, lead_frames=lead) if paced else None
         self._source = rtc.AudioSource(RATE, 1, queue_size_ms=(lead + 1) * frame_ms) if paced else rtc.AudioSource(
@@ -168,6 +170,17 @@ class Caller:
         """Queue an utterance; it is spoken at real time after anything queued before it."""
         self._script.append(np.asarray(samples, dtype=np.int16))
         self._said.clear()
+
+    def answer_rpc(self, method: str, answer: Callable[[dict[str, Any]], Awaitable[str]]) -> None:
+        """Offer an RPC method (a client tool the bridge may forward to us) once started; its JSON payload is
+        passed to ``answer`` and every invocation is kept in :attr:`rpc_calls`."""
+
+        async def handler(data: rtc.RpcInvocationData) -> str:
+            params = json.loads(data.payload)
+            self.rpc_calls.append((method, data.caller_identity, params))
+            return await answer(params)
+
+        self.room.local_participant.register_rpc_method(method, handler)
 
     async def wait_said(self) -> None:
         """Until everything queued with :meth:`say` has been handed to the track."""

@@ -23,6 +23,7 @@ import pytest
 
 from core.formats import ROOM_RATE
 from emulator import Emulator, EmulatorConfig, wire
+from emulator.client_tools import call_tool, tool_result
 from scripts.livekit_server import LiveKitServer
 from tests.bridge_fixtures import ToneAgent, running_worker, unique, wait_for
 from tests.cdp import Chromium, Page, find_chromium
@@ -311,5 +312,66 @@ async def test_the_page_sees_the_agent_state_and_captions_cut_at_a_barge_in(live
             except BaseException:
                 with contextlib.suppress(Exception):
                     await page.screenshot(ARTIFACTS / "agent-state-failure.png")
+                print(page.diagnostics())
+                raise
+
+
+async def test_the_page_answers_the_agents_tool_call_and_its_chat_reaches_the_engine(
+        livekit_server: LiveKitServer, chromium_binary: str, tmp_path: Path) -> None:
+    """The engine (emulator) calls the page's ``set_theme`` RPC tool through the bridge and gets its answer; a
+    message typed into the page's chat box reaches the engine as ``user_message``."""
+    name, room = unique("web-tools"), unique("tools-room")
+    sessions: list[BridgeSession] = []
+    emulator_config = EmulatorConfig(reply_mode="tone", tone_hz=660.0, tone_ms=300.0)
+    async with Emulator(emulator_config) as emu:
+        engine = EngineSettings(api_key=emu.api_key, agent_id=emulator_config.agent_id, api_base=emu.rest_base_url)
+        async with production_path(livekit_server, bridge_job_runner(engine, sessions), name) as site, \
+                browser_page(chromium_binary, tmp_path, seconds_off=4.8) as page:
+            try:
+                await page.navigate(f"{site}/?room={room}&identity=web-user")
+                await page.evaluate("document.getElementById('join').click()", user_gesture=True)
+                await page.wait_for("window.bridgeState.connection === 'connected'", timeout=30)
+                await wait_for(lambda: len(sessions) == 1, timeout=30)
+                session = sessions[0]
+                conversation = await emu.next_conversation(timeout=30)
+                await conversation.wait_for(lambda: conversation.init is not None, timeout=20)
+                await wait_for(lambda: "web-user" in session.room.callers, timeout=20)
+
+                # The agent calls the page's tool: the page runs it and its answer is the engine's result.
+                call_id = call_tool(conversation, "set_theme", {"theme": "dark"})
+                result = await tool_result(conversation, call_id, timeout=20)
+                assert (result.result, result.is_error) == ("The page now uses the dark theme.", False)
+                assert await page.evaluate("document.body.dataset.theme") == "dark"
+                calls = (await state(page))["toolCalls"]
+                assert [(c["method"], c["caller"], c["params"]) for c in calls] == \
+                    [("set_theme", session.config.room.identity, {"theme": "dark"})]
+                # A refusal in the page (its RpcError) reaches the engine as an error result with its message.
+                call_id = call_tool(conversation, "set_theme", {"theme": "pink"})
+                refused = await tool_result(conversation, call_id, timeout=20)
+                assert refused.is_error and 'unknown theme "pink"' in refused.result, refused
+                assert await page.evaluate("document.body.dataset.theme") == "dark"
+
+                # A chat message typed into the page reaches the engine as a user message.
+                await page.wait_for("!document.getElementById('chat-send').disabled", timeout=10)
+                await page.evaluate("document.getElementById('chat-input').focus()")
+                await page.send("Input.insertText", {"text": "Hello from the page's chat box"})
+                await page.evaluate("document.getElementById('chat-send').click()")
+
+                def typed() -> list[str | None]:
+                    return [m.text for m in conversation.client_messages if isinstance(m, wire.UserMessage)]
+
+                await conversation.wait_for(lambda: bool(typed()), timeout=20)
+                assert typed() == ["Hello from the page's chat box"]
+                assert await page.evaluate("document.getElementById('chat-input').value") == ""
+                stats = session.stats()
+                assert stats.tools is not None and stats.tools.forwarded == 1 and stats.tools.errors == 1
+                assert stats.chat is not None and stats.chat.sent == 1
+                await page.screenshot(ARTIFACTS / "tools-chat.png")
+                await page.evaluate("document.getElementById('leave').click()")
+                await page.wait_for("window.bridgeState.connection === 'disconnected'", timeout=20)
+                assert page.exceptions == []
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await page.screenshot(ARTIFACTS / "tools-chat-failure.png")
                 print(page.diagnostics())
                 raise

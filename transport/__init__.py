@@ -21,7 +21,9 @@ from core.errors import (
     EngineError,
     LiveKitError,
     ProtocolError,
+    ToolError,
 )
+from transport.chat import ChatConfig
 from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
 from transport.engine_client import ConnectionState, EngineClient, InitiationData
 from transport.events import (
@@ -42,6 +44,7 @@ from transport.events import (
 from transport.livekit_token import mint_token
 from transport.observe import SessionHooks, SessionStats
 from transport.session import BridgeSession, serve
+from transport.tools import ClientTools, ToolConfig
 from transport.worker import Worker, run_worker
 from transport.worker_config import JobContext, JobRunner, WorkerConfig, WorkerStats
 
@@ -52,6 +55,8 @@ __all__ = [
     "BufferOverflowError",
     "CallerJoined",
     "CallerLeft",
+    "ChatConfig",
+    "ClientTools",
     "ConfigError",
     "ConnectionState",
     "DownlinkConfig",
@@ -78,6 +83,8 @@ __all__ = [
     "SessionState",
     "SessionStateChanged",
     "SessionStats",
+    "ToolConfig",
+    "ToolError",
     "UserTranscript",
     "Worker",
     "WorkerConfig",

@@ -32,6 +32,11 @@ ended (their final values are folded in when they stop), so totals never go back
 ``[session_]engine_failed_attempts_total``  counter    connection attempts that failed
 ``[session_]livekit_reconnects_total``      counter    room connection restored by the SDK
 ``[session_]protocol_errors_total{kind}``   counter    engine messages dropped, by ProtocolError kind
+``[session_]tool_calls_total{outcome}``     counter    client tool calls: ``local`` / ``forwarded`` (answered),
+                                                       ``error`` (every error result, of which ``timeout``,
+                                                       ``unknown``, ``rejected``), ``abandoned``
+``[session_]chat_messages_total{outcome}``  counter    lk.chat: ``sent`` (``truncated`` among them), ``ignored``,
+                                                       ``refused``, ``failed``, ``not_sent``
 ``event_loop_lag_seconds``                  histogram  how late a 100 ms sleep wakes up
 ``event_loop_lag_max_seconds``              gauge      worst lag since the previous scrape
 ==========================================  =========  ======================================================
@@ -134,12 +139,18 @@ _COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("engine_failed_attempts_total", "Engine connection attempts that failed.", ()),
     ("livekit_reconnects_total", "LiveKit room connections restored by the SDK.", ()),
     ("protocol_errors_total", "Engine messages dropped as malformed, by kind.", ("kind",)),
+    ("tool_calls_total", "Client tool calls, by outcome.", ("outcome",)),
+    ("chat_messages_total", "Room chat (lk.chat) messages, by outcome.", ("outcome",)),
 )
 _GAUGES: tuple[tuple[str, str], ...] = (
     ("callers", "Callers in the room."),
     ("engine_connected", "1 while an engine conversation is established."),
     ("playout_depth_seconds", "Agent audio buffered and not yet played."),
 )
+
+# ToolStats field → outcome label
+_TOOL_OUTCOMES = (("local", "local"), ("forwarded", "forwarded"), ("errors", "error"), ("timeouts", "timeout"),
+                  ("unknown", "unknown"), ("rejected", "rejected"), ("abandoned", "abandoned"))
 
 _Key = tuple[str, tuple[str, ...]]  # (metric name, label values beyond room/session)
 
@@ -186,6 +197,12 @@ def _snapshot(session: BridgeSession) -> _Snapshot:
     if down is not None:
         c["playout_underruns_total", ()] = down.underruns
         c["playout_refused_seconds_total", ()] = down.refused_samples / _VOICE_RATE
+    if stats.tools is not None:
+        for field_name, outcome in _TOOL_OUTCOMES:
+            c["tool_calls_total", (outcome,)] = getattr(stats.tools, field_name)
+    if stats.chat is not None:
+        for outcome in ("sent", "truncated", "ignored", "refused", "failed", "not_sent"):
+            c["chat_messages_total", (outcome,)] = getattr(stats.chat, outcome)
     snap.gauges["callers"] = len(stats.callers)
     snap.gauges["engine_connected"] = 1.0 if stats.engine_state is ConnectionState.CONNECTED else 0.0
     snap.gauges["playout_depth_seconds"] = down.depth_ms / 1000 if down is not None else 0.0

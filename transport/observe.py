@@ -23,11 +23,13 @@ import numpy.typing as npt
 
 from core.downlink import DownlinkStats
 from core.timing import StageSummary
+from transport.chat import ChatStats
 from transport.engine_client import ConnectionState
 from transport.engine_protocol import Event
 from transport.events import SessionState
 from transport.livekit_room import RoomStats
 from transport.session_core import CoreStats
+from transport.tools_core import ToolStats
 
 if TYPE_CHECKING:
     from transport.session import BridgeSession
@@ -105,6 +107,8 @@ class SessionStats:
     downlink: DownlinkStats | None
     stages: Mapping[str, StageSummary]
     duck: Mapping[str, Any] | None = None  # local ducking (core.ducker.Ducker.stats); None when off
+    tools: ToolStats | None = None  # client tool calls (transport/tools.py)
+    chat: ChatStats | None = None  # lk.chat messages (transport/chat.py)
 
 
 def _frozen_copy(cls: type[_T], source: object) -> _T:
@@ -133,6 +137,8 @@ def session_stats(session: BridgeSession, *, stages: bool = True) -> SessionStat
         downlink=down.stats() if down else None,
         stages=session.timer.summary() if stages else {},
         duck=core.ducker.stats() if core.ducker is not None else None,
+        tools=session.tool_calls.stats(),
+        chat=session.chat.stats(),
     )
 
 

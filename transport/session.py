@@ -41,9 +41,10 @@ from core.formats import AudioFormat
 from core.timing import StageTimer
 from core.uplink import Uplink
 from transport.agent_state_link import AgentStateLink
+from transport.chat import ChatConfig, ChatRelay
 from transport.config import EngineSettings, SessionConfig
 from transport.engine_client import EngineClient, StateChange
-from transport.engine_protocol import ConversationMetadata, Event, Interruption
+from transport.engine_protocol import ClientToolCall, ConversationMetadata, Event, Interruption
 from transport.events import (
     RoomStateChanged,
     SessionEvent,
@@ -54,6 +55,7 @@ from transport.livekit_room import RoomLink, RoomState
 from transport.log_context import LogContext, bound, new_session_id
 from transport.observe import SessionHooks, SessionStats, metrics_dict, session_stats
 from transport.session_core import Action, ClearVoice, End, SendAudio, SessionCore, StartEngine, WakePlayout
+from transport.tools import ClientTools, ToolCalls, room_rpc
 from transport.transcripts import TranscriptPublisher
 
 __all__ = ["BridgeSession", "EngineSettings", "SessionConfig", "SessionState", "serve"]  # config re-exported
@@ -67,7 +69,8 @@ class BridgeSession:
     """``await session.start()``, then ``await session.wait()``; ``await session.stop()`` from anywhere."""
 
     def __init__(self, config: SessionConfig, *, clock: Clock | None = None, hooks: SessionHooks | None = None,
-                 client_factory: Callable[..., EngineClient] = EngineClient) -> None:
+                 client_factory: Callable[..., EngineClient] = EngineClient, tools: ClientTools | None = None,
+                 chat: ChatConfig | None = None) -> None:
         self.config = config
         self.clock = clock or MonotonicClock()
         self.timer = StageTimer()
@@ -84,6 +87,12 @@ class BridgeSession:
             config.room, on_caller_audio=self._on_caller_audio, on_caller_joined=self._on_caller_joined,
             on_caller_left=self._on_caller_left, on_state=self._on_room_state, clock=self.clock)
         self.engine: EngineClient | None = None
+        # Client tools (handlers here, else RPC to a caller) and lk.chat → user_message: transport/tools.py, chat.py
+        self.tools = tools or ClientTools()
+        self.tool_calls = ToolCalls(self.tools, reply=self._tool_result, perform_rpc=room_rpc(self.room.room),
+                                    callers=lambda: self.room.callers)
+        self.chat = ChatRelay(self.room.room, send=self._chat_message, is_caller=lambda who: who in self.room.callers,
+                              config=chat)
         self.transcripts: TranscriptPublisher | None = None
         self.agent_state = AgentStateLink(self.room.room, self.clock)  # lk.agent.state, turn figures, captions
         self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
@@ -267,12 +276,21 @@ class BridgeSession:
             self.log_context.conversation_id = event.conversation_id
             log.info("conversation %s: user audio %s, agent audio %s", event.conversation_id, event.input_format,
                      event.output_format)
+            self.tool_calls.new_conversation()  # the new conversation cannot take the old one's results
+        elif isinstance(event, ClientToolCall):
+            self.tool_calls.call(event)
         self._apply(self.core.engine_event(event, recv_ns))
         if isinstance(event, Interruption):
             done_ns = self._now()
             self.timer.add("interrupt.flush", done_ns - recv_ns)
             self.interruptions.append({"event_id": event.event_id, "recv_ns": recv_ns, "silenced_ns": done_ns,
                                        "dropped_samples": self.core.last_interrupt_dropped})
+
+    def _tool_result(self, tool_call_id: str, result: str, is_error: bool) -> bool:
+        return self.engine is not None and self.engine.send_client_tool_result(tool_call_id, result, is_error=is_error)
+
+    def _chat_message(self, text: str) -> bool:
+        return self.engine is not None and self.engine.send_user_message(text)
 
     def _on_engine_state(self, change: StateChange) -> None:
         self._apply(self.core.engine_state(change, change.at_ns))
@@ -390,6 +408,8 @@ class BridgeSession:
             if task is not current:
                 with contextlib.suppress(BaseException):
                     await task
+        await self.tool_calls.close()
+        await self.chat.close()
         # The room first, each side on its own budget and shielded from a cancel of this task: the agent must
         # leave the room even when the engine is blackholed (its close alone may take the close timeout).
         await _within(self.room.close(), _ROOM_CLOSE_S, "leaving the room")

@@ -10,6 +10,10 @@
 // The agent's state is the agent participant's attribute "lk.agent.state" (initializing / listening / thinking /
 // speaking, as LiveKit agents publish it and components-js useVoiceAssistant reads it); the bridge adds the
 // latest turn's latencies as JSON in "lk.bridge.turn". See watchAgentState below.
+// Client tools and chat (see registerClientTools / setupChat below): the page offers the agent one tool,
+// "set_theme", as a LiveKit RPC method; the bridge forwards the engine's client_tool_call for it to this
+// participant and returns the answer as the tool's result. Chat messages go out as text streams on topic
+// "lk.chat", which the bridge hands to the engine as user messages.
 //
 // Everything the page knows is mirrored in window.bridgeState so tests (and curious users) can read it.
 (() => {
@@ -35,6 +39,9 @@
     agentState: null, // the agent's lk.agent.state, and every change seen, oldest first
     agentStates: [],
     agentTurn: null, // the agent's lk.bridge.turn, parsed
+    theme: 'light',
+    toolCalls: [], // { method, caller, params, result, error } for every RPC the agent made
+    chat: [], // { text, sentAt, error } for every message sent
   };
   window.bridgeState = state;
 
@@ -260,6 +267,8 @@
         render();
       });
       room.registerTextStreamHandler(TOPIC, onTranscriptStream);
+      registerClientTools(room);
+      setupChat(room);
 
       await room.connect(body.url, body.token);
       await room.localParticipant.setMicrophoneEnabled(true);
@@ -273,6 +282,73 @@
     render();
   }
 
+  // ---- client tools: RPC methods the agent can call through the bridge ---------------------------------
+  const THEMES = ['light', 'dark'];
+
+  function registerClientTools(lkRoom) {
+    // The engine's parameters arrive as the RPC payload (a JSON object); the returned string is the result.
+    lkRoom.registerRpcMethod('set_theme', async (data) => {
+      const call = { method: 'set_theme', caller: data.callerIdentity, params: null, result: null, error: null };
+      state.toolCalls.push(call);
+      try {
+        call.params = JSON.parse(data.payload || '{}');
+        const theme = call.params.theme;
+        // An RpcError's message reaches the agent as the error result; any other exception arrives as 1500.
+        if (!THEMES.includes(theme)) throw new LK.RpcError(1500, `unknown theme ${JSON.stringify(theme)}; use ${THEMES.join(' or ')}`);
+        state.theme = theme;
+        document.body.dataset.theme = theme;
+        call.result = `The page now uses the ${theme} theme.`;
+        return call.result;
+      } catch (err) {
+        call.error = err && err.message ? err.message : String(err);
+        throw err;
+      } finally {
+        renderTools();
+      }
+    });
+  }
+
+  // ---- chat: lk.chat text streams, which the bridge hands to the engine as user messages --------------
+  const CHAT_TOPIC = 'lk.chat';
+  const CHAT_MAX = 2000; // the bridge sends at most this many characters of a message (ChatConfig.max_chars)
+
+  function setupChat(lkRoom) {
+    lkRoom.on(RoomEvent.ConnectionStateChanged, renderTools);
+    lkRoom.on(RoomEvent.Disconnected, renderTools);
+  }
+
+  async function sendChat() {
+    const input = $('chat-input');
+    const text = input.value.trim();
+    if (!text || !room || room.state !== ConnectionState.Connected) return;
+    const entry = { text: text.slice(0, CHAT_MAX), sentAt: Date.now(), error: null };
+    state.chat.push(entry);
+    input.value = '';
+    try {
+      await room.localParticipant.sendText(entry.text, { topic: CHAT_TOPIC });
+    } catch (err) {
+      entry.error = err && err.message ? err.message : String(err);
+    }
+    renderTools();
+  }
+
+  function renderTools() {
+    const connected = !!room && room.state === ConnectionState.Connected;
+    $('chat-input').disabled = !connected;
+    $('chat-send').disabled = !connected;
+    $('theme').textContent = state.theme;
+    $('chat-log').replaceChildren(...state.chat.map((m) => {
+      const li = document.createElement('li');
+      li.textContent = m.error ? `${m.text} (not sent: ${m.error})` : m.text;
+      return li;
+    }));
+    $('tool-log').replaceChildren(...state.toolCalls.map((c) => {
+      const li = document.createElement('li');
+      li.textContent = `${c.method}(${JSON.stringify(c.params)}) → ${c.error ? `error: ${c.error}` : c.result}`;
+      return li;
+    }));
+  }
+
   async function leave() {
     if (room) await room.disconnect();
   }
@@ -283,6 +359,8 @@
   $('join').addEventListener('click', join);
   $('leave').addEventListener('click', leave);
   $('unmute-audio').addEventListener('click', () => room && room.startAudio());
+  $('chat-form').addEventListener('submit', (event) => { event.preventDefault(); sendChat(); });
   state.connection = ConnectionState.Disconnected;
   render();
+  renderTools();
 })();
