@@ -186,6 +186,7 @@ class EngineClient:
         proxy: str | Literal[True] | None = True,
         default_input_format: str = "pcm_16000",
         reconnect_wanted: Callable[[], bool] | None = None,
+        init_factory: Callable[[int], InitiationData] | None = None,
     ) -> None:
         if max_attempts < 1 or audio_queue_limit < 1 or max_message_bytes < 1:
             raise ConfigError("max_attempts, audio_queue_limit and max_message_bytes must be positive")
@@ -200,6 +201,9 @@ class EngineClient:
         self._on_event = on_event
         self._on_state = on_state
         self._init = init or InitiationData()
+        # Asked per attempt with the number of conversations established so far (0: the first), for the
+        # init to send; None: ``init`` every time. The session's continuity uses it (transport/continuity.py).
+        self._init_factory = init_factory
         self._clock = clock or MonotonicClock()
         self._retry = RetryPolicy(backoff, max_attempts)
         self._max_message_bytes = max_message_bytes
@@ -490,10 +494,10 @@ class EngineClient:
         self._conn_ready.clear()
         self.last_error_event = None
         self._fatal = None
+        data = self._init if self._init_factory is None else self._init_factory(self.counters.connects)
         init = self.protocol.initiation(
-            overrides=self._init.overrides, dynamic_variables=self._init.dynamic_variables,
-            custom_llm_extra_body=self._init.custom_llm_extra_body, user_id=self._init.user_id,
-            source_info=self._init.source_info)
+            overrides=data.overrides, dynamic_variables=data.dynamic_variables,
+            custom_llm_extra_body=data.custom_llm_extra_body, user_id=data.user_id, source_info=data.source_info)
         reader = asyncio.create_task(self._reader(ws), name="engine-reader")
         writer = asyncio.create_task(self._writer(ws), name="engine-writer")
         try:

@@ -41,6 +41,8 @@ from core.formats import AudioFormat
 from core.timing import StageTimer
 from core.uplink import Uplink
 from transport.config import EngineSettings, SessionConfig
+from transport.continuity import Continuity
+from transport.control import ConversationControls
 from transport.engine_client import EngineClient, StateChange
 from transport.engine_protocol import ConversationMetadata, Event, Interruption
 from transport.events import (
@@ -63,7 +65,7 @@ log = logging.getLogger(__name__)
 _KEEP_INTERRUPTIONS = 1000
 
 
-class BridgeSession:
+class BridgeSession(ConversationControls):  # contextual_update, user_message, user_activity: transport.control
     """``await session.start()``, then ``await session.wait()``; ``await session.stop()`` from anywhere."""
 
     def __init__(self, config: SessionConfig, *, clock: Clock | None = None, hooks: SessionHooks | None = None,
@@ -84,6 +86,7 @@ class BridgeSession:
             config.room, on_caller_audio=self._on_caller_audio, on_caller_joined=self._on_caller_joined,
             on_caller_left=self._on_caller_left, on_state=self._on_room_state, clock=self.clock)
         self.engine: EngineClient | None = None
+        self.continuity = Continuity(config.engine.init, max_chars=config.continuity_chars)
         self.transcripts: TranscriptPublisher | None = None
         self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -247,7 +250,7 @@ class BridgeSession:
             settings.url_provider(), self._on_engine_event, on_state=self._on_engine_state,
             init=settings.init, clock=self.clock, max_attempts=settings.max_attempts,
             secrets=settings.secrets(), default_input_format=settings.fallback_input_format,
-            reconnect_wanted=self.core.wants_conversation)
+            reconnect_wanted=self.core.wants_conversation, init_factory=self.continuity.init_for)
         await self.engine.start()
         self._apply(self.core.engine_started(self._now()))
         self._spawn(self._watch_engine(self.engine), "engine-watch")
@@ -262,6 +265,8 @@ class BridgeSession:
     def _on_engine_event(self, event: Event, recv_ns: int) -> None:
         if self.hooks.engine_event is not None:
             self.hooks.engine_event(event, recv_ns)
+        if self.continuity.drop(event):
+            return  # a reconnected conversation's unsolicited greeting (transport/continuity.py)
         if isinstance(event, ConversationMetadata):
             self.log_context.conversation_id = event.conversation_id
             log.info("conversation %s: user audio %s, agent audio %s", event.conversation_id, event.input_format,
@@ -274,6 +279,7 @@ class BridgeSession:
                                        "dropped_samples": self.core.last_interrupt_dropped})
 
     def _on_engine_state(self, change: StateChange) -> None:
+        self._conversation_state(change)  # continuity: the transcript handed to a new conversation
         self._apply(self.core.engine_state(change, change.at_ns))
 
     async def _watch_engine(self, engine: EngineClient) -> None:
