@@ -86,6 +86,7 @@ from transport.engine_protocol import (
     StateChange,
     classify_close,
 )
+from transport.init_options import explain_refusal
 from transport.log_context import RedactingLogger
 from transport.signed_url import UrlProvider
 
@@ -543,6 +544,7 @@ class EngineClient:
             reason += f" ({self.redactor(close.reason)})"
         if error is not None:
             reason += f", error {error.error_type}: {self.redactor(error.message or '')}"
+            reason += explain_refusal(error.error_type)  # an override or variable problem: say what to do
         action = classify_close(code, by_client=self._closing, fatal=self._fatal is not None)
         if self._fatal is not None:
             return _Ended(code, reason, self._fatal, final=True)

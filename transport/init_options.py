@@ -48,8 +48,8 @@ from typing import Any, Final
 from core.errors import ConfigError
 from transport.engine_protocol import InitiationData
 
-__all__ = ["DynamicValue", "StartOptions", "parse_dispatch_metadata", "parse_dynamic_var", "parse_override_json",
-           "validate_dynamic_variables", "validate_overrides"]
+__all__ = ["DynamicValue", "StartOptions", "explain_refusal", "parse_dispatch_metadata", "parse_dynamic_var",
+           "parse_override_json", "validate_dynamic_variables", "validate_overrides"]
 
 DynamicValue = str | int | float | bool
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -256,3 +256,18 @@ def parse_dispatch_metadata(text: str) -> StartOptions:
 def _or_empty(value: Mapping[str, Any], key: str) -> object:
     item = value.get(key)
     return {} if item is None else item
+
+
+_REFUSALS: Final = {
+    "override_error": "the engine does not allow an override this bridge sent (--first-message, --override-json "
+                      "or the dispatch metadata): allow it on the engine (python -m transport.engine_admin "
+                      "allow-overrides) or stop sending it",
+    "missing_dynamic_variable": "the agent's prompt or first message uses a {{variable}} that was not sent: "
+                                "give it with --dynamic-var NAME=VALUE or the dispatch metadata",
+}
+
+
+def explain_refusal(error_type: str | None) -> str:
+    """What to do about an init the engine refused (``""`` for other error types)."""
+    hint = _REFUSALS.get(error_type or "")
+    return f" — {hint}" if hint else ""
