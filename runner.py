@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.downlink import DownlinkConfig
@@ -40,6 +40,7 @@ from transport.session import BridgeSession, serve
 
 if TYPE_CHECKING:
     from transport.metrics import BridgeMetrics
+    from transport.worker_config import JobContext
 
 log = logging.getLogger("runner")
 
@@ -232,26 +233,12 @@ async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.
 
 async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event,
                      metrics: BridgeMetrics | None = None) -> int:
-    from transport.worker import JobContext, Worker, WorkerConfig
+    from transport.worker import Worker, WorkerConfig
 
     livekit = livekit_target(env, dev_defaults=args.emulator)
     options = start_options(args)
     async with engine_settings(args, env) as engine:
-
-        async def job(ctx: JobContext) -> None:
-            """One dispatched room: a bridge session until the room ends or the job is terminated. The dispatch
-            metadata (JSON, transport/init_options.py) adds to the command line's start options; bad metadata
-            fails this job with a ConfigError that says what is wrong, and the worker goes on."""
-            settings = engine.with_options(options).with_options(parse_dispatch_metadata(ctx.metadata))
-            session = BridgeSession(session_config(args, livekit, settings, url=ctx.url, token=ctx.token))
-            if metrics is not None:
-                metrics.track(session)
-            try:
-                await serve(session, ctx.termination)
-            finally:
-                if metrics is not None:
-                    metrics.untrack(session)
-
+        job = job_runner(args, livekit, engine.with_options(options), metrics)
         worker = Worker(WorkerConfig(url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret,
                                      agent_name=args.agent_name, max_jobs=args.max_jobs,
                                      overload_lag_s=args.overload_lag_ms / 1000 if args.overload_lag_ms > 0 else None),
@@ -279,6 +266,24 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
         if reporter is not None:
             await reporter.stop()
     return 4 if worker.stats().jobs_failed > failed_before else 0  # ExitCode.FORCED: calls were cut short
+
+
+def job_runner(args: argparse.Namespace, livekit: LiveKitTarget, engine: EngineSettings,
+               metrics: BridgeMetrics | None = None) -> Callable[[JobContext], Awaitable[None]]:
+    async def job(ctx: JobContext) -> None:
+        """One dispatched room: a bridge session until the room ends or the job is terminated. The dispatch
+        metadata (JSON, transport/init_options.py) adds to the command line's start options; bad metadata
+        fails this job with a ConfigError that says what is wrong, and the worker goes on."""
+        settings = engine.with_options(parse_dispatch_metadata(ctx.metadata))
+        session = BridgeSession(session_config(args, livekit, settings, url=ctx.url, token=ctx.token))
+        if metrics is not None:
+            metrics.track(session)
+        try:
+            await serve(session, ctx.termination)
+        finally:
+            if metrics is not None:
+                metrics.untrack(session)
+    return job
 
 
 async def _force_on_second_stop(worker: Any, stop: asyncio.Event) -> None:
