@@ -17,6 +17,7 @@ from tests.fault_helpers import LOUD, Rig, Scenario, loud_seconds, turn, until
 from tests.test_faults import loud_between
 from transport import AgentResponse, SessionState
 from transport.continuity import CONTEXT_ID
+from transport.control import NoConversation
 from transport.engine_protocol import InitiationData
 from transport.init_options import StartOptions
 
@@ -156,3 +157,32 @@ async def test_with_the_first_message_override_a_reconnect_asks_for_no_greeting(
         assert after.heard_loud_s > 0.3 and before.reply.text in after.reply.text
         assert rig.session.continuity.greeting_events_dropped == 0
         sc.happened("the reconnect's init asked for first_message ''; no greeting; transcript handed over")
+
+
+async def test_the_public_conversation_controls_reach_the_engine(livekit_server: LiveKitServer) -> None:
+    async with Scenario("control", "conversation controls", record_row=False) as sc:
+        rig = await sc.rig(livekit_server, start=False, session={"start_when": "first_caller"}, reply_mode="tone")
+        with pytest.raises(NoConversation, match="not started yet"):
+            rig.session.user_message("too early")
+        await rig.session.start()
+        with pytest.raises(NoConversation):  # in the room, but no caller yet: no conversation
+            rig.session.contextual_update("still too early")
+        await rig.caller("alice")
+        conversation = await rig.emu.next_conversation()
+        await until(lambda: rig.session.engine is not None and rig.session.engine.ready, 15, "the conversation")
+        assert rig.session.contextual_update("The caller's order 4711 shipped today.", context_id="order")
+        assert rig.session.user_activity()
+        assert rig.session.user_message("Where is my order?")
+        reply = await conversation.next_reply(timeout=15)
+        assert [(u.text, u.context_id) for u in conversation.contextual_updates] == [
+            ("The caller's order 4711 shipped today.", "order")]
+        assert conversation.user_messages == ["Where is my order?"]
+        assert "order 4711 shipped today" in reply.text
+        await until(lambda: responses(rig, reply.text) == 1, 10, "the bridge to get the reply's text")
+        assert ("user", "Where is my order?") in rig.session.continuity.entries
+        kinds = [r.type for r in conversation.received() if r.type not in ("user_audio_chunk", "pong")]
+        assert kinds[1:4] == ["contextual_update", "user_activity", "user_message"]
+        await rig.session.stop()
+        with pytest.raises(NoConversation, match="ended"):
+            rig.session.user_activity()
+        sc.happened(f"contextual_update, user_activity, user_message reached the engine; reply: {reply.text!r}")
