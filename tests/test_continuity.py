@@ -68,7 +68,7 @@ def test_without_the_override_a_reconnected_greeting_is_dropped_until_the_user_s
     assert all(c.drop(event) for event in greeting) and c.greeting_events_dropped == 4
     assert not c.drop(ep.Interruption(2)) and not c.drop(ep.Ping(1))
     assert not c.drop(ep.TentativeUserTranscript("and", 2))  # the caller's turn opens the gate
-    assert not c.drop(ep.AgentAudio(b"\0\0", 2))
+    assert not c.drop(ep.AgentAudio(b"\0\0", 1))
     assert ("agent", "Hello! How can I help?") not in c.entries[1:]  # the dropped greeting is not transcript
 
 
@@ -86,3 +86,13 @@ def test_zero_turns_it_off() -> None:
     talk(c)
     assert c.entries == [] and c.handover(2) is None and c.init_for(1) is WITH_FIRST
     assert not c.drop(ep.AgentAudio(b"\0\0", 1))
+
+
+def test_only_the_greeting_is_dropped_not_a_later_unprompted_response() -> None:
+    c = Continuity(PLAIN)
+    talk(c)
+    c.handover(2)
+    assert c.drop(ep.AgentResponse("Hello again!", 1)) and c.drop(ep.AgentAudio(b"\0\0", 1))
+    # Seconds later the agent re-engages a silent caller: a new response id, which the caller must hear.
+    assert not c.drop(ep.AgentResponse("Are you still there?", 2)) and not c.drop(ep.AgentAudio(b"\0\0", 2))
+    assert c.entries[-1] == ("agent", "Are you still there?") and c.greeting_events_dropped == 2

@@ -14,9 +14,11 @@ clock; the session feeds it the engine's events and asks it three things:
   texts, oldest first, bounded to ``max_chars``.
 - :meth:`Continuity.drop` — **without** the override (we may not send it: an agent that does not allow it
   would refuse every conversation with 1008), a reconnected conversation's unsolicited greeting is dropped
-  at the bridge: its agent audio and response text before the first sign of a user turn (a user transcript,
-  or a ``user_message`` we sent) never reach the playout or the room. The engine did generate it, and will
-  count it as said in its own history; the caller does not hear it.
+  at the bridge: the first agent response it sends before any sign of a user turn (a user transcript, or a
+  ``user_message`` we sent) — its audio, text and corrections, all under that response's ``event_id`` —
+  never reaches the playout or the room. A later response with another id (say the agent re-engaging a
+  silent caller after its turn timeout) passes. The engine did generate the greeting and counts it as said
+  in its own history; the caller does not hear it.
 
 Transcript entries: ``user_transcript`` finals, ``agent_response`` texts, and a correction replaces the agent
 text it corrects (what the caller actually heard of an interrupted reply), plus typed ``user_message`` texts.
@@ -59,6 +61,7 @@ class Continuity:
         self.greeting_events_dropped = 0
         self.handovers = 0
         self._gate_open = True  # False: a reconnected conversation has not seen a user turn yet
+        self._greeting_id: int | None = None  # the event id of the response being dropped
 
     # ------------------------------------------------------------------ the EngineClient hook
     def init_for(self, conversations: int) -> InitiationData:
@@ -78,6 +81,7 @@ class Continuity:
         if conversations <= 1 or not self.max_chars:
             return None
         self._gate_open = self.uses_override  # with the override the engine does not greet: nothing to drop
+        self._greeting_id = None
         if not self._entries:
             return None
         self.handovers += 1
@@ -99,8 +103,12 @@ class Continuity:
         if isinstance(event, _USER_TURN):
             self._gate_open = True
         elif not self._gate_open and isinstance(event, _GREETING):
-            self.greeting_events_dropped += 1
-            return True
+            if self._greeting_id is None:
+                self._greeting_id = event.event_id
+            if event.event_id == self._greeting_id:
+                self.greeting_events_dropped += 1
+                return True
+            self._gate_open = True  # another response: not the greeting
         if isinstance(event, ep.UserTranscript):
             self._add("user", event.text, None)
         elif isinstance(event, ep.AgentResponse):
