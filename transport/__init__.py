@@ -23,6 +23,7 @@ from core.errors import (
     ProtocolError,
 )
 from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
+from transport.control import NoConversation
 from transport.engine_client import ConnectionState, EngineClient, InitiationData
 from transport.events import (
     AgentResponse,
@@ -39,6 +40,7 @@ from transport.events import (
     SessionStateChanged,
     UserTranscript,
 )
+from transport.init_options import StartOptions, parse_dispatch_metadata
 from transport.livekit_token import mint_token
 from transport.observe import SessionHooks, SessionStats
 from transport.session import BridgeSession, serve
@@ -67,6 +69,7 @@ __all__ = [
     "JobRunner",
     "LiveKitError",
     "LiveKitTarget",
+    "NoConversation",
     "ProtocolError",
     "RoomLinkConfig",
     "RoomState",
@@ -78,12 +81,14 @@ __all__ = [
     "SessionState",
     "SessionStateChanged",
     "SessionStats",
+    "StartOptions",
     "UserTranscript",
     "Worker",
     "WorkerConfig",
     "WorkerStats",
     "from_env",
     "mint_token",
+    "parse_dispatch_metadata",
     "run_worker",
     "serve",
 ]
