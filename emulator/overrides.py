@@ -22,6 +22,7 @@ for what to say first.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -94,7 +95,8 @@ def first_message(agent: AgentRecord, init: wire.ClientInit, conversation_id: st
         text = agent.conversation_config.get("agent", {}).get("first_message", "")
     if not isinstance(text, str):
         return ""
-    values = {**{k: str(v) for k, v in init.dynamic_variables.items()}, "system__agent_id": agent.agent_id,
+    values = {**{k: json.dumps(v) if isinstance(v, bool) else str(v) for k, v in init.dynamic_variables.items()},
+              "system__agent_id": agent.agent_id,
               "system__conversation_id": conversation_id}
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from core.errors import ConfigError
 from transport.continuity import CONTEXT_ID, Continuity
 from transport.engine_protocol import ConnectionState, StateChange
+from transport.init_options import MAX_TEXT
 
 if TYPE_CHECKING:
     from transport.engine_client import EngineClient
@@ -35,8 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["ConversationControls", "NoConversation"]
 
 log = logging.getLogger(__name__)
-
-MAX_TEXT = 20_000  # characters of one message: a guard against pasting a document into a voice call
 
 
 class NoConversation(ConfigError):
