@@ -264,14 +264,16 @@ async def test_the_init_factory_gives_each_conversation_its_init() -> None:
         asked.append(conversations)
         return InitiationData(dynamic_variables={"conversation": conversations})
 
-    async with running(fast()) as emu, client_for(emu, Collector(), init_factory=init_for) as client:
+    events = Collector()
+    async with running(fast()) as emu, client_for(emu, events, init_factory=init_for) as client:
         first = await emu.next_conversation()
         first.drop()
         second = await emu.next_conversation()
         await second.wait_for(lambda: second.init is not None)
         assert first.init is not None and first.init.dynamic_variables == {"conversation": 0}
         assert second.init is not None and second.init.dynamic_variables == {"conversation": 1}
-        assert asked == [0, 1] and client.counters.connects == 2
+        await events.until(lambda: client.counters.connects == 2)
+        assert asked == [0, 1]
 
 
 async def test_refused_reconnects_end_with_a_clear_error_after_the_cap() -> None:
