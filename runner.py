@@ -24,7 +24,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.downlink import DownlinkConfig
@@ -33,12 +33,14 @@ from core.formats import ENGINE_FORMATS, parse_format
 from core.redact import Redactor
 from core.uplink import DEFAULT_CHUNK_MS
 from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
+from transport.init_options import StartOptions, parse_dispatch_metadata, parse_dynamic_var, parse_override_json
 from transport.livekit_token import mint_token
 from transport.log_context import ContextFilter
 from transport.session import BridgeSession, serve
 
 if TYPE_CHECKING:
     from transport.metrics import BridgeMetrics
+    from transport.worker_config import JobContext
 
 log = logging.getLogger("runner")
 
@@ -86,6 +88,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="dev only: answer with the embedded Speech Engine emulator (no engine credentials needed)")
     p.add_argument("--reply", choices=("echo", "tone", "speech"), default="speech",
                    help="embedded emulator only: how the emulated agent answers")
+    p.add_argument("--first-message", metavar="TEXT",
+                   help="what the agent says first ('' = wait for the caller); needs the engine to allow the "
+                        "first-message override (python -m transport.engine_admin allow-overrides --first-message)")
+    p.add_argument("--dynamic-var", metavar="NAME=VALUE", action="append", default=[],
+                   help="a dynamic variable for the agent's {{NAME}} placeholders (repeatable); values stay strings "
+                        "unless clearly true/false, an integer or a decimal; \"quote\" to keep a string")
+    p.add_argument("--override-json", metavar="JSON|@FILE",
+                   help="conversation_config_override as JSON, or @path of a JSON file (the client-overridable "
+                        "subset; see transport/init_options.py)")
     p.add_argument("--worker", action="store_true", help="register as an agent worker (explicit dispatch)")
     p.add_argument("--agent-name", default="elevenlabs-bridge", help="agent name for --worker")
     p.add_argument("--max-jobs", type=int, default=MEASURED_SESSIONS_PER_PROCESS,
@@ -163,10 +174,33 @@ async def engine_settings(args: argparse.Namespace, env: dict[str, str]) -> Asyn
     config = EmulatorConfig(input_format=args.input_format or "pcm_16000",
                             output_format=args.output_format or "pcm_16000", reply_mode=args.reply)
     async with Emulator(config) as emu:
+        # A stand-in for an engine the user configured: allow the overrides --first-message / --override-json
+        # may send (a real engine: python -m transport.engine_admin allow-overrides).
+        agent = emu.agents.get(config.agent_id)
+        if agent is not None:
+            agent.patch_agent({"platform_settings": {"overrides": {"conversation_config_override": {
+                "agent": {"first_message": True, "language": True, "prompt": {"prompt": True}}}}}})
         log.warning("mode: DEV, the embedded Speech Engine emulator at %s answers every caller (reply mode %s, "
                     "formats %s in / %s out)", emu.rest_base_url, args.reply, config.input_format,
                     config.output_format)
         yield EngineSettings(api_key=emu.api_key, agent_id=config.agent_id, api_base=emu.rest_base_url)
+
+
+def start_options(args: argparse.Namespace) -> StartOptions:
+    """--first-message, --dynamic-var, --override-json; a ConfigError names what is wrong."""
+    overrides: dict[str, Any] = {}
+    if args.override_json:
+        text, where = args.override_json, "--override-json"
+        if text.startswith("@"):
+            try:
+                with open(text[1:], encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as exc:
+                raise ConfigError(f"--override-json: cannot read {text[1:]!r}: {exc.strerror}") from None
+            where = f"--override-json {args.override_json}"
+        overrides = parse_override_json(text, where)
+    variables = dict(parse_dynamic_var(item) for item in args.dynamic_var)
+    return StartOptions(first_message=args.first_message, overrides=overrides, dynamic_variables=variables)
 
 
 def session_config(args: argparse.Namespace, livekit: LiveKitTarget, engine: EngineSettings,
@@ -183,8 +217,9 @@ def session_config(args: argparse.Namespace, livekit: LiveKitTarget, engine: Eng
 async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event,
                    metrics: BridgeMetrics | None = None) -> int:
     livekit = from_env(env).livekit
+    options = start_options(args)
     async with engine_settings(args, env) as engine:
-        session = BridgeSession(session_config(args, livekit, engine))
+        session = BridgeSession(session_config(args, livekit, engine.with_options(options)))
         if metrics is not None:
             metrics.track(session)
         log.info("bridging room %r on %s as %s; Ctrl-C stops", args.room, livekit.url, args.identity)
@@ -198,22 +233,12 @@ async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.
 
 async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event,
                      metrics: BridgeMetrics | None = None) -> int:
-    from transport.worker import JobContext, Worker, WorkerConfig
+    from transport.worker import Worker, WorkerConfig
 
     livekit = livekit_target(env, dev_defaults=args.emulator)
+    options = start_options(args)
     async with engine_settings(args, env) as engine:
-
-        async def job(ctx: JobContext) -> None:
-            """One dispatched room: a bridge session until the room ends or the job is terminated."""
-            session = BridgeSession(session_config(args, livekit, engine, url=ctx.url, token=ctx.token))
-            if metrics is not None:
-                metrics.track(session)
-            try:
-                await serve(session, ctx.termination)
-            finally:
-                if metrics is not None:
-                    metrics.untrack(session)
-
+        job = job_runner(args, livekit, engine.with_options(options), metrics)
         worker = Worker(WorkerConfig(url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret,
                                      agent_name=args.agent_name, max_jobs=args.max_jobs,
                                      overload_lag_s=args.overload_lag_ms / 1000 if args.overload_lag_ms > 0 else None),
@@ -241,6 +266,24 @@ async def run_worker(args: argparse.Namespace, env: dict[str, str], stop: asynci
         if reporter is not None:
             await reporter.stop()
     return 4 if worker.stats().jobs_failed > failed_before else 0  # ExitCode.FORCED: calls were cut short
+
+
+def job_runner(args: argparse.Namespace, livekit: LiveKitTarget, engine: EngineSettings,
+               metrics: BridgeMetrics | None = None) -> Callable[[JobContext], Awaitable[None]]:
+    async def job(ctx: JobContext) -> None:
+        """One dispatched room: a bridge session until the room ends or the job is terminated. The dispatch
+        metadata (JSON, transport/init_options.py) adds to the command line's start options; bad metadata
+        fails this job with a ConfigError that says what is wrong, and the worker goes on."""
+        settings = engine.with_options(parse_dispatch_metadata(ctx.metadata))
+        session = BridgeSession(session_config(args, livekit, settings, url=ctx.url, token=ctx.token))
+        if metrics is not None:
+            metrics.track(session)
+        try:
+            await serve(session, ctx.termination)
+        finally:
+            if metrics is not None:
+                metrics.untrack(session)
+    return job
 
 
 async def _force_on_second_stop(worker: Any, stop: asyncio.Event) -> None:

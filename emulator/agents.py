@@ -96,7 +96,17 @@ class AgentRecord:
                 "turn": copy.deepcopy(cc.get("turn", {})),
                 "conversation": copy.deepcopy(cc.get("conversation", {})),
                 "privacy": {}, "call_limits": {}, "language": cc.get("agent", {}).get("language", "en"),
-                "tags": list(self.tags), "overrides": {}, "metadata": self._metadata()}
+                "tags": list(self.tags), "overrides": {"first_message": self.first_message_overridable},
+                "metadata": self._metadata()}
+
+    @property
+    def first_message_overridable(self) -> bool:
+        """The Speech Engine's ``overrides.first_message``: the agent's ``platform_settings.overrides.
+        conversation_config_override.agent.first_message`` under another name (emulator/overrides.py)."""
+        node: Any = self.platform_settings
+        for key in ("overrides", "conversation_config_override", "agent", "first_message"):
+            node = node.get(key) if isinstance(node, dict) else None
+        return node is True
 
     def patch_agent(self, body: Json) -> None:
         cc = _merge(self.conversation_config, _obj(body, "conversation_config"))
@@ -109,12 +119,18 @@ class AgentRecord:
             if section in body:
                 cc = _merge(cc, {section: _obj(body, section)})
         engine = _merge(self.speech_engine, _obj(body, "speech_engine"))
+        ps = self.platform_settings
+        if "overrides" in body:
+            allow = _obj(body, "overrides").get("first_message", self.first_message_overridable)
+            if not isinstance(allow, bool):
+                raise PatchError("overrides.first_message must be a boolean")
+            ps = _merge(ps, {"overrides": {"conversation_config_override": {"agent": {"first_message": allow}}}})
         headers = engine.get("request_headers")
         if not isinstance(headers, dict) or not all(
                 isinstance(v, str) or (isinstance(v, dict) and isinstance(v.get("secret_id"), str))
                 for v in headers.values()):
             raise PatchError("speech_engine.request_headers values must be strings or {\"secret_id\": ...}")
-        self._commit(cc, self.platform_settings, engine, body)
+        self._commit(cc, ps, engine, body)
 
     def _commit(self, cc: Json, ps: Json, engine: Json, body: Json) -> None:
         for section, key in (("asr", "user_input_audio_format"), ("tts", "agent_output_audio_format")):

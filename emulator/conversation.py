@@ -42,7 +42,7 @@ from aiohttp import WSMsgType, web
 
 from core.errors import ProtocolError
 from core.formats import AudioFormat, parse_format
-from emulator import wire
+from emulator import overrides, tts, wire
 from emulator.agents import AgentRecord
 from emulator.config import EmulatorConfig, Faults, InjectKind, ReplyMode
 from emulator.records import Out, PingRecord, Reply, Utterance, WireRecord
@@ -90,6 +90,11 @@ class Conversation:
         self.pings: list[PingRecord] = []
         self.audio_chunks: list[tuple[int, int]] = []  # (receive ns, samples) per user_audio_chunk
         self.client_messages: list[wire.ClientMessage] = []  # every parsed non-audio message
+        # Received contextual updates and typed user messages, in order; a scripted (non-brain) reply's text
+        # ends with the newest update's tail, so a test can see the agent "knows" it.
+        self.contextual_updates: list[wire.ContextualUpdate] = []
+        self.user_messages: list[str] = []
+        self.first_message: str | None = None  # what the agent said first, once it started saying it
         self.faults_override: Faults | None = None
         self.voice: BrainVoice | None = None  # set when the engine record names a brain server
         self._agent = agent
@@ -312,7 +317,10 @@ class Conversation:
         elif isinstance(message, wire.ClientInit):
             self._invalid("conversation_initiation_client_data sent twice")
         elif isinstance(message, wire.UserMessage):
+            self.user_messages.append(message.text or "")
             self._on_user_turn(None, now, transcript=message.text or "")
+        elif isinstance(message, wire.ContextualUpdate):
+            self.contextual_updates.append(message)
         self._notify()
 
     def _invalid(self, why: str) -> None:
@@ -322,15 +330,32 @@ class Conversation:
     def _start(self, init: wire.ClientInit) -> None:
         self.init = init
         self._initiated = True
+        refused = overrides.refusal(self._agent, init)  # override permissions, dynamic variables: 1008
+        if refused is not None:
+            log.info("conversation %s: refusing the init: %s", self.conversation_id, refused[1])
+            self.end(1008, *refused)
+            return
         self._enqueue(wire.metadata(self.conversation_id, self.input_format.name, self.output_format.name),
                       "conversation_initiation_metadata")
-        if self._config.greeting_ms > 0:
+        first = overrides.first_message(self._agent, init, self.conversation_id)
+        if first:
+            self._reply_task = asyncio.create_task(self._say_first(first), name=f"{self.conversation_id}-first")
+        elif self._config.greeting_ms > 0 and not overrides.sets_first_message(init):
             self._start_reply("speech", None, ms=self._config.greeting_ms, transcript=None)
         brain_url = self._agent.speech_engine.get("ws_url")
         if isinstance(brain_url, str) and brain_url:
             headers = self._agent.speech_engine.get("request_headers") or {}
             self.voice = BrainVoice(self, brain_url, dict(headers), self._emulator.api_key)
             self._brain_open = asyncio.create_task(self.voice.open(), name=f"{self.conversation_id}-brain-open")
+
+    async def _say_first(self, text: str) -> None:
+        config = self._config
+        samples = await tts.speech_for(text, self.output_format.rate, voice=config.tts_voice,
+                                       words_per_minute=config.tts_words_per_minute,
+                                       level_dbfs=config.reply_level_dbfs, seed=config.seed)
+        if self._end_task is None and self.current_reply is None:  # the caller did not get a turn in first
+            self.first_message = text
+            self._start_reply("speech", None, samples=samples, transcript=None, text=text)
 
     # ------------------------------------------------------------------ turn-taking
 
@@ -423,7 +448,8 @@ class Conversation:
         return int(self._config.barge_in_extra_ms * 1_000_000)
 
     def _start_reply(self, mode: ReplyMode, utterance: Utterance | None, *, ms: float | None = None,
-                     samples: Int16Array | None = None, transcript: str | None = None) -> Reply:
+                     samples: Int16Array | None = None, transcript: str | None = None,
+                     text: str | None = None) -> Reply:
         previous = self.current_reply
         if previous is not None and not previous.done and self._reply_task is not None:
             self._reply_task.cancel()  # a hook started a new reply over a running one: stop the old one
@@ -434,8 +460,13 @@ class Conversation:
         event_id = self._next_id
         self._next_id += 1
         duration_ms = samples.size * 1000 // rate
-        reply = Reply(event_id, mode, samples.astype(np.int16, copy=False), rate,
-                      f"[{mode} reply, {duration_ms} ms]", time.monotonic_ns(), utterance)
+        if text is None:
+            text = f"[{mode} reply, {duration_ms} ms]"
+            if self.contextual_updates:  # INFERRED stand-in for an LLM that read its context
+                known = " ".join(self.contextual_updates[-1].text.split())
+                text += f" (in context: …{known[-160:]})"
+        reply = Reply(event_id, mode, samples.astype(np.int16, copy=False), rate, text, time.monotonic_ns(),
+                      utterance)
         if transcript is None and utterance is not None:
             heard = (utterance.end_sample - utterance.start_sample) * 1000 // self.input_format.rate
             transcript = f"[{heard} ms of user speech]"

@@ -13,6 +13,7 @@ Without ``espeak-ng`` on the PATH :func:`synthesize` raises :class:`TtsUnavailab
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import struct
 
@@ -20,12 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from core.errors import BridgeError
-from emulator.signals import resample
+from emulator.signals import resample, speech_like
 
-__all__ = ["ESPEAK", "TtsUnavailable", "available", "parse_wav_stream", "synthesize"]
+__all__ = ["ESPEAK", "TtsUnavailable", "available", "parse_wav_stream", "speech_for", "synthesize"]
 
 Int16Array = npt.NDArray[np.int16]
 ESPEAK = "espeak-ng"
+log = logging.getLogger(__name__)
 _TIMEOUT_S = 20.0
 
 
@@ -79,3 +81,13 @@ async def synthesize(text: str, rate: int, *, voice: str = "en-us", words_per_mi
         raise TtsUnavailable(f"espeak-ng exited with {proc.returncode}: {err.decode(errors='replace')[:200]}")
     samples, source_rate = parse_wav_stream(out)
     return resample(samples, source_rate, rate)
+
+
+async def speech_for(text: str, rate: int, *, voice: str = "en-us", words_per_minute: int = 175,
+                     level_dbfs: float = -12.0, seed: int | None = None) -> Int16Array:
+    """``text`` spoken by espeak-ng, or without it a speech-like stand-in of about the same length."""
+    try:
+        return await synthesize(text, rate, voice=voice, words_per_minute=words_per_minute)
+    except TtsUnavailable as exc:
+        log.warning("%s; speaking a speech-like stand-in instead", exc)
+        return speech_like(rate, 70.0 * len(text), level_dbfs, seed)

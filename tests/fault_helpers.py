@@ -43,7 +43,7 @@ from scripts.caller import RATE, Caller, Heard
 from scripts.livekit_server import LiveKitServer
 from transport import BridgeSession, EngineSettings, RoomLinkConfig, SessionConfig, SessionEvent, SessionState
 from transport.backoff import constant
-from transport.engine_client import EngineClient
+from transport.engine_client import EngineClient, InitiationData
 from transport.livekit_token import mint_token
 
 __all__ = [
@@ -323,7 +323,7 @@ class Scenario:
 
     async def rig(self, server: LiveKitServer, *, session: dict[str, Any] | None = None,
                   client: dict[str, Any] | None = None, emulator_api_key: str | None = None,
-                  start: bool = True, **emulator: Any) -> Rig:
+                  start: bool = True, init: InitiationData | None = None, **emulator: Any) -> Rig:
         await warm_up(server)
         if self._before is None:
             self._before = Usage.now()
@@ -334,7 +334,7 @@ class Scenario:
         await emu.start()
         room = f"{self.side}-{uuid.uuid4().hex[:8]}"
         engine = EngineSettings(api_key=emu.api_key, agent_id=config.agent_id, api_base=emu.rest_base_url,
-                                max_attempts=(client or {}).pop("max_attempts", 6))
+                                max_attempts=(client or {}).pop("max_attempts", 6), init=init or InitiationData())
         options: dict[str, Any] = {"start_when": "immediately", "end_when_empty": False}
         options.update(session or {})
         room_options = {k: options.pop(k) for k in ("queue_ms", "caller_frame_ms") if k in options}

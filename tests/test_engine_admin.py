@@ -146,3 +146,48 @@ def test_patch_bodies_follow_the_api_field_paths() -> None:
     assert EngineRef.of("agent_1", "speech-engine").path == "/v1/speech-engine/agent_1"
     assert mask_headers({"a": "s3cret", "b": {"secret_id": "x"}, "c": {"env_var_label": "E"}}) == {
         "a": "…", "b": {"secret_id": "x"}, "c": {"env_var_label": "E"}}
+
+
+async def greeting(emu: Emulator, engine_id: str, overrides: dict[str, object]) -> str:
+    """What a new conversation with these overrides says first: its first agent_response, or the error type."""
+    url = await fetch_signed_url(emu.api_key, engine_id, base_url=emu.rest_base_url)
+    async with connect(url, proxy=None) as ws:
+        await ws.send(json.dumps({"type": "conversation_initiation_client_data",
+                                  "conversation_config_override": overrides}))
+        while True:
+            message = json.loads(await ws.recv())
+            if message["type"] == "agent_response":
+                return str(message["agent_response_event"]["agent_response"])
+            if message["type"] == "error":
+                return f"error {message['error_event']['error_type']}"
+
+
+@pytest.mark.parametrize("engine_id", ["agent_emulator", "seng_emulator"])
+async def test_allow_overrides_lets_the_first_message_through(emu: Emulator, capsys: pytest.CaptureFixture[str],
+                                                              engine_id: str) -> None:
+    hello = {"agent": {"first_message": "Hello from the override."}}
+    assert await greeting(emu, engine_id, hello) == "error override_error"
+    code, shown, _ = await admin(emu, capsys, "--engine-id", engine_id, "allow-overrides", "--first-message")
+    assert code == 0 and shown is not None
+    assert shown["allowed_overrides"] == ({"first_message": True} if engine_id.startswith("seng_")
+                                          else {"agent": {"first_message": True}})
+    assert await greeting(emu, engine_id, hello) == "Hello from the override."
+    assert await greeting(emu, engine_id, {"agent": {"first_message": "Hi", "language": "de"}}) == \
+        "error override_error"  # only what was allowed
+    code, _, _ = await admin(emu, capsys, "--engine-id", engine_id, "allow-overrides", "--first-message", "--deny")
+    assert code == 0 and await greeting(emu, engine_id, hello) == "error override_error"
+
+
+async def test_language_and_prompt_need_the_agent_resource(emu: Emulator,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = await admin(emu, capsys, "--engine-id", "seng_emulator", "allow-overrides", "--language")
+    assert code == 2 and "--resource agent" in err
+    code, shown, _ = await admin(emu, capsys, "--engine-id", "agent_emulator", "allow-overrides", "--first-message",
+                                 "--language", "--prompt")
+    assert code == 0 and shown is not None
+    assert shown["allowed_overrides"] == {"agent": {"first_message": True, "language": True,
+                                                    "prompt": {"prompt": True}}}
+    assert await greeting(emu, "agent_emulator", {"agent": {"first_message": "Hallo.", "language": "de",
+                                                            "prompt": {"prompt": "Sei kurz."}}}) == "Hallo."
+    code, _, err = await admin(emu, capsys, "--engine-id", "agent_emulator", "allow-overrides")
+    assert code == 2 and "name at least one override" in err

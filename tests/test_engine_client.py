@@ -140,27 +140,36 @@ async def test_control_messages_reach_the_engine() -> None:
     events = Collector()
     init = InitiationData(overrides={"agent": {"first_message": ""}}, dynamic_variables={"caller": "Ada"},
                           user_id="user-7")
-    async with running(fast(reply_mode="tone", tone_ms=200)) as emu, \
-            client_for(emu, events, init=init) as client:
-        conversation = await emu.next_conversation()
-        assert conversation.init == wire.ClientInit({"agent": {"first_message": ""}}, {"caller": "Ada"}, {},
-                                                    "user-7")
-        assert client.send_contextual_update("on the pricing page", context_id="page")
-        assert client.send_user_activity()
-        assert client.send_client_tool_result("tc_1", {"ok": True})
-        assert client.send_feedback(1, "like")
-        assert client.send_user_message("hello there")
-        reply = await conversation.next_reply()  # a typed message is a user turn too
-        await conversation.wait_for(lambda: len(conversation.client_messages) == 6)
-        assert conversation.client_messages[1:] == [
-            wire.ContextualUpdate("on the pricing page", "page"), wire.UserActivity(),
-            wire.ClientToolResult("tc_1", '{"ok":true}', False), wire.Feedback(1, "like"),
-            wire.UserMessage("hello there")]
-        await events.until(lambda: bool(events.of(AgentAudio)))
-        assert events.of(UserTranscript) == [UserTranscript("hello there", reply.event_id)]
-        conversation.send(wire.client_tool_call("lookup", "tc_9", {"q": "x"}, 5), "client_tool_call", 5)
-        await events.until(lambda: bool(events.of(ClientToolCall)))
-        assert events.of(ClientToolCall) == [ClientToolCall("lookup", "tc_9", {"q": "x"}, 5)]
+    async with running(fast(reply_mode="tone", tone_ms=200)) as emu:
+        # As on the real service, the agent must allow the first-message override (emulator/overrides.py).
+        agent = emu.agents.get(emu.config.agent_id)
+        assert agent is not None
+        agent.patch_agent({"platform_settings": {"overrides": {"conversation_config_override": {
+            "agent": {"first_message": True}}}}})
+        async with client_for(emu, events, init=init) as client:
+            await _control_messages(emu, client, events)
+
+
+async def _control_messages(emu: Emulator, client: EngineClient, events: Collector) -> None:
+    conversation = await emu.next_conversation()
+    assert conversation.init == wire.ClientInit({"agent": {"first_message": ""}}, {"caller": "Ada"}, {},
+                                                "user-7")
+    assert client.send_contextual_update("on the pricing page", context_id="page")
+    assert client.send_user_activity()
+    assert client.send_client_tool_result("tc_1", {"ok": True})
+    assert client.send_feedback(1, "like")
+    assert client.send_user_message("hello there")
+    reply = await conversation.next_reply()  # a typed message is a user turn too
+    await conversation.wait_for(lambda: len(conversation.client_messages) == 6)
+    assert conversation.client_messages[1:] == [
+        wire.ContextualUpdate("on the pricing page", "page"), wire.UserActivity(),
+        wire.ClientToolResult("tc_1", '{"ok":true}', False), wire.Feedback(1, "like"),
+        wire.UserMessage("hello there")]
+    await events.until(lambda: bool(events.of(AgentAudio)))
+    assert events.of(UserTranscript) == [UserTranscript("hello there", reply.event_id)]
+    conversation.send(wire.client_tool_call("lookup", "tc_9", {"q": "x"}, 5), "client_tool_call", 5)
+    await events.until(lambda: bool(events.of(ClientToolCall)))
+    assert events.of(ClientToolCall) == [ClientToolCall("lookup", "tc_9", {"q": "x"}, 5)]
 
 
 async def test_wrong_api_key_is_an_auth_error_and_not_retried() -> None:
@@ -246,6 +255,25 @@ async def test_reconnect_after_a_drop_mid_reply_starts_a_fresh_conversation_and_
         assert "1006" in (states[2].reason or "")
         ids = [m.conversation_id for m in events.of(ConversationMetadata)]
         assert ids == [first.conversation_id, second.conversation_id]
+
+
+async def test_the_init_factory_gives_each_conversation_its_init() -> None:
+    asked: list[int] = []
+
+    def init_for(conversations: int) -> InitiationData:
+        asked.append(conversations)
+        return InitiationData(dynamic_variables={"conversation": conversations})
+
+    events = Collector()
+    async with running(fast()) as emu, client_for(emu, events, init_factory=init_for) as client:
+        first = await emu.next_conversation()
+        first.drop()
+        second = await emu.next_conversation()
+        await second.wait_for(lambda: second.init is not None)
+        assert first.init is not None and first.init.dynamic_variables == {"conversation": 0}
+        assert second.init is not None and second.init.dynamic_variables == {"conversation": 1}
+        await events.until(lambda: client.counters.connects == 2)
+        assert asked == [0, 1]
 
 
 async def test_refused_reconnects_end_with_a_clear_error_after_the_cap() -> None:

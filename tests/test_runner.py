@@ -215,3 +215,15 @@ def test_max_jobs_defaults_to_the_measured_capacity() -> None:
     from runner import MEASURED_SESSIONS_PER_PROCESS, parse_args
 
     assert parse_args(["--worker"]).max_jobs == MEASURED_SESSIONS_PER_PROCESS == 10
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--dynamic-var", "1bad=2"], "--dynamic-var takes name=value"),
+    (["--override-json", '{"agent": {"voice": "x"}}'], "--override-json.agent.voice is not a client-overridable"),
+    (["--override-json", "@/nonexistent/override.json"], "cannot read '/nonexistent/override.json'"),
+    (["--first-message", "A", "--override-json", '{"agent": {"first_message": "B"}}'], "given twice"),
+])
+def test_bad_start_options_are_one_clear_line_before_anything_starts(option: list[str], message: str) -> None:
+    result = run("--room", "x", "--emulator", *option, env={"LIVEKIT_URL": "ws://127.0.0.1:9"})
+    assert result.returncode == 3  # ExitCode.CONFIG
+    assert message in last_line(result)

@@ -25,6 +25,7 @@ from core.errors import (
 )
 from transport.chat import ChatConfig
 from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
+from transport.control import NoConversation
 from transport.engine_client import ConnectionState, EngineClient, InitiationData
 from transport.events import (
     AgentResponse,
@@ -41,6 +42,7 @@ from transport.events import (
     SessionStateChanged,
     UserTranscript,
 )
+from transport.init_options import StartOptions, parse_dispatch_metadata
 from transport.livekit_token import mint_token
 from transport.observe import SessionHooks, SessionStats
 from transport.session import BridgeSession, serve
@@ -72,6 +74,7 @@ __all__ = [
     "JobRunner",
     "LiveKitError",
     "LiveKitTarget",
+    "NoConversation",
     "ProtocolError",
     "RoomLinkConfig",
     "RoomState",
@@ -83,6 +86,7 @@ __all__ = [
     "SessionState",
     "SessionStateChanged",
     "SessionStats",
+    "StartOptions",
     "ToolConfig",
     "ToolError",
     "UserTranscript",
@@ -91,6 +95,7 @@ __all__ = [
     "WorkerStats",
     "from_env",
     "mint_token",
+    "parse_dispatch_metadata",
     "run_worker",
     "serve",
 ]

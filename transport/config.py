@@ -20,7 +20,7 @@ Secrets (LiveKit token and API secret, engine API key and conversation URL, whic
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from core.downlink import DownlinkConfig
@@ -28,6 +28,7 @@ from core.errors import ConfigError
 from core.formats import parse_format
 from core.uplink import DEFAULT_CHUNK_MS
 from transport.engine_client import InitiationData
+from transport.init_options import StartOptions, validate_dynamic_variables, validate_overrides
 from transport.livekit_room import RoomLinkConfig
 from transport.signed_url import DEFAULT_API_BASE, UrlProvider, signed_url_provider, static_url
 
@@ -55,6 +56,15 @@ class EngineSettings:
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
         parse_format(self.fallback_input_format)
+        # Refused here, naming the field, rather than by the engine with close 1008 (transport.init_options).
+        if self.init.overrides:
+            validate_overrides(self.init.overrides, "init.overrides")
+        if self.init.dynamic_variables:
+            validate_dynamic_variables(self.init.dynamic_variables, "init.dynamic_variables")
+
+    def with_options(self, options: StartOptions) -> EngineSettings:
+        """These settings with a first message, overrides and dynamic variables added to every init."""
+        return replace(self, init=options.apply(self.init))
 
     def url_provider(self) -> UrlProvider:
         if self.url:
@@ -83,6 +93,9 @@ class SessionConfig:
     # the README for the false-duck measurements behind the defaults.
     duck_db: float = 18.0
     duck_hold_ms: int = 500
+    # Continuity across engine reconnects (transport/continuity.py): characters of the call's transcript kept
+    # and handed to a new conversation as a contextual_update (0 = off: no handover, no greeting suppression).
+    continuity_chars: int = 4000
 
     def __post_init__(self) -> None:
         down, room = self.downlink, self.room
@@ -95,6 +108,8 @@ class SessionConfig:
             raise ConfigError(f"start_when must be 'first_caller' or 'immediately', got {self.start_when!r}")
         if self.linger_s < 0 or self.events_queue < 1 or self.backlog_ms <= 0:
             raise ConfigError("linger_s must be ≥ 0, events_queue ≥ 1 and backlog_ms > 0")
+        if self.continuity_chars < 0:
+            raise ConfigError(f"continuity_chars must be ≥ 0, got {self.continuity_chars}")
         if not 0 <= self.duck_db <= 60 or self.duck_hold_ms < 0:
             raise ConfigError(f"duck_db must be in 0..60 (0 = off) and duck_hold_ms ≥ 0, got {self.duck_db} dB, "
                               f"{self.duck_hold_ms} ms")

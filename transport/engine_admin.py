@@ -5,6 +5,7 @@ Commands::
     python -m transport.engine_admin show
     python -m transport.engine_admin set-formats --input pcm_16000 --output pcm_24000
     python -m transport.engine_admin set-brain-secret --header X-Brain-Secret --value-env BRAIN_SECRET
+    python -m transport.engine_admin allow-overrides --first-message [--language --prompt]
 
 ``ELEVENLABS_API_KEY`` authenticates (header ``xi-api-key``; never printed, never in an error);
 ``SPEECH_ENGINE_ID`` or ``--engine-id`` names the engine; ``ELEVENLABS_BASE_URL`` (or ``ELEVENLABS_API_BASE``)
@@ -31,6 +32,12 @@ definition):
   custom_llm`` (``types/prompt_agent_api_model_output.py``, ``types/custom_llm.py``) with ``url`` (required)
   and ``request_headers`` (string, secret or env-var locator values).
 - Formats: ``pcm_8000 … pcm_48000``, ``ulaw_8000`` (``types/asr_input_format.py``, ``tts_output_format.py``).
+- Which ``conversation_config_override`` fields a client may send (else the conversation ends with
+  ``override_error``, close 1008): on the Speech Engine resource ``overrides.first_message`` (bool; the only
+  switch, ``types/speech_engine_conversation_initiation_client_data_config.py``); on the agent resource
+  ``platform_settings.overrides.conversation_config_override`` mirroring the override's shape with booleans,
+  ``agent.first_message``, ``agent.language``, ``agent.prompt.prompt`` (``types/agent_platform_settings_
+  request_model.py``, ``conversation_initiation_client_data_config_input.py``, ``agent_config_override_config.py``).
 
 ``--resource auto`` (default) picks the Speech Engine resource for ``seng_`` ids and the agent resource
 otherwise. A header change sends the whole ``request_headers`` map (existing headers kept) together with the
@@ -56,7 +63,7 @@ from core.formats import ENGINE_FORMATS
 from core.redact import MASK, Redactor, redact_url
 from transport.signed_url import DEFAULT_API_BASE, check_api_base
 
-__all__ = ["EngineAdmin", "EngineRef", "FieldPaths", "main", "mask_headers", "summary"]
+__all__ = ["EngineAdmin", "EngineRef", "FieldPaths", "main", "mask_headers", "overrides_patch", "summary"]
 
 Resource = Literal["speech-engine", "agent"]
 Json = dict[str, Any]
@@ -150,7 +157,34 @@ def summary(ref: EngineRef, body: Mapping[str, Any]) -> Json:
         "agent_output_audio_format": _get(body, p.output_format),
         "brain_url": redact_url(brain_url) if isinstance(brain_url, str) and brain_url else brain_url,
         "brain_request_headers": mask_headers(_get(body, p.brain_headers)),
+        "allowed_overrides": _get(body, OVERRIDE_PATHS[ref.resource]),
     }
+
+
+OVERRIDE_PATHS: Final[dict[Resource, tuple[str, ...]]] = {
+    "speech-engine": ("overrides",),
+    "agent": ("platform_settings", "overrides", "conversation_config_override"),
+}
+
+
+def overrides_patch(ref: EngineRef, *, first_message: bool, language: bool = False, prompt: bool = False,
+                    allow: bool = True) -> Json:
+    """The PATCH body that allows (or with ``allow=False`` forbids) the named client overrides."""
+    if not (first_message or language or prompt):
+        raise ConfigError("name at least one override: --first-message, --language, --prompt")
+    if ref.resource == "speech-engine":
+        if language or prompt:
+            raise ConfigError("the Speech Engine resource has only the first-message switch; use --resource agent "
+                              "(with the agent id) for --language and --prompt")
+        return {"overrides": {"first_message": allow}}
+    agent: Json = {}
+    if first_message:
+        agent["first_message"] = allow
+    if language:
+        agent["language"] = allow
+    if prompt:
+        agent["prompt"] = {"prompt": allow}
+    return _nest(OVERRIDE_PATHS["agent"], {"agent": agent})
 
 
 def formats_patch(ref: EngineRef, input_format: str | None, output_format: str | None) -> Json:
@@ -284,6 +318,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source.add_argument("--value", help="the value, or '-' to read one line from stdin")
     source.add_argument("--secret-id", help="reference a workspace secret instead of sending a value")
     secret.add_argument("--url", help="also set the brain server URL (ws_url / custom_llm.url)")
+    allow = sub.add_parser("allow-overrides", help="let clients override the first message (and, on the agent "
+                                                   "resource, the language and prompt) at conversation start")
+    allow.add_argument("--first-message", action="store_true", help="agent.first_message (runner --first-message)")
+    allow.add_argument("--language", action="store_true", help="agent.language (agent resource only)")
+    allow.add_argument("--prompt", action="store_true", help="agent.prompt.prompt (agent resource only)")
+    allow.add_argument("--deny", action="store_true", help="forbid the named overrides instead")
     return parser.parse_args(argv)
 
 
@@ -308,6 +348,10 @@ async def run(argv: Sequence[str] | None = None, env: Mapping[str, str] | None =
             body = await admin.get(ref)
         elif args.command == "set-formats":
             body = await admin.patch(ref, formats_patch(ref, args.input, args.output))
+        elif args.command == "allow-overrides":
+            body = await admin.patch(ref, overrides_patch(ref, first_message=args.first_message,
+                                                          language=args.language, prompt=args.prompt,
+                                                          allow=not args.deny))
         else:
             current = await admin.get(ref)
             body = await admin.patch(ref, brain_secret_patch(ref, current, args.header, value, args.url))

@@ -86,6 +86,7 @@ from transport.engine_protocol import (
     StateChange,
     classify_close,
 )
+from transport.init_options import explain_refusal
 from transport.log_context import RedactingLogger
 from transport.signed_url import UrlProvider
 
@@ -186,6 +187,7 @@ class EngineClient:
         proxy: str | Literal[True] | None = True,
         default_input_format: str = "pcm_16000",
         reconnect_wanted: Callable[[], bool] | None = None,
+        init_factory: Callable[[int], InitiationData] | None = None,
     ) -> None:
         if max_attempts < 1 or audio_queue_limit < 1 or max_message_bytes < 1:
             raise ConfigError("max_attempts, audio_queue_limit and max_message_bytes must be positive")
@@ -200,6 +202,9 @@ class EngineClient:
         self._on_event = on_event
         self._on_state = on_state
         self._init = init or InitiationData()
+        # Asked per attempt with the number of conversations established so far (0: the first), for the
+        # init to send; None: ``init`` every time. The session's continuity uses it (transport/continuity.py).
+        self._init_factory = init_factory
         self._clock = clock or MonotonicClock()
         self._retry = RetryPolicy(backoff, max_attempts)
         self._max_message_bytes = max_message_bytes
@@ -490,10 +495,10 @@ class EngineClient:
         self._conn_ready.clear()
         self.last_error_event = None
         self._fatal = None
+        data = self._init if self._init_factory is None else self._init_factory(self.counters.connects)
         init = self.protocol.initiation(
-            overrides=self._init.overrides, dynamic_variables=self._init.dynamic_variables,
-            custom_llm_extra_body=self._init.custom_llm_extra_body, user_id=self._init.user_id,
-            source_info=self._init.source_info)
+            overrides=data.overrides, dynamic_variables=data.dynamic_variables,
+            custom_llm_extra_body=data.custom_llm_extra_body, user_id=data.user_id, source_info=data.source_info)
         reader = asyncio.create_task(self._reader(ws), name="engine-reader")
         writer = asyncio.create_task(self._writer(ws), name="engine-writer")
         try:
@@ -539,6 +544,7 @@ class EngineClient:
             reason += f" ({self.redactor(close.reason)})"
         if error is not None:
             reason += f", error {error.error_type}: {self.redactor(error.message or '')}"
+            reason += explain_refusal(error.error_type)  # an override or variable problem: say what to do
         action = classify_close(code, by_client=self._closing, fatal=self._fatal is not None)
         if self._fatal is not None:
             return _Ended(code, reason, self._fatal, final=True)

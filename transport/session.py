@@ -43,6 +43,8 @@ from core.uplink import Uplink
 from transport.agent_state_link import AgentStateLink
 from transport.chat import ChatConfig, ChatRelay
 from transport.config import EngineSettings, SessionConfig
+from transport.continuity import Continuity
+from transport.control import ConversationControls, NoConversation
 from transport.engine_client import EngineClient, StateChange
 from transport.engine_protocol import ClientToolCall, ConversationMetadata, Event, Interruption
 from transport.events import (
@@ -65,7 +67,7 @@ log = logging.getLogger(__name__)
 _KEEP_INTERRUPTIONS = 1000
 
 
-class BridgeSession:
+class BridgeSession(ConversationControls):  # contextual_update, user_message, user_activity: transport.control
     """``await session.start()``, then ``await session.wait()``; ``await session.stop()`` from anywhere."""
 
     def __init__(self, config: SessionConfig, *, clock: Clock | None = None, hooks: SessionHooks | None = None,
@@ -93,6 +95,7 @@ class BridgeSession:
                                     callers=lambda: self.room.callers)
         self.chat = ChatRelay(self.room.room, send=self._chat_message, is_caller=lambda who: who in self.room.callers,
                               config=chat)
+        self.continuity = Continuity(config.engine.init, max_chars=config.continuity_chars)
         self.transcripts: TranscriptPublisher | None = None
         self.agent_state = AgentStateLink(self.room.room, self.clock)  # lk.agent.state, turn figures, captions
         self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
@@ -256,7 +259,7 @@ class BridgeSession:
             settings.url_provider(), self._on_engine_event, on_state=self._on_engine_state,
             init=settings.init, clock=self.clock, max_attempts=settings.max_attempts,
             secrets=settings.secrets(), default_input_format=settings.fallback_input_format,
-            reconnect_wanted=self.core.wants_conversation)
+            reconnect_wanted=self.core.wants_conversation, init_factory=self.continuity.init_for)
         await self.engine.start()
         self._apply(self.core.engine_started(self._now()))
         self._spawn(self._watch_engine(self.engine), "engine-watch")
@@ -271,6 +274,8 @@ class BridgeSession:
     def _on_engine_event(self, event: Event, recv_ns: int) -> None:
         if self.hooks.engine_event is not None:
             self.hooks.engine_event(event, recv_ns)
+        if self.continuity.drop(event):
+            return  # a reconnected conversation's unsolicited greeting (transport/continuity.py)
         self.agent_state.engine_event(event, recv_ns)
         if isinstance(event, ConversationMetadata):
             self.log_context.conversation_id = event.conversation_id
@@ -290,9 +295,13 @@ class BridgeSession:
         return self.engine is not None and self.engine.send_client_tool_result(tool_call_id, result, is_error=is_error)
 
     def _chat_message(self, text: str) -> bool:
-        return self.engine is not None and self.engine.send_user_message(text)
+        try:
+            return self.user_message(text)  # also kept in the continuity transcript
+        except NoConversation:
+            return False
 
     def _on_engine_state(self, change: StateChange) -> None:
+        self._conversation_state(change)  # continuity: the transcript handed to a new conversation
         self._apply(self.core.engine_state(change, change.at_ns))
 
     async def _watch_engine(self, engine: EngineClient) -> None:
