@@ -511,7 +511,7 @@ async def test_an_engine_interruption_of_an_older_event_leaves_the_reply_playing
     """Through the emulator: a reply (tone, event N) is streaming when the engine sends an ``interruption``
     with event id N-1 (an older event, as the service does to stop a tool-call sound). The downlink, fed in
     arrival order, keeps the whole reply; an interruption of N or above would have dropped it."""
-    from core.clock import MS, FakeClock
+    from core.clock import MS
     from core.downlink import Downlink
 
     events = Collector()
@@ -521,7 +521,7 @@ async def test_an_engine_interruption_of_an_older_event_leaves_the_reply_playing
         events(event, recv_ns)  # type: ignore[arg-type]
         if isinstance(event, ConversationMetadata):
             nonlocal down
-            down = Downlink(event.output_format, FakeClock())
+            down = Downlink(event.output_format)
         elif isinstance(event, AgentAudio) and down is not None:
             down.push(event.audio, 0, event_id=event.event_id)
         elif isinstance(event, Interruption) and down is not None:

@@ -42,7 +42,7 @@ from core.timing import StageTimer
 from core.uplink import Uplink
 from transport.config import EngineSettings, SessionConfig
 from transport.engine_client import EngineClient, StateChange
-from transport.engine_protocol import ConversationMetadata, Event, Interruption
+from transport.engine_protocol import AgentAudio, ConversationMetadata, Event, Interruption
 from transport.events import (
     AgentResponse,
     RoomStateChanged,
@@ -239,7 +239,7 @@ class BridgeSession:
         return Uplink(fmt, chunk_ms=self.config.chunk_ms, timer=self.timer)
 
     def _make_downlink(self, fmt: AudioFormat) -> Downlink:
-        return Downlink(fmt, self.clock, self.config.downlink, timer=self.timer)
+        return Downlink(fmt, self.config.downlink)
 
     async def _start_engine(self) -> None:
         settings = self.config.engine
@@ -267,7 +267,9 @@ class BridgeSession:
             log.info("conversation %s: user audio %s, agent audio %s", event.conversation_id, event.input_format,
                      event.output_format)
         self._apply(self.core.engine_event(event, recv_ns))
-        if isinstance(event, Interruption):
+        if isinstance(event, AgentAudio):  # received → in the playout buffer (the core reads no clock)
+            self.timer.add("downlink.total", self._now() - recv_ns)
+        elif isinstance(event, Interruption):
             done_ns = self._now()
             self.timer.add("interrupt.flush", done_ns - recv_ns)
             self.interruptions.append({"event_id": event.event_id, "recv_ns": recv_ns, "silenced_ns": done_ns,
