@@ -241,6 +241,11 @@ class LiveKitServer:
         return "\n".join(line if len(line) <= 400 else line[:400] + " …" for line in tail)
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (what a test that kills it needs)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
