@@ -258,10 +258,9 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], delays: dict[str, Any], path: Any, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    from benchmarks.plots import pyplot, save
+
+    fig, axes = pyplot().subplots(1, 2, figsize=(13, 4.5))
     ax = axes[0]
     names = [c for c, p in result["classes"].items() if p["clips"]]
     ours = [result["classes"][c]["clips_ducked"] / result["classes"][c]["clips"] for c in names]
@@ -284,9 +283,7 @@ def plot(result: dict[str, Any], delays: dict[str, Any], path: Any, title: str) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
