@@ -300,7 +300,7 @@ def states(actions: list[Action]) -> list[tuple[int, SessionState]]:
 
 def test_the_lifecycle_in_order_created_starting_waiting_running_stopping_stopped() -> None:
     core = make_core()
-    assert core.state is SessionState.CREATED and core.next_wakeup_ns(T0) is None
+    assert core.state.value == "created" and core.next_wakeup_ns(T0) is None
     seen = [*core.begin(T0), *core.room_joined(T0 + 400 * MS)]
     assert core.next_wakeup_ns(T0 + SECOND) is None  # no keepalive before a conversation: nothing to keep alive
     seen += core.caller_joined("alice", T0 + 3 * SECOND)
