@@ -22,6 +22,14 @@ def pyplot() -> Any:
     return plt
 
 
+def _style(ax: Any, title: str, xlabel: str, ylabel: str, *, legend_loc: str = "best") -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc=legend_loc)
+
+
 def save(fig: Any, path: Path) -> None:
     """Tight layout, a 110 dpi PNG at ``path``, and the figure closed (pyplot keeps open figures alive)."""
     fig.tight_layout()
@@ -45,11 +53,7 @@ def plot_latency(latency: dict[str, Any], path: Path, machine: str) -> None:
                                   "Round trip (echo, no VAD, no think time)"), strict=True):
         for bridge, color, style in (("ours", OURS, "-"), ("baseline", BASE, "--")):
             _cdf(ax, [t[metric] for t in trials if t["bridge"] == bridge], bridge, color, style)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("ms")
-        ax.set_ylabel("fraction of trials")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        _style(ax, title, "ms", "fraction of trials", legend_loc="lower right")
     fig.suptitle(f"Latency CDFs, through livekit-server and the emulator — {machine}", fontsize=10)
     save(fig, path)
 
@@ -72,11 +76,7 @@ def plot_interrupt(interrupt: dict[str, Any], path: Path, machine: str) -> None:
                 ax.hist(v, bins=bins, alpha=0.75, color=color, label=f"{bridge}: p50 {stats['p50']:.3g} ms, "
                         f"p99 {stats['p99']:.3g} ms (n={len(v)}, hook and speech trials)")
         ax.set_xscale("log")
-        ax.set_xlabel("ms (log scale)")
-        ax.set_ylabel("trials")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, title, "ms (log scale)", "trials")
     fig.suptitle(f"Interruption to silence, ours vs the naive bridge, same emulator — {machine}", fontsize=10)
     save(fig, path)
 
@@ -271,11 +271,7 @@ def plot_turns(turns: dict[str, Any], path: Path, machine: str) -> None:
         ax.set_xscale("log")
         ax.set_xticks(x)
         ax.set_xticklabels([f"{v:g}×" for v in x])
-        ax.set_xlabel("engine burst rate (× real time)")
-        ax.set_ylabel("ms")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, title, "engine burst rate (× real time)", "ms")
     fig.suptitle(f"Turns through livekit-server and the emulator, burst rate swept — {machine}", fontsize=10)
     save(fig, path)
 
