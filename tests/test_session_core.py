@@ -286,4 +286,3 @@ def test_an_interruption_of_an_older_event_leaves_the_newer_reply_and_its_queue(
     assert core.downlink is not None and core.downlink.playout.depth_samples > 0
     barge = core.engine_event(ep.Interruption(8), T0 + 3 * MS)
     assert of(barge, ClearVoice) and not core.downlink.playout.depth_samples
-
