@@ -78,7 +78,7 @@ class Session:
 
     def on_event(self, event: Event, recv_ns: int) -> None:
         if isinstance(event, ConversationMetadata):
-            self.down = Downlink(event.output_format, self.clock)
+            self.down = Downlink(event.output_format)
         elif isinstance(event, AgentAudio) and self.down is not None:
             self.audio_events += 1
             self.down.push(event.audio, recv_ns, event_id=event.event_id)

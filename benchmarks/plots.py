@@ -14,11 +14,27 @@ __all__ = ["plot_all"]
 OURS, BASE = "#1f77b4", "#d62728"
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def _style(ax: Any, title: str, xlabel: str, ylabel: str, *, legend_loc: str = "best") -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc=legend_loc)
+
+
+def save(fig: Any, path: Path) -> None:
+    """Tight layout, a 110 dpi PNG at ``path``, and the figure closed (pyplot keeps open figures alive)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
 
 
 def _cdf(ax: Any, values: list[float], label: str, color: str, style: str = "-") -> None:
@@ -29,7 +45,7 @@ def _cdf(ax: Any, values: list[float], label: str, color: str, style: str = "-")
 
 
 def plot_latency(latency: dict[str, Any], path: Path, machine: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     trials = latency["trials"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, metric, title in zip(axes, ("uplink_ms", "downlink_ms", "round_trip_ms"),
@@ -37,19 +53,13 @@ def plot_latency(latency: dict[str, Any], path: Path, machine: str) -> None:
                                   "Round trip (echo, no VAD, no think time)"), strict=True):
         for bridge, color, style in (("ours", OURS, "-"), ("baseline", BASE, "--")):
             _cdf(ax, [t[metric] for t in trials if t["bridge"] == bridge], bridge, color, style)
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("ms")
-        ax.set_ylabel("fraction of trials")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        _style(ax, title, "ms", "fraction of trials", legend_loc="lower right")
     fig.suptitle(f"Latency CDFs, through livekit-server and the emulator — {machine}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_interrupt(interrupt: dict[str, Any], path: Path, machine: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     trials = interrupt["trials"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
     for ax, metric, title in zip(axes, ("bridge_ms", "remote_ms"),
@@ -66,19 +76,13 @@ def plot_interrupt(interrupt: dict[str, Any], path: Path, machine: str) -> None:
                 ax.hist(v, bins=bins, alpha=0.75, color=color, label=f"{bridge}: p50 {stats['p50']:.3g} ms, "
                         f"p99 {stats['p99']:.3g} ms (n={len(v)}, hook and speech trials)")
         ax.set_xscale("log")
-        ax.set_xlabel("ms (log scale)")
-        ax.set_ylabel("trials")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, title, "ms (log scale)", "trials")
     fig.suptitle(f"Interruption to silence, ours vs the naive bridge, same emulator — {machine}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_scaling(scaling: dict[str, Any], path: Path, machine: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     steps = [s for s in scaling["steps"] if s.get("sessions")]
     if not steps:
         return
@@ -156,14 +160,12 @@ def plot_scaling(scaling: dict[str, Any], path: Path, machine: str) -> None:
             a.set_xlabel("sessions in one process (N)")
             a.grid(alpha=0.3)
     fig.suptitle(f"Scaling: N bridge sessions in one process, callers and emulator in others — {machine}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_floor(scaling: dict[str, Any], path: Path, machine: str) -> None:
     """Ours beside the null-bridge floor at each N, and the voice capture-frame study."""
-    plt = _plt()
+    plt = pyplot()
     steps = [s for s in scaling["steps"] if s.get("sessions") and s.get("floor")]
     if not steps:
         return
@@ -224,13 +226,11 @@ def plot_floor(scaling: dict[str, Any], path: Path, machine: str) -> None:
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"Ours vs the null-bridge floor, same run, same N, callers in other processes — {machine}",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_stages(latency: dict[str, Any], interrupt: dict[str, Any] | None, path: Path, machine: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     stages = dict(latency.get("stages_ns", {}))
     if interrupt and interrupt.get("interrupt_flush_ns"):
         stages["interrupt.flush"] = interrupt["interrupt_flush_ns"]
@@ -250,14 +250,12 @@ def plot_stages(latency: dict[str, Any], interrupt: dict[str, Any] | None, path:
     ax.axhline(5, color=BASE, linestyle="--", linewidth=0.8)
     ax.grid(alpha=0.3)
     ax.set_title(f"Bridge stage timings (session.timer) — {machine}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_turns(turns: dict[str, Any], path: Path, machine: str) -> None:
     """Per burst rate: turn latency p50 and interruption → silence at the caller, ours against naive."""
-    plt = _plt()
+    plt = pyplot()
     rates = turns["rates"]
     x = [r["burst"] for r in rates]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
@@ -273,15 +271,9 @@ def plot_turns(turns: dict[str, Any], path: Path, machine: str) -> None:
         ax.set_xscale("log")
         ax.set_xticks(x)
         ax.set_xticklabels([f"{v:g}×" for v in x])
-        ax.set_xlabel("engine burst rate (× real time)")
-        ax.set_ylabel("ms")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax, title, "engine burst rate (× real time)", "ms")
     fig.suptitle(f"Turns through livekit-server and the emulator, burst rate swept — {machine}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_all(results: dict[str, Any], out: Path) -> list[Path]:

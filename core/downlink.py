@@ -8,7 +8,9 @@ it in one call, and at most the lead is already out of reach when a caller barge
 The soxr stream holds its filter history between chunks (about 21 ms at MQ, see :mod:`core.resample`).
 When a reply's audio stops arriving (``tail_after_ms`` without a chunk while the buffer runs low), the tail is
 flushed into the playout buffer and the reply is marked complete, so its last syllable is not left in the
-filter. Everything is driven by ``now_ns`` passed in; nothing here reads a clock or sleeps.
+filter. Everything is driven by ``now_ns`` passed in; nothing here reads a clock or sleeps. How long a push
+takes is the caller's to measure (the session records ``downlink.total``: event received → in the playout
+buffer); the per-stage CPU split (decode, resample, buffer) is :mod:`benchmarks.core_cpu`'s.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from core.clock import MS, Clock
+from core.clock import MS
 from core.formats import ROOM_RATE, AudioFormat
 from core.pacer import Pacer
 from core.playout import PlayoutBuffer
 from core.resample import Resampler
-from core.timing import StageTimer
 
 __all__ = ["OUTPUT_RATE", "Downlink", "DownlinkConfig", "DownlinkStats"]
 
@@ -65,12 +66,9 @@ class DownlinkStats:
 
 
 class Downlink:
-    def __init__(self, fmt: AudioFormat, clock: Clock, config: DownlinkConfig | None = None, *,
-                 timer: StageTimer | None = None) -> None:
+    def __init__(self, fmt: AudioFormat, config: DownlinkConfig | None = None) -> None:
         self.format = fmt
         self.config = config = config or DownlinkConfig()
-        self._clock = clock
-        self.timer = timer or StageTimer()
         self._resampler = Resampler(fmt.rate, OUTPUT_RATE)
         self.playout = PlayoutBuffer(rate=OUTPUT_RATE, frame_ms=config.frame_ms, capacity_ms=config.capacity_ms,
                                      start_ms=config.start_ms, idle_after_ms=config.idle_after_ms)
@@ -86,23 +84,13 @@ class Downlink:
         self._last_event_id: int | None = None  # of the newest chunk pushed (the resampler holds its tail)
 
     def push(self, payload: bytes, recv_ns: int, event_id: int | None = None) -> None:
-        """One ``audio`` event's bytes. Raises :class:`~core.errors.ProtocolError` on an undecodable payload.
-        ``event_id`` lets a later interruption that targets an older event keep this audio."""
-        clock, timer = self._clock, self.timer
-        t0 = clock.now_ns()
-        pcm = self.format.decode(payload)
-        t1 = clock.now_ns()
-        resampled = self._resampler.push(pcm)
-        t2 = clock.now_ns()
+        """One ``audio`` event's bytes, received at ``recv_ns``. Raises :class:`~core.errors.ProtocolError` on an
+        undecodable payload. ``event_id`` lets a later interruption that targets an older event keep this audio."""
+        resampled = self._resampler.push(self.format.decode(payload))
         if not self.playout.is_playing and self.first_audio_ns is None:
             self.first_audio_ns = recv_ns
         self.playout.push(resampled, event_id)
         self._last_event_id = event_id
-        t3 = clock.now_ns()
-        timer.add("downlink.decode", t1 - t0)
-        timer.add("downlink.resample", t2 - t1)
-        timer.add("downlink.buffer", t3 - t2)
-        timer.add("downlink.total", t3 - recv_ns)
         self.chunks_in += 1
         self.bytes_in += len(payload)
         self._last_push_ns = recv_ns

@@ -57,6 +57,19 @@ DEV_KEY, DEV_SECRET = "devkey", "secret"
 BUILD_TIMEOUT_S = 40 * 60
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` s (0: SIGKILL at once); reaps it."""
+    if proc.poll() is not None:
+        return
+    if timeout > 0:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+            return
+    proc.kill()
+    proc.wait()
+
+
 class LiveKitServerError(RuntimeError):
     """The server could not be built or did not come up; the message says why and what to do."""
 
@@ -241,6 +254,11 @@ class LiveKitServer:
         return "\n".join(line if len(line) <= 400 else line[:400] + " …" for line in tail)
 
     @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (what a test that kills it needs)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -252,16 +270,7 @@ class LiveKitServer:
             pidfile.unlink(missing_ok=True)
         if proc is None or proc.poll() is not None:
             return
-        if crash:
-            proc.kill()
-            proc.wait()
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 0.0 if crash else timeout)
 
     def restart(self, timeout: float = 20.0, *, crash: bool = False) -> None:
         """Stop (or ``crash``) and start again on the same HTTP port (clients reconnect to the same URL)."""

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from scripts.livekit_server import hold_until_interrupted
+from scripts.livekit_server import hold_until_interrupted, stop_process
 from scripts.ports import free_tcp_port
 
 __all__ = ["RedisServer", "RedisServerError"]
@@ -88,14 +87,8 @@ class RedisServer:
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, timeout)
 
     def __enter__(self) -> RedisServer:
         return self.start()

@@ -70,6 +70,13 @@ async def raw_brain(handler: Callable[[ServerConnection], Awaitable[None]]) -> A
         yield f"ws://127.0.0.1:{port}/"
 
 
+async def until_brain_pongs(conversation: Any, count: int, timeout: float = 5.0) -> None:
+    """Until ``count`` pings of the emulator to the brain behind ``conversation`` were answered."""
+    async with asyncio.timeout(timeout):
+        while conversation.voice is None or conversation.voice.link.pongs < count:
+            await asyncio.sleep(0.05)
+
+
 def speech_stats(samples: Int16Array, rate: int) -> dict[str, float]:
     """What tells speech from a tone: how much of the energy the strongest 20 Hz of spectrum holds (a tone:
     nearly all; speech: little), the share of energy in the 100–4000 Hz voice band, and how much the 50 ms

@@ -23,6 +23,7 @@ import datetime
 import functools
 import json
 import os
+import socket
 import threading
 import time
 import traceback
@@ -217,7 +218,11 @@ class Rig:
     emu: Emulator
     events: list[SessionEvent] = field(default_factory=list)
     callers: dict[str, Caller] = field(default_factory=dict)
-    _collector: asyncio.Task[None] | None = None
+    _collector: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        # Subscribed from the start: every event of the session lands in ``events``.
+        self._collector = asyncio.ensure_future(_collect(self.session, self.events))
 
     @property
     def input_rate(self) -> int:
@@ -344,7 +349,6 @@ class Scenario:
         s = BridgeSession(SessionConfig(room=link, engine=engine, **options),
                           client_factory=factory)
         rig = Rig(server, room, s, emu)
-        rig._collector = asyncio.ensure_future(_collect(s, rig.events))
         self.rigs.append(rig)
         if start:
             await asyncio.sleep(0)  # let the collector subscribe before the first event
@@ -394,6 +398,30 @@ class _Skip(Exception):
 async def _collect(session: BridgeSession, into: list[SessionEvent]) -> None:
     async for event in session.events():
         into.append(event)
+
+
+def stop_engine_reading(conversation: Conversation, engine: EngineClient) -> Callable[[], None]:
+    """The emulator stops reading the bridge's socket, and the bridge's send buffer shrinks to 4 KiB so the pipe
+    fills in seconds (else the client's websockets keepalive, 20 s + 20 s, would end the connection first).
+    Returns the undo: the buffer as it was, reading again.
+
+    Only our send buffer is made small, never the emulator's receive buffer: shrinking it on an established
+    socket leaves the window it already advertised larger than the memory behind it, and Linux then drops our
+    segments as beyond its window, ACKs for the emulator's data included (see the ping-flood test in
+    test_security). The emulator has no public pause yet, so its asyncio transport is reached here, once.
+    """
+    transport = conversation._transport
+    client_sock = engine.socket
+    assert transport is not None and client_sock is not None
+    sndbuf = client_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    transport.pause_reading()
+
+    def resume() -> None:
+        client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        transport.resume_reading()
+
+    return resume
 
 
 def session_ended(rig: Rig) -> bool:

@@ -20,7 +20,15 @@ from emulator import Conversation, Emulator
 from emulator import brain_protocol as bp
 from emulator.records import Reply
 from emulator.tts import synthesize
-from tests.brain_fixtures import is_speech_like, raw_brain, require_espeak, require_sdk, sdk_brain, voiced_seconds
+from tests.brain_fixtures import (
+    is_speech_like,
+    raw_brain,
+    require_espeak,
+    require_sdk,
+    sdk_brain,
+    until_brain_pongs,
+    voiced_seconds,
+)
 from tests.engine_fixtures import RawClient, audio_of, chunks, fast, raw, running
 from transport.engine_admin import EngineAdmin, EngineRef, brain_secret_patch
 
@@ -391,9 +399,7 @@ async def test_pings_are_answered_by_the_sdk_and_an_unanswering_brain_ends_the_c
             running(brain_config(url, brain_ping_interval_s=0.1)) as emu, raw(emu.public_url()) as client:
         await client.init()
         conversation = await emu.next_conversation()
-        async with asyncio.timeout(5):
-            while conversation.voice is None or conversation.voice.link.pongs < 3:
-                await asyncio.sleep(0.05)
+        await until_brain_pongs(conversation, 3)
         assert not conversation.ended
 
     async def deaf(ws: ServerConnection) -> None:

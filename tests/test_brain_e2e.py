@@ -22,10 +22,9 @@ from tests.brain_fixtures import is_speech_like, require_espeak, sdk_brain, spee
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
 from tests.engine_fixtures import fast
 from tests.test_brain import Recorder
-from tests.test_bridge_e2e import AGENT, LOUD, agent_heard, played_out, until
-from transport.config import RoomLinkConfig
+from tests.test_bridge_e2e import LOUD, agent_heard, bridge_session, played_out, until
 from transport.livekit_token import mint_token
-from transport.session import BridgeSession, EngineSettings, SessionConfig
+from transport.session import BridgeSession
 
 pytestmark = pytest.mark.livekit
 
@@ -41,10 +40,7 @@ async def brain_bridge(livekit_server: LiveKitServer) -> AsyncIterator[tuple[Bri
         emu = Emulator(fast(api_key=KEY, brain_url=url, vad_hangover_ms=400.0, think_time_ms=100.0,
                             chunk_ms=100.0, ping_interval_s=3.0))
         await emu.start()
-        token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="brain", identity=AGENT, agent=True)
-        engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
-        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
-                                              engine=engine, start_when="immediately", end_when_empty=False))
+        session = bridge_session(livekit_server, emu, "brain", start_when="immediately", end_when_empty=False)
         await session.start()
         try:
             yield session, emu, recorder

@@ -23,6 +23,7 @@ from examples.brain_server_check import (
     secret_ok,
     serve_brain,
 )
+from tests.brain_fixtures import until_brain_pongs
 from tests.engine_fixtures import fast, raw, running
 
 SECRET = "5f1d6c0e-brain-secret-a9b8c7"
@@ -127,7 +128,5 @@ async def test_the_emulator_dials_this_brain_with_its_secret_and_signature() -> 
             raw(emu.public_url()) as client:
         await client.init()
         conversation = await emu.next_conversation()
-        async with asyncio.timeout(5):
-            while conversation.voice is None or conversation.voice.link.pongs < 2:
-                await asyncio.sleep(0.05)
+        await until_brain_pongs(conversation, 2)
         assert not conversation.ended

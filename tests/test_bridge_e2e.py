@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from scripts.caller import RATE, Caller, Heard, tone
 from scripts.livekit_server import LiveKitServer
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
 from transport.config import RoomLinkConfig
+from transport.engine_client import EngineClient
 from transport.livekit_token import mint_token
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 
@@ -56,6 +58,15 @@ async def played_out(heard: Heard, since_ns: int, quiet_ms: int = 400, timeout: 
 Bridge = Callable[..., Awaitable[tuple[BridgeSession, Emulator]]]
 
 
+def bridge_session(server: LiveKitServer, emu: Emulator, room: str, *,
+                   client_factory: Callable[..., EngineClient] = EngineClient, **options: Any) -> BridgeSession:
+    """A bridge session joining ``room`` as the agent, its engine the emulator ``emu`` (not started yet)."""
+    engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
+    token = mint_token(TEST_API_KEY, TEST_API_SECRET, room=room, identity=AGENT, agent=True)
+    return BridgeSession(SessionConfig(room=RoomLinkConfig(server.url, token, identity=AGENT), engine=engine,
+                                       **options), client_factory=client_factory)
+
+
 @pytest.fixture
 async def bridge(livekit_server: LiveKitServer, request: pytest.FixtureRequest) -> AsyncIterator[Bridge]:
     """Start an emulator and a bridge session in a fresh room; both stop after the test."""
@@ -64,10 +75,7 @@ async def bridge(livekit_server: LiveKitServer, request: pytest.FixtureRequest) 
     async def start(room: str, **emulator: object) -> tuple[BridgeSession, Emulator]:
         emu = Emulator(EmulatorConfig(**emulator))  # type: ignore[arg-type]
         await emu.start()
-        token = mint_token(TEST_API_KEY, TEST_API_SECRET, room=room, identity=AGENT, agent=True)
-        engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
-        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
-                                              engine=engine, start_when="immediately", end_when_empty=False))
+        session = bridge_session(livekit_server, emu, room, start_when="immediately", end_when_empty=False)
         await session.start()
         started.append((session, emu))
         return session, emu
@@ -317,10 +325,7 @@ async def test_the_bridge_never_sends_its_own_voice_or_another_agents_to_the_eng
 
 async def test_the_session_ends_when_the_room_empties_after_the_linger(livekit_server: LiveKitServer) -> None:
     async with Emulator(EmulatorConfig(reply_mode="echo")) as emu:
-        engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
-        token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="linger", identity=AGENT, agent=True)
-        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
-                                              engine=engine, linger_s=0.5))
+        session = bridge_session(livekit_server, emu, "linger", linger_s=0.5)
         await session.start()
         async with caller(livekit_server, "linger", "lou"):
             await until(lambda: session.engine is not None and session.engine.ready)
@@ -338,10 +343,7 @@ async def test_a_room_that_empties_while_the_engine_connects_still_ends(livekit_
     # billed for nothing until the engine's own idle timeout.
     async with Emulator(EmulatorConfig(reply_mode="echo")) as emu:
         emu.faults.accept_delay_s = 1.5
-        engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
-        token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="gone-early", identity=AGENT, agent=True)
-        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
-                                              engine=engine, linger_s=0.5))
+        session = bridge_session(livekit_server, emu, "gone-early", linger_s=0.5)
         await session.start()
         async with caller(livekit_server, "gone-early", "gil"):
             await until(lambda: session.room.callers == ["gil"])

@@ -8,7 +8,7 @@ import contextlib
 import itertools
 import logging
 import traceback
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -539,7 +539,7 @@ async def test_an_engine_interruption_of_an_older_event_leaves_the_reply_playing
     """Through the emulator: a reply (tone, event N) is streaming when the engine sends an ``interruption``
     with event id N-1 (an older event, as the service does to stop a tool-call sound). The downlink, fed in
     arrival order, keeps the whole reply; an interruption of N or above would have dropped it."""
-    from core.clock import MS, FakeClock
+    from core.clock import MS
     from core.downlink import Downlink
 
     events = Collector()
@@ -549,7 +549,7 @@ async def test_an_engine_interruption_of_an_older_event_leaves_the_reply_playing
         events(event, recv_ns)  # type: ignore[arg-type]
         if isinstance(event, ConversationMetadata):
             nonlocal down
-            down = Downlink(event.output_format, FakeClock())
+            down = Downlink(event.output_format)
         elif isinstance(event, AgentAudio) and down is not None:
             down.push(event.audio, 0, event_id=event.event_id)
         elif isinstance(event, Interruption) and down is not None:
@@ -664,6 +664,16 @@ async def test_a_percent_encoded_signature_never_reaches_the_debug_log(caplog: p
 # ------------------------------------------------------------------------------------------ xi-api-key transport
 
 
+async def serve_every_path(handler: Callable[[web.Request], Awaitable[web.Response]]) -> tuple[web.AppRunner, str]:
+    """A loopback HTTP server answering every method and path with ``handler``; its runner and base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 async def test_the_api_key_never_follows_a_redirect() -> None:
     # Before: aiohttp followed a 302 and sent xi-api-key along to wherever it pointed.
     from transport.engine_admin import EngineAdmin, EngineRef
@@ -674,22 +684,13 @@ async def test_the_api_key_never_follows_a_redirect() -> None:
         seen_keys.append(request.headers.get("xi-api-key", ""))
         return web.json_response({"signed_url": "wss://evil.example/x", "agent_id": "a"})
 
-    target = web.Application()
-    target.router.add_route("*", "/{tail:.*}", elsewhere)
-    target_runner = web.AppRunner(target)
-    await target_runner.setup()
-    await web.TCPSite(target_runner, "127.0.0.1", 0).start()
-    target_url = f"http://127.0.0.1:{target_runner.addresses[0][1]}/steal"
+    target_runner, target_base = await serve_every_path(elsewhere)
+    target_url = f"{target_base}/steal"
 
     async def redirect(_: web.Request) -> web.Response:
         raise web.HTTPFound(target_url)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", redirect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    runner, base = await serve_every_path(redirect)
     try:
         with pytest.raises(EngineError, match="redirected"):
             await fetch_signed_url(FAKE_KEY, "a", base_url=base)

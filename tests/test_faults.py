@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import socket
 import time
 from typing import Any
 
@@ -32,6 +31,7 @@ from tests.fault_helpers import (
     Scenario,
     loud_seconds,
     session_ended,
+    stop_engine_reading,
     turn,
     until,
     voice,
@@ -244,18 +244,7 @@ async def test_slow_engine_consumer_bounds_the_uplink_and_the_downlink_keeps_pla
         sc.on_exit(idle_events.aclose)  # type: ignore[attr-defined]
         sc.on_exit(idle_first.cancel)
 
-        transport = conversation._transport
-        assert transport is not None
-        # A small send buffer on our side fills the pipe in seconds rather than a minute: the client's
-        # websockets keepalive (20 s ping, 20 s timeout) would otherwise end the connection first (1011).
-        # Not the emulator's receive buffer: shrinking it on an established socket makes Linux drop our
-        # segments as beyond its window, ACKs for the emulator's data included, and the reply this test
-        # needs to hear would crawl in RTO backoff (see the ping-flood test in test_security).
-        client_sock = engine.socket
-        assert client_sock is not None
-        sndbuf = client_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        transport.pause_reading()
+        resume = stop_engine_reading(conversation, engine)
         paused_ns = time.monotonic_ns()
         await until(lambda: engine.counters.audio_dropped_backpressure > 20, 30, "uplink backpressure")
         filled_s = (time.monotonic_ns() - paused_ns) / 1e9
@@ -267,8 +256,7 @@ async def test_slow_engine_consumer_bounds_the_uplink_and_the_downlink_keeps_pla
         assert heard > 0.8, f"only {heard:.2f} s of a reply heard while the uplink was blocked"
         assert engine.queued_audio <= 100  # the uplink queue's bound: 1 s of 10 ms chunks
         assert all(n <= 16 for n in rig.session.event_backlogs())
-        client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)  # a healthy pipe again
-        transport.resume_reading()
+        resume()  # a healthy pipe again
         dropped = engine.counters.audio_dropped_backpressure
         after = await turn(rig, "alice", conversation, 460.0, timeout=30)
         assert_echo(after, 460.0)

@@ -21,24 +21,21 @@ from emulator import Emulator, EmulatorConfig
 from scripts.caller import Caller
 from scripts.livekit_server import LiveKitServer
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
-from transport import BridgeSession, EngineSettings, RoomLinkConfig, SessionConfig, mint_token
+from tests.test_bridge_e2e import bridge_session
+from transport import mint_token
 from transport.backoff import constant
 from transport.engine_client import EngineClient
 
 pytestmark = pytest.mark.livekit
 
-AGENT = "bridge-agent"
 LOUD = 1000
 
 
 async def test_speech_before_the_conversation_opens_is_replayed(livekit_server: LiveKitServer) -> None:
     async with Emulator(EmulatorConfig(reply_mode="echo")) as emu:
         emu.faults.refuse_connections = 3
-        engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
-        token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="first-words", identity=AGENT, agent=True)
-        session = BridgeSession(SessionConfig(room=RoomLinkConfig(livekit_server.url, token, identity=AGENT),
-                                              engine=engine, start_when="first_caller", end_when_empty=False),
-                                client_factory=functools.partial(EngineClient, backoff=lambda: constant(0.25)))
+        session = bridge_session(livekit_server, emu, "first-words", start_when="first_caller", end_when_empty=False,
+                                 client_factory=functools.partial(EngineClient, backoff=lambda: constant(0.25)))
         await session.start()
         try:
             caller_token = mint_token(TEST_API_KEY, TEST_API_SECRET, room="first-words", identity="fred")

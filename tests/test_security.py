@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import socket
 import time
 import traceback
 
@@ -29,7 +28,7 @@ from emulator import wire
 from scripts.caller import RATE
 from scripts.livekit_server import LiveKitServer
 from tests.conftest import TEST_API_KEY, TEST_API_SECRET
-from tests.fault_helpers import AGENT, Scenario, rss_kib, session_ended, turn, until
+from tests.fault_helpers import AGENT, Scenario, rss_kib, session_ended, stop_engine_reading, turn, until
 from transport.config import RoomLinkConfig
 from transport.engine_protocol import EngineProtocol
 from transport.livekit_token import mint_token
@@ -273,8 +272,6 @@ async def test_ping_flood_while_the_engine_does_not_read_is_bounded(livekit_serv
         await rig.caller("alice")
         engine = rig.session.engine
         assert engine is not None and engine.socket is not None
-        transport = conversation._transport
-        assert transport is not None
         # Only our send buffer is made small. Shrinking the emulator's SO_RCVBUF on the established socket (as
         # this test once did) leaves the window it had already advertised larger than the memory behind it;
         # Linux (6.18 here) then drops our next segments as beyond its window (TcpExtBeyondWindow), ACK field
@@ -282,11 +279,7 @@ async def test_ping_flood_while_the_engine_does_not_read_is_bounded(livekit_serv
         # run) and both ends sit in RTO backoff (cwnd 1, RTO 3.3 s and doubling): the flood crawls, a livelock
         # the test made. It hit about every other run once uplink chunks came out evenly (the FIR decimator);
         # soxr's uneven blocks happened to dodge it. A paused reader on its own buffer backs up in 6-8 s.
-        client_sock = engine.socket
-        assert client_sock is not None
-        sndbuf = client_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        transport.pause_reading()
+        resume = stop_engine_reading(conversation, engine)
         await until(lambda: engine.counters.audio_dropped_backpressure > 0, 30, "the socket to back up")
         t0 = time.monotonic()
         for i in range(20_000):
@@ -294,8 +287,7 @@ async def test_ping_flood_while_the_engine_does_not_read_is_bounded(livekit_serv
         await until(lambda: engine.protocol.counters.received["ping"] >= 20_000, 30, "the pings to be read")
         queued = engine.queued_pongs
         dropped = engine.protocol.counters.pongs_dropped
-        client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        transport.resume_reading()
+        resume()
         assert queued <= 32 and dropped > 0, f"{queued} pongs queued, {dropped} dropped"
         after = await turn(rig, "alice", conversation, 370.0, timeout=30)
         assert abs(after.heard_hz - 370.0) < 12

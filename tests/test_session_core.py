@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.backlog import CallerBacklog
-from core.clock import MS, SECOND, FakeClock
+from core.clock import MS, SECOND
 from core.downlink import Downlink
 from core.formats import ROOM_RATE, AudioFormat, parse_format
 from core.signals import dominant_hz, tone
@@ -33,11 +33,10 @@ T0 = 1_000 * SECOND  # an arbitrary monotonic origin
 
 
 def make_core(*, immediately: bool = False, end_when_empty: bool = True, linger_s: float = 10.0) -> SessionCore:
-    clock = FakeClock()  # the pipelines' stage timings only; every decision takes the literal times below
     return SessionCore(start_immediately=immediately, end_when_empty=end_when_empty,
                        linger_ns=int(linger_s * SECOND),
                        make_uplink=lambda fmt: Uplink(fmt, chunk_ms=20),
-                       make_downlink=lambda fmt: Downlink(fmt, clock))
+                       make_downlink=Downlink)
 
 
 def metadata(cid: str = "conv-1", fmt_in: AudioFormat = FMT_IN) -> ep.ConversationMetadata:

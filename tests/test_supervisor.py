@@ -200,12 +200,18 @@ def test_merge_labels_every_child() -> None:
     assert "process=\"1\"" in text and "own 1.0" in text
 
 
-def _fake_child(tmp_path: Path, body: str) -> str:
-    """A stand-in for the runner: the supervisor runs ``python <script> … --supervised-fd FD``."""
+def _fake_child(tmp_path: Path, setup: str, in_loop: str = "") -> str:
+    """A stand-in for the runner: the supervisor runs ``python <script> … --supervised-fd FD``. After ``setup``
+    it reports itself registered every 100 ms (running ``in_loop`` each time) until a SIGTERM ends it (exit 0)."""
     script = tmp_path / "child.py"
-    script.write_text("import json, os, sys, time\n"
+    script.write_text("import json, os, signal, sys, time\n"
                       "fd = int(sys.argv[sys.argv.index('--supervised-fd') + 1])\n"
-                      "index = int(os.environ['LK_BRIDGE_PROCESS_INDEX'])\n" + body)
+                      "index = int(os.environ['LK_BRIDGE_PROCESS_INDEX'])\n" + setup +
+                      "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                      "while True:\n"
+                      "    os.write(fd, (json.dumps({'registered': True, 'running': 0, 'max_jobs': 1}) + '\\n')"
+                      ".encode())\n" + in_loop +
+                      "    time.sleep(0.1)\n")
     return str(script)
 
 
@@ -227,13 +233,7 @@ async def test_a_refused_configuration_is_not_restarted(tmp_path: Path) -> None:
     from transport.supervisor import Supervisor, SupervisorConfig
 
     # Child 0 refuses its configuration; child 1 runs until asked to stop (SIGTERM), reporting registered.
-    script = _fake_child(tmp_path, "import signal\n"
-                         "if index == 0: sys.exit(3)\n"
-                         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
-                         "while True:\n"
-                         "    os.write(fd, (json.dumps({'registered': True, 'running': 0, 'max_jobs': 1}) + '\\n')"
-                         ".encode())\n"
-                         "    time.sleep(0.1)\n")
+    script = _fake_child(tmp_path, "if index == 0: sys.exit(3)\n")
     sup = Supervisor(SupervisorConfig(processes=2, child_argv=(), runner_path=script),
                      backoff=lambda: constant(0.01))
     assert await asyncio.wait_for(sup.run(), 30) == ExitCode.CONFIG
@@ -248,16 +248,10 @@ async def test_a_registered_child_that_dies_is_restarted_and_readiness_follows(t
 
     # Registers, then dies after half a second (exit 1) on its first start; runs for ever afterwards.
     marker = tmp_path / "started-once"
-    script = _fake_child(tmp_path, "import signal\n"
-                         f"first = not os.path.exists({str(marker)!r})\n"
+    script = _fake_child(tmp_path, f"first = not os.path.exists({str(marker)!r})\n"
                          f"open({str(marker)!r}, 'a').close()\n"
-                         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
-                         "t0 = time.monotonic()\n"
-                         "while True:\n"
-                         "    os.write(fd, (json.dumps({'registered': True, 'running': 0, 'max_jobs': 1}) + '\\n')"
-                         ".encode())\n"
-                         "    if first and time.monotonic() - t0 > 0.5: sys.exit(1)\n"
-                         "    time.sleep(0.1)\n")
+                         "t0 = time.monotonic()\n",
+                         in_loop="    if first and time.monotonic() - t0 > 0.5: sys.exit(1)\n")
     sup = Supervisor(SupervisorConfig(processes=1, child_argv=(), runner_path=script),
                      backoff=lambda: constant(0.2))
     task = asyncio.ensure_future(sup.run())

@@ -46,7 +46,7 @@ def test_a_server_left_by_a_killed_run_is_swept() -> None:
         need("the livekit-server binary is not built (make livekit-server)")
     starter = subprocess.Popen(
         [sys.executable, "-c", "import time; from scripts.livekit_server import LiveKitServer\n"
-         "s = LiveKitServer().start(); print(s._proc.pid, flush=True); time.sleep(120)"],
+         "s = LiveKitServer().start(); print(s.pid, flush=True); time.sleep(120)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert starter.stdout is not None
     server = int(starter.stdout.readline())

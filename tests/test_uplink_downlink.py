@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.clock import MS, FakeClock
+from core.clock import MS
 from core.downlink import Downlink, DownlinkConfig
 from core.errors import ConfigError
 from core.formats import ROOM_RATE, parse_format
@@ -132,8 +132,7 @@ def drain(down: Downlink, start_ns: int, until_ns: int, step_ns: int = 10 * MS) 
 
 
 def test_a_burst_is_played_at_real_time_with_a_bounded_lead() -> None:
-    clock = FakeClock()
-    down = Downlink(parse_format("pcm_24000"), clock, DownlinkConfig(lead_frames=3))
+    down = Downlink(parse_format("pcm_24000"), DownlinkConfig(lead_frames=3))
     down.push(burst("pcm_24000", 2.0), 0)  # two seconds arrive at once
     sent = drain(down, 0, 3_000 * MS)
     total = sum(s.size for _, s in sent)
@@ -147,8 +146,7 @@ def test_a_burst_is_played_at_real_time_with_a_bounded_lead() -> None:
 
 
 def test_interrupt_drops_everything_and_nothing_more_is_due() -> None:
-    clock = FakeClock()
-    down = Downlink(parse_format("pcm_16000"), clock)
+    down = Downlink(parse_format("pcm_16000"))
     down.push(burst("pcm_16000", 5.0), 0)
     drain(down, 0, 500 * MS)
     dropped = down.interrupt()
@@ -166,8 +164,7 @@ def test_interrupt_drops_everything_and_nothing_more_is_due() -> None:
 
 
 def test_the_reply_tail_leaves_the_resampler_when_audio_stops() -> None:
-    clock = FakeClock()
-    down = Downlink(parse_format("pcm_16000"), clock, DownlinkConfig(tail_after_ms=60))
+    down = Downlink(parse_format("pcm_16000"), DownlinkConfig(tail_after_ms=60))
     down.push(burst("pcm_16000", 0.1), 0)
     sent = drain(down, 0, 400 * MS)
     total = sum(s.size for _, s in sent)
@@ -177,7 +174,7 @@ def test_the_reply_tail_leaves_the_resampler_when_audio_stops() -> None:
 
 def test_a_deep_buffer_does_not_make_the_driver_spin() -> None:
     """While a long reply is buffered, the next wakeup is the next frame, never a deadline already passed."""
-    down = Downlink(parse_format("pcm_16000"), FakeClock(), DownlinkConfig(tail_after_ms=60))
+    down = Downlink(parse_format("pcm_16000"), DownlinkConfig(tail_after_ms=60))
     down.push(burst("pcm_16000", 3.0), 0)
     for now in range(0, 1_000 * MS, 10 * MS):
         down.due(now)
@@ -188,8 +185,7 @@ def test_a_deep_buffer_does_not_make_the_driver_spin() -> None:
 def test_an_interruption_of_an_older_event_leaves_the_newer_reply_playing() -> None:
     # The service interrupts event 5 (say, a tool-call sound) while the reply of event 7 is queued: the
     # reply plays on, unpaused and with no silence inserted; only the older sound is dropped.
-    clock = FakeClock()
-    down = Downlink(parse_format("pcm_16000"), clock)
+    down = Downlink(parse_format("pcm_16000"))
     sound = parse_format("pcm_16000").encode(tone(880, 16000 // 5, rate=16000))  # 200 ms, event 4
     down.push(sound, 0, event_id=4)
     down.push(burst("pcm_16000", 1.0), 0, event_id=7)  # 1 s of 440 Hz, event 7
@@ -205,8 +201,7 @@ def test_an_interruption_of_an_older_event_leaves_the_newer_reply_playing() -> N
 
 
 def test_an_interruption_of_the_newest_event_still_flushes_everything() -> None:
-    clock = FakeClock()
-    down = Downlink(parse_format("pcm_16000"), clock)
+    down = Downlink(parse_format("pcm_16000"))
     down.push(burst("pcm_16000", 0.5), 0, event_id=3)
     down.push(burst("pcm_16000", 1.0), 0, event_id=4)
     drain(down, 0, 100 * MS)

@@ -51,6 +51,15 @@ async def caller(server: LiveKitServer, room: str, agent_name: str, metadata: st
         yield c
 
 
+async def delete_the_dispatch(server: LiveKitServer, room: str) -> None:
+    lkapi = api.LiveKitAPI(server.http_url, TEST_API_KEY, TEST_API_SECRET)
+    try:
+        (dispatch,) = await lkapi.agent_dispatch.list_dispatch(room)
+        await lkapi.agent_dispatch.delete_dispatch(dispatch.id, room)
+    finally:
+        await lkapi.aclose()
+
+
 def agents_in(c: Caller) -> list[rtc.RemoteParticipant]:
     return [p for p in c.room.remote_participants.values()
             if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT]
@@ -125,12 +134,7 @@ async def test_termination_from_the_server_ends_the_job(livekit_server: LiveKitS
     async with running_worker(config(livekit_server, name), agent) as (worker, _), \
             caller(livekit_server, room, name) as c:
         await wait_for(lambda: len(agents_in(c)) == 1)
-        lkapi = api.LiveKitAPI(livekit_server.http_url, TEST_API_KEY, TEST_API_SECRET)
-        try:
-            (dispatch,) = await lkapi.agent_dispatch.list_dispatch(room)
-            await lkapi.agent_dispatch.delete_dispatch(dispatch.id, room)
-        finally:
-            await lkapi.aclose()
+        await delete_the_dispatch(livekit_server, room)  # the server sends the worker a JobTermination
         await wait_for(lambda: worker.stats().jobs_running == 0)
         (record,) = agent.jobs.values()
         assert record.ended_by == "termination"
@@ -145,12 +149,7 @@ async def test_a_stubborn_job_is_cancelled_after_termination(livekit_server: Liv
     cfg = config(livekit_server, name, stop_timeout_s=1.0)
     async with running_worker(cfg, agent) as (worker, _), caller(livekit_server, room, name) as c:
         await wait_for(lambda: len(agents_in(c)) == 1)
-        lkapi = api.LiveKitAPI(livekit_server.http_url, TEST_API_KEY, TEST_API_SECRET)
-        try:
-            (dispatch,) = await lkapi.agent_dispatch.list_dispatch(room)
-            await lkapi.agent_dispatch.delete_dispatch(dispatch.id, room)
-        finally:
-            await lkapi.aclose()
+        await delete_the_dispatch(livekit_server, room)  # the server sends the worker a JobTermination
         await wait_for(lambda: worker.stats().jobs_running == 0, timeout=15)
         (record,) = agent.jobs.values()
         assert record.ended_by == "cancelled"

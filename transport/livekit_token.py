@@ -12,9 +12,10 @@ from livekit import api
 
 from core.errors import ConfigError
 
-__all__ = ["mint_token"]
+__all__ = ["mint_token", "mint_worker_token"]
 
 DEFAULT_TTL = datetime.timedelta(hours=6)
+WORKER_TTL = datetime.timedelta(minutes=10)  # only the agent endpoint's handshake reads it
 
 
 def mint_token(api_key: str, api_secret: str, *, room: str, identity: str, name: str | None = None,
@@ -44,6 +45,17 @@ def mint_token(api_key: str, api_secret: str, *, room: str, identity: str, name:
     if dispatch_agent:
         token = token.with_room_config(api.RoomConfiguration(
             agents=[api.RoomAgentDispatch(agent_name=dispatch_agent, metadata=dispatch_metadata)]))
+    return _signed(token)
+
+
+def mint_worker_token(api_key: str, api_secret: str) -> str:
+    """The bearer token of an agent worker's ``/agent`` connection: the agent grant alone (the server's
+    handler checks ``claims.video.agent`` and nothing else)."""
+    return _signed(api.AccessToken(api_key, api_secret).with_grants(api.VideoGrants(agent=True))
+                   .with_ttl(WORKER_TTL))
+
+
+def _signed(token: api.AccessToken) -> str:
     with warnings.catch_warnings():
         # ``livekit-server --dev`` uses the 6-byte secret "secret"; PyJWT warns about it on every call.
         warnings.filterwarnings("ignore", message=".*HMAC key.*")

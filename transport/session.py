@@ -46,7 +46,7 @@ from transport.config import EngineSettings, SessionConfig
 from transport.continuity import Continuity
 from transport.control import ConversationControls, NoConversation
 from transport.engine_client import EngineClient, StateChange
-from transport.engine_protocol import ClientToolCall, ConversationMetadata, Event, Interruption
+from transport.engine_protocol import AgentAudio, ClientToolCall, ConversationMetadata, Event, Interruption
 from transport.events import (
     RoomStateChanged,
     SessionEvent,
@@ -251,7 +251,7 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
         return Uplink(fmt, chunk_ms=self.config.chunk_ms, timer=self.timer)
 
     def _make_downlink(self, fmt: AudioFormat) -> Downlink:
-        return Downlink(fmt, self.clock, self.config.downlink, timer=self.timer)
+        return Downlink(fmt, self.config.downlink)
 
     async def _start_engine(self) -> None:
         settings = self.config.engine
@@ -285,7 +285,9 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
         elif isinstance(event, ClientToolCall):
             self.tool_calls.call(event)
         self._apply(self.core.engine_event(event, recv_ns))
-        if isinstance(event, Interruption):
+        if isinstance(event, AgentAudio):  # received → in the playout buffer (the core reads no clock)
+            self.timer.add("downlink.total", self._now() - recv_ns)
+        elif isinstance(event, Interruption):
             done_ns = self._now()
             self.timer.add("interrupt.flush", done_ns - recv_ns)
             self.interruptions.append({"event_id": event.event_id, "recv_ns": recv_ns, "silenced_ns": done_ns,

@@ -21,32 +21,27 @@ Inputs: :meth:`begin`, :meth:`room_joined`, :meth:`caller_joined`, :meth:`caller
 Deadlines (all in :meth:`next_wakeup_ns`):
 
 - **linger**: the room emptied while running and ``end_when_empty``; a caller joining cancels it.
-- **keepalive**: with a conversation open and no caller audio for 250 ms (empty room, "start at once"), one
-  chunk of silence goes out, as long as an ordinary chunk so the engine sees one chunk size; else the engine
-  ends the conversation after 60 s (``transport_receive_timeout``). 4 messages a second when idle, none while
-  callers talk.
+- **keepalive**: with a conversation open, callers in the room (or staying without them) and no caller audio
+  for 250 ms, one chunk of silence (:mod:`transport.session_uplink`).
 - **ducking** (``core/ducker.py``, owned here when ``duck_db`` > 0): every caller frame reaches the ducker
   before the uplink; a talk-over onset returns a ``WakePlayout`` (the shell re-sends the AudioSource's queue
   ducked and applies the gain to each paced frame) and a :class:`~transport.events.Ducked` event; an
   ``interruption`` confirms the duck, and the release after the hold happens on the voice's own frames, so it
   needs no deadline here.
 
-Caller audio before the conversation can take it (waiting for the first caller, connecting, reconnecting) is
-held in a :class:`~core.backlog.CallerBacklog` (2 s per caller, oldest dropped and counted) and replayed into
-the uplink when the conversation's formats arrive, in messages of up to 250 ms so a 2 s backlog is 8 messages,
-well inside the engine client's 50-message audio queue.
+The parts: the action types and counters are :mod:`transport.session_actions`; the caller → engine half
+(hold while no conversation is open, replay, chunk, keepalive) is :class:`~transport.session_uplink.UplinkPath`;
+the engine → room half is :class:`~core.downlink.Downlink` and :class:`~core.ducker.Ducker`, driven from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from core.backlog import BacklogStats, CallerBacklog
-from core.clock import MS
+from core.backlog import CallerBacklog
 from core.downlink import Downlink
 from core.ducker import Ducker
 from core.errors import BridgeError, LiveKitError
@@ -64,13 +59,28 @@ from transport.events import (
     EngineStateChanged,
     Interrupted,
     SessionError,
-    SessionEvent,
     SessionState,
     SessionStateChanged,
     UserTranscript,
 )
+from transport.session_actions import (
+    CLEAR,
+    NOTHING,
+    START,
+    WAKE,
+    WAKE_ONLY,
+    Action,
+    ClearVoice,
+    CoreCounters,
+    CoreStats,
+    End,
+    SendAudio,
+    StartEngine,
+    WakePlayout,
+)
+from transport.session_uplink import KEEPALIVE_NS, UplinkPath
 
-__all__ = [
+__all__ = [  # the action types live in transport.session_actions; re-exported here
     "KEEPALIVE_NS",
     "TRANSITIONS",
     "Action",
@@ -83,8 +93,6 @@ __all__ = [
     "WakePlayout",
 ]
 
-KEEPALIVE_NS = 250 * MS
-REPLAY_MESSAGE_MS = 250  # replayed backlog goes out in messages of up to this much audio
 Int16Array = npt.NDArray[np.int16]
 
 S = SessionState
@@ -98,67 +106,6 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class StartEngine:
-    """Open the conversation; report :meth:`SessionCore.engine_started` or the failure."""
-
-
-@dataclass(frozen=True, slots=True)
-class SendAudio:
-    """Hand ``payload`` (engine format) to the engine client."""
-
-    payload: bytes
-    recv_ns: int | None  # arrival of the caller frame that completed it; None for keepalive and replay
-    keepalive: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ClearVoice:
-    """The playout buffer was flushed: clear the AudioSource queue and wake the player (silence follows)."""
-
-
-@dataclass(frozen=True, slots=True)
-class WakePlayout:
-    """Agent audio was buffered: the player has something due."""
-
-
-@dataclass(frozen=True, slots=True)
-class End:
-    """End the session: ``error`` None is a normal end."""
-
-    reason: str
-    error: BaseException | None = None
-
-
-Action = StartEngine | SendAudio | ClearVoice | WakePlayout | End | SessionEvent
-_START, _CLEAR, _WAKE = StartEngine(), ClearVoice(), WakePlayout()
-_NOTHING: tuple[Action, ...] = ()
-_WAKE_ONLY: tuple[Action, ...] = (_WAKE,)
-
-
-@dataclass(frozen=True, slots=True)
-class CoreStats:
-    chunks_sent: int
-    chunks_dropped: int
-    keepalive_chunks: int
-    replayed_chunks: int
-    audio_events: int
-    bad_audio: int
-    interruptions: int
-    backlog: BacklogStats
-
-
-@dataclass(slots=True)
-class _Counters:
-    chunks_sent: int = 0  # accepted by the engine client (the shell counts)
-    chunks_dropped: int = 0  # refused by it: not ready or its queue full
-    keepalive_chunks: int = 0
-    replayed_chunks: int = 0
-    audio_events: int = 0
-    bad_audio: int = 0
-    interruptions: int = 0
-
-
 class SessionCore:
     """One room ⇄ one conversation, as decisions. ``make_uplink``/``make_downlink`` build the pipelines for
     the formats a conversation announces (the shell binds chunk size, clock and stage timer)."""
@@ -168,22 +115,26 @@ class SessionCore:
                  backlog_ms: int = 2000, keepalive_ns: int = KEEPALIVE_NS, ducker: Ducker | None = None) -> None:
         self.state = SessionState.CREATED
         self.callers: list[str] = []
-        self.uplink: Uplink | None = None
         self.downlink: Downlink | None = None
-        self.counters = _Counters()
-        self.backlog = CallerBacklog(backlog_ms)
+        self.counters = CoreCounters()
+        self.audio = UplinkPath(self.counters, backlog_ms=backlog_ms, keepalive_ns=keepalive_ns)
         self.ducker = ducker  # local ducking (core/ducker.py); the shell applies its gain to the voice
         self._start_immediately = start_immediately
         self._end_when_empty = end_when_empty
         self._linger_ns = linger_ns
-        self._keepalive_ns = keepalive_ns
         self._make_uplink, self._make_downlink = make_uplink, make_downlink
         self._engine_requested = False
-        self._engine_ready = False  # a conversation's metadata arrived and it has not been lost since
         self._linger_at: int | None = None
         self._seen_caller = False
-        self._last_sent_ns = 0
         self.last_interrupt_dropped = 0  # 48 kHz samples the latest interruption discarded
+
+    @property
+    def uplink(self) -> Uplink | None:
+        return self.audio.uplink
+
+    @property
+    def backlog(self) -> CallerBacklog:
+        return self.audio.backlog
 
     # ------------------------------------------------------------------ lifecycle
     def begin(self, now_ns: int) -> list[Action]:
@@ -238,8 +189,7 @@ class SessionCore:
         if identity not in self.callers:
             self.callers.append(identity)
         self._linger_at = None
-        if self.uplink is not None:
-            self.uplink.join(identity)
+        self.audio.join(identity)
         actions: list[Action] = [CallerJoined(now_ns, identity)]
         if self.state is S.WAITING:
             actions += self._request_engine()
@@ -248,9 +198,7 @@ class SessionCore:
     def caller_left(self, identity: str, now_ns: int) -> list[Action]:
         if identity in self.callers:
             self.callers.remove(identity)
-        if self.uplink is not None:
-            self.uplink.leave(identity)
-        self.backlog.forget(identity)
+        self.audio.leave(identity)
         if self.ducker is not None:
             self.ducker.caller_left(identity)
         self._seen_caller = True
@@ -281,9 +229,9 @@ class SessionCore:
             ducked = self.ducker.caller_frame(identity, samples, recv_ns)
             duck_events = self._duck_events()
             if ducked or duck_events:
-                actions = [*duck_events, *([_WAKE] if ducked else []), *self._uplink_audio(identity, samples, recv_ns)]
-                return actions
-        return self._uplink_audio(identity, samples, recv_ns)
+                return [*duck_events, *([WAKE] if ducked else []),
+                        *self.audio.frame(identity, samples, recv_ns, hold=not self.ending)]
+        return self.audio.frame(identity, samples, recv_ns, hold=not self.ending)
 
     def _duck_events(self) -> list[Action]:
         assert self.ducker is not None
@@ -294,50 +242,6 @@ class SessionCore:
             else:
                 events.append(DuckEnded(at_ns, kind.removeprefix("duck_")))
         return events
-
-    def _uplink_audio(self, identity: str, samples: Int16Array, recv_ns: int) -> Sequence[Action]:
-        up = self.uplink
-        if up is None or not self._engine_ready:
-            if not self.ending:
-                self.backlog.push(identity, samples, recv_ns)
-            return _NOTHING
-        up.write(identity, samples, recv_ns)
-        if not up.ready(recv_ns):
-            return _NOTHING
-        actions: list[Action] = []
-        while up.ready(recv_ns):
-            chunk = up.next_chunk(recv_ns)
-            if chunk:
-                actions.append(SendAudio(chunk, recv_ns))
-        if actions:
-            self._last_sent_ns = recv_ns
-        return actions
-
-    def _replay(self, up: Uplink, now_ns: int) -> list[Action]:
-        chunks: list[bytes] = []
-        for frame in self.backlog.drain():
-            up.write(frame.identity, frame.samples, frame.recv_ns)
-            while up.ready(frame.recv_ns):
-                chunk = up.next_chunk(frame.recv_ns)
-                if chunk:
-                    chunks.append(chunk)
-        if not chunks:
-            return []
-        self.counters.replayed_chunks += len(chunks)
-        self._last_sent_ns = now_ns
-        # PCM16 and μ-law are sample-wise encodings: consecutive chunks concatenate into one longer chunk.
-        limit = len(silence(up.format, REPLAY_MESSAGE_MS))
-        messages: list[Action] = []
-        pending: list[bytes] = []
-        size = 0
-        for chunk in chunks:
-            if pending and size + len(chunk) > limit:
-                messages.append(SendAudio(b"".join(pending), None))
-                pending, size = [], 0
-            pending.append(chunk)
-            size += len(chunk)
-        messages.append(SendAudio(b"".join(pending), None))
-        return messages
 
     # ------------------------------------------------------------------ engine
     def engine_event(self, event: ep.Event, recv_ns: int) -> Sequence[Action]:
@@ -355,19 +259,19 @@ class SessionCore:
             return [AgentResponse(recv_ns, event.corrected, event.event_id, corrected_from=event.original)]
         if isinstance(event, ep.EngineErrorEvent):
             return [EngineErrorOccurred(recv_ns, event.code, event.error_type, event.message)]
-        return _NOTHING
+        return NOTHING
 
     def _agent_audio(self, event: ep.AgentAudio, recv_ns: int) -> Sequence[Action]:
         down = self.downlink
         if down is None:
-            return _NOTHING
+            return NOTHING
         self.counters.audio_events += 1
         try:
             down.push(event.audio, recv_ns, event_id=event.event_id)
         except BridgeError:
             self.counters.bad_audio += 1  # the protocol layer already validated it; a codec refusal is rare
-            return _NOTHING
-        return _WAKE_ONLY
+            return NOTHING
+        return WAKE_ONLY
 
     def _interrupt(self, event: ep.Interruption, recv_ns: int) -> list[Action]:
         """Silence first (the flush and the ClearVoice), bookkeeping after."""
@@ -379,7 +283,7 @@ class SessionCore:
         # the buffer: the sink's queue is cleared only if something was dropped (its lead may be older audio)
         # or nothing is left to play (the usual barge-in).
         if dropped or down is None or not down.playout.depth_samples:
-            actions.insert(0, _CLEAR)
+            actions.insert(0, CLEAR)
         if self.ducker is not None:
             self.ducker.interruption(recv_ns)  # a duck in progress is confirmed
             actions += self._duck_events()
@@ -389,26 +293,22 @@ class SessionCore:
         """(Re)build both directions for the formats this conversation announced; replay held audio."""
         up, down = self.uplink, self.downlink
         if up is None or up.format != metadata.input_format:
-            up = self.uplink = self._make_uplink(metadata.input_format)
-            for caller in self.callers:
-                up.join(caller)
+            up = self._make_uplink(metadata.input_format)
         if down is None or down.format != metadata.output_format:
             self.downlink = self._make_downlink(metadata.output_format)
-        self._engine_ready = True
-        self._last_sent_ns = now_ns
-        return self._replay(up, now_ns)
+        return self.audio.opened(up, self.callers, now_ns)
 
     def engine_state(self, change: StateChange, now_ns: int) -> list[Action]:
         actions: list[Action] = []
         if change.state is not ConnectionState.CONNECTED:
-            self._engine_ready = False  # audio waits in the backlog until the next conversation's metadata
+            self.audio.open = False  # audio waits in the backlog until the next conversation's metadata
         if change.state is ConnectionState.RECONNECTING:
             # The next conversation's audio has nothing to continue; what is buffered belongs to the old one.
             if self.downlink is not None:
                 self.downlink.interrupt()
             if self.ducker is not None:
                 self.ducker.voice_cleared(now_ns)
-            actions.append(_CLEAR)
+            actions.append(CLEAR)
         actions.append(EngineStateChanged(now_ns, change.state, change.attempt, change.conversation_id,
                                           change.close_code, change.reason))
         return actions
@@ -430,11 +330,9 @@ class SessionCore:
         return wake
 
     def _keepalive_at(self) -> int | None:
-        if self.state is not S.RUNNING or not self._engine_ready or self.uplink is None:
-            return None
-        if not self.wants_conversation():
+        if self.state is not S.RUNNING or not self.wants_conversation():
             return None  # an empty room: the engine's own idle timeout may end a conversation nobody uses
-        return self._last_sent_ns + self._keepalive_ns
+        return self.audio.keepalive_at()
 
     def timer(self, now_ns: int) -> list[Action]:
         actions: list[Action] = []
@@ -443,12 +341,8 @@ class SessionCore:
             if not self.callers:
                 actions.append(End(f"room empty for {self._linger_ns / 1e9:.1f} s"))
         keepalive = self._keepalive_at()
-        if keepalive is not None and now_ns >= keepalive and self.uplink is not None:
-            fmt = self.uplink.format
-            # As long as an ordinary chunk: the engine sees one chunk size whatever the room does.
-            actions.append(SendAudio(silence(fmt, self.uplink.chunk_ms), None, keepalive=True))
-            self.counters.keepalive_chunks += 1
-            self._last_sent_ns = now_ns
+        if keepalive is not None and now_ns >= keepalive:
+            actions.append(self.audio.keepalive(now_ns))
         return actions
 
     # ------------------------------------------------------------------ plumbing
@@ -456,7 +350,7 @@ class SessionCore:
         if self._engine_requested:
             return []
         self._engine_requested = True
-        return [_START]
+        return [START]
 
     def _move(self, state: SessionState, now_ns: int) -> SessionStateChanged:
         if state not in TRANSITIONS[self.state]:
@@ -465,12 +359,4 @@ class SessionCore:
         return SessionStateChanged(now_ns, state)
 
     def stats(self) -> CoreStats:
-        c = self.counters
-        return CoreStats(chunks_sent=c.chunks_sent, chunks_dropped=c.chunks_dropped,
-                         keepalive_chunks=c.keepalive_chunks, replayed_chunks=c.replayed_chunks,
-                         audio_events=c.audio_events, bad_audio=c.bad_audio, interruptions=c.interruptions,
-                         backlog=self.backlog.stats())
-
-
-def silence(fmt: AudioFormat, ms: int) -> bytes:
-    return fmt.encode(np.zeros(fmt.rate * ms // 1000, dtype=np.int16))
+        return self.counters.snapshot(self.backlog.stats())

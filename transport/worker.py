@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import signal
 import time
-import warnings
 from collections.abc import Callable
 
 import websockets
-from livekit import api
 from websockets.asyncio.client import ClientConnection, connect
 
 from core.errors import LiveKitError, ProtocolError
 from core.redact import Redactor, redact_url
 from transport.backoff import DelayFactory, RetryPolicy, full_jitter
-from transport.livekit_token import mint_token
+from transport.livekit_token import mint_token, mint_worker_token
 from transport.worker_config import JobContext, JobRunner, WorkerConfig, WorkerStats, agent_endpoint
+from transport.worker_jobs import JobTable
 from transport.worker_protocol import (
     GoAway,
     JobAssigned,
@@ -67,14 +65,6 @@ log = logging.getLogger(__name__)
 _socket_log = logging.getLogger(f"{__name__}.socket")
 _socket_log.addFilter(Redactor())
 
-def _worker_token(api_key: str, api_secret: str) -> str:
-    # The agent grant alone: the server's /agent handler checks claims.video.agent and nothing else.
-    token = (api.AccessToken(api_key, api_secret).with_grants(api.VideoGrants(agent=True))
-             .with_ttl(datetime.timedelta(minutes=10)))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*HMAC key.*")  # the --dev secret is 6 bytes
-        return token.to_jwt()
-
 
 class Worker:
     """One registered worker process. ``await worker.run()``; ``await worker.drain(grace_s)`` to stop."""
@@ -82,26 +72,22 @@ class Worker:
     def __init__(self, config: WorkerConfig, runner: JobRunner, *,
                  backoff: DelayFactory = full_jitter) -> None:
         self.config = config
-        self._runner = runner
         self._backoff = backoff
         self._proto = WorkerProtocol(
             agent_name=config.agent_name, version=config.version, max_jobs=config.max_jobs,
             ping_interval_s=config.ping_interval_s, identity_prefix=config.identity_prefix,
             full_load=config.full_load)
         self._redact = Redactor([config.api_secret])
-        self._jobs: dict[str, tuple[JobContext, asyncio.Task[None]]] = {}
-        # Why a job is being ended by us, so its outcome can be reported right: "terminated" (the server
-        # asked: success), "drained" / "closed" (we cut it short: failed).
-        self._end_reason: dict[str, str] = {}
+        self._jobs = JobTable(runner, stop_timeout_s=config.stop_timeout_s, redact=self._redact,
+                              on_ended=self._job_ended)
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._registered = asyncio.Event()
         self._stop = asyncio.Event()
         self._drain_task: asyncio.Task[None] | None = None
-        self._timers: set[asyncio.TimerHandle] = set()
         self._background: set[asyncio.Task[None]] = set()
-        self._offered = self._declined = self._completed = self._failed = 0
+        self._offered = self._declined = 0
         self._registrations = self._connection_failures = 0
         self._rtt_ms: float | None = None
         self._registered_here = False
@@ -118,7 +104,7 @@ class Worker:
 
     @property
     def jobs(self) -> dict[str, JobContext]:
-        return {job_id: ctx for job_id, (ctx, _) in self._jobs.items()}
+        return self._jobs.contexts()
 
     def stats(self) -> WorkerStats:
         slots = self._proto.slots()
@@ -126,7 +112,7 @@ class Worker:
             registered=self._proto.registered, worker_id=self._proto.worker_id, draining=slots.draining,
             max_jobs=slots.max_jobs, jobs_running=len(self._jobs), jobs_reserved=slots.reserved,
             load=slots.load, jobs_offered=self._offered, jobs_declined=self._declined,
-            jobs_completed=self._completed, jobs_failed=self._failed, registrations=self._registrations,
+            jobs_completed=self._jobs.completed, jobs_failed=self._jobs.failed, registrations=self._registrations,
             connection_failures=self._connection_failures, last_rtt_ms=self._rtt_ms)
 
     async def wait_registered(self) -> str:
@@ -194,7 +180,7 @@ class Worker:
             self._serving = None
             if lag_watch is not None:
                 lag_watch.cancel()
-            await self._end_all_jobs("closed")
+            await self._jobs.end_all("closed")
 
     async def _watch_lag(self, full_at_s: float, probe_s: float = 0.1) -> None:
         window = LagWindow(full_at_s)
@@ -214,7 +200,7 @@ class Worker:
 
     async def _connect_and_serve(self, endpoint: str) -> int | None:
         """One connection's life; returns the close code when the server ended it."""
-        headers = {"Authorization": f"Bearer {_worker_token(self.config.api_key, self.config.api_secret)}"}
+        headers = {"Authorization": f"Bearer {mint_worker_token(self.config.api_key, self.config.api_secret)}"}
         # proxy=None: never route the worker socket through an environment proxy.
         async with connect(endpoint, additional_headers=headers, open_timeout=self.config.open_timeout_s,
                            proxy=None, compression=None, max_size=4 * 1024 * 1024,
@@ -301,7 +287,7 @@ class Worker:
                             event.job.id)
         elif isinstance(event, JobTerminationRequested):
             log.info("server asked to end job %s", event.job_id)
-            self._stop_job(event.job_id, "terminated")
+            self._jobs.stop(event.job_id, "terminated")
         elif isinstance(event, Pong):
             self._rtt_ms = event.rtt_ms
         elif isinstance(event, GoAway):
@@ -319,67 +305,13 @@ class Worker:
                          url=event.url or self.config.url, token=token, identity=event.identity,
                          agent_name=job.agent_name or self.config.agent_name, metadata=job.metadata,
                          worker_id=self._proto.worker_id)
-        task = asyncio.get_running_loop().create_task(self._run_job(ctx), name=f"job:{job.id}")
-        self._jobs[job.id] = (ctx, task)
-        task.add_done_callback(lambda t: self._job_done(ctx, t))
+        self._jobs.start(ctx)
         log.info("job %s started in room %r as %r (%d/%d running)", job.id, ctx.room_name, ctx.identity,
                  len(self._jobs), self.config.max_jobs)
 
-    async def _run_job(self, ctx: JobContext) -> None:
-        await self._runner(ctx)
-
-    def _stop_job(self, job_id: str, reason: str) -> None:
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            return
-        ctx, task = entry
-        self._end_reason.setdefault(job_id, reason)
-        ctx.termination.set()
-        timer = asyncio.get_running_loop().call_later(self.config.stop_timeout_s, task.cancel)
-        self._timers.add(timer)
-
-        def disarm(_: asyncio.Task[None]) -> None:
-            timer.cancel()
-            self._timers.discard(timer)
-
-        task.add_done_callback(disarm)
-
-    def _job_done(self, ctx: JobContext, task: asyncio.Task[None]) -> None:
-        self._jobs.pop(ctx.job_id, None)
-        reason = self._end_reason.pop(ctx.job_id, "")
-        error = ""
-        if task.cancelled():
-            failed = reason != "terminated"
-            error = "" if not failed else f"job cut short: worker {reason or 'cancelled it'}"
-        elif (exc := task.exception()) is not None:
-            failed = True
-            error = self._redact(f"{type(exc).__name__}: {exc}")
-            log.error("job %s failed: %s", ctx.job_id, error, exc_info=exc if log.isEnabledFor(logging.DEBUG)
-                      else None)
-        else:
-            failed = False
-        if failed:
-            self._failed += 1
-        else:
-            self._completed += 1
+    def _job_ended(self, ctx: JobContext, failed: bool, error: str) -> None:
         self._proto.job_ended(ctx.job_id, failed=failed, error=error)
         self._kick()
-        log.info("job %s ended (%s)%s; %d running", ctx.job_id, "failed" if failed else "success",
-                 f": {error}" if error else "", len(self._jobs))
-
-    async def _end_all_jobs(self, reason: str) -> None:
-        for job_id in list(self._jobs):
-            self._stop_job(job_id, reason)
-        tasks = [task for _, task in self._jobs.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            # Bounded: a job that swallows its cancellation (or waits on a native call that ignores it) must
-            # not keep the worker, and with it the process, from stopping.
-            _, stuck = await asyncio.wait(tasks, timeout=self.config.stop_timeout_s)
-            if stuck:
-                log.error("%d job(s) did not stop within %.1f s of being cancelled; leaving them",
-                          len(stuck), self.config.stop_timeout_s)
 
     # -- shutdown ------------------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:
@@ -390,20 +322,20 @@ class Worker:
         if self._drain_task is None:
             self._drain_task = asyncio.get_running_loop().create_task(self._drain(grace_s), name="worker:drain")
         elif grace_s <= 0:
-            await self._end_all_jobs("drained")
+            await self._jobs.end_all("drained")
         await asyncio.shield(self._drain_task)
 
     async def _drain(self, grace_s: float) -> None:
         self._proto.drain()
         self._kick()
-        tasks = [task for _, task in self._jobs.values()]
+        tasks = self._jobs.tasks()
         log.info("draining agent worker: %d job(s) running, grace %.1f s", len(tasks), grace_s)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             if pending:
                 log.warning("grace period over: ending %d job(s)", len(pending))
-                for job_id in list(self._jobs):
-                    self._stop_job(job_id, "drained")
+                for job_id in self._jobs:
+                    self._jobs.stop(job_id, "drained")
                 await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.sleep(0)  # let the last done-callbacks queue their UpdateJobStatus
         await self._close_socket()
