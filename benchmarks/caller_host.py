@@ -5,7 +5,9 @@ stdin, one answer per line on stdout (same ``id``), logs on stderr. Commands:
 
 - ``join``: ``{"callers": [{"name", "url", "token", "listen", "frame_ms", "lead", "idle_dbfs"}, ...],
   "concurrency": 8}`` → ``{"joined": [...], "failed": {name: error}}``.
-- ``say``: ``{"name", "seconds", "freq", "level"}`` queues the test voice (:func:`benchmarks.common.voice`).
+- ``say``: ``{"name", "seconds", "freq", "level", "lead_in_ms"}`` queues the test voice
+  (:func:`benchmarks.common.voice`) after ``lead_in_ms`` of silence (default 0): the onset then falls that far
+  into the utterance's first frame, so a benchmark can place it anywhere in the 10 ms / 20 ms framing.
 - ``spoken``: ``{"name"}`` → ``{"starts": [ns, ...]}``, when each utterance's first sample went to the track.
 - ``heard``: ``{"name", "since", "until", "audio": false}`` → ``{"times": [...], "peaks": [...]}`` for every
   10 ms frame the caller received from the agent between those times (and the samples, base64, if asked).
@@ -28,7 +30,9 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.common import run_loop, voice
+import numpy as np
+
+from benchmarks.common import RATE, run_loop, voice
 from benchmarks.procs import serve_json_lines
 from scripts.caller import Caller
 from transport.loop_lag import LoopLagProbe
@@ -63,7 +67,9 @@ class Host:
             return await self._join(cmd["callers"], int(cmd.get("concurrency", 8)))
         if op == "say":
             caller = self.callers[cmd["name"]]
-            caller.say(voice(float(cmd["seconds"]), float(cmd.get("freq", 300.0)), level=float(cmd.get("level", 0.3))))
+            said = voice(float(cmd["seconds"]), float(cmd.get("freq", 300.0)), level=float(cmd.get("level", 0.3)))
+            lead_in = round(float(cmd.get("lead_in_ms", 0.0)) * RATE / 1000)
+            caller.say(np.concatenate([np.zeros(lead_in, np.int16), said]) if lead_in > 0 else said)
             return {}
         if op == "spoken":
             return {"starts": self.callers[cmd["name"]].speech_started_ns}

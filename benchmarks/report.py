@@ -151,6 +151,7 @@ def render(results: dict[str, Any]) -> str:
             "baseline÷ours p50/p95/p99")
         labels = {"turn_ms": "turn: speech end → caller hears reply",
                   "turn_minus_hangover_ms": "  the same minus the 400 ms hangover",
+                  "turn_net_ms": "  the same minus the room's hops",
                   "onset_ms": "speech onset → engine receives it",
                   "onset_room_ms": "  of which caller → bridge gets frame",
                   "onset_bridge_ms": "  of which bridge frame → engine",

@@ -146,8 +146,12 @@ class Rig:
     async def spoken(self, side: Side) -> list[int]:
         return list((await self.callers.call("spoken", name=side.caller))["starts"])
 
-    async def say(self, side: Side, seconds: float, freq: float, level: float = 0.3) -> None:
-        await self.callers.call("say", name=side.caller, seconds=seconds, freq=freq, level=level)
+    async def say(self, side: Side, seconds: float, freq: float, level: float = 0.3, lead_in_ms: float = 0.0
+                  ) -> None:
+        """The side's caller speaks; with ``lead_in_ms`` the voice starts that long into the utterance (its
+        ``spoken`` start stays the utterance's first frame)."""
+        await self.callers.call("say", name=side.caller, seconds=seconds, freq=freq, level=level,
+                                lead_in_ms=lead_in_ms)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):

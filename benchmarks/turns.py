@@ -14,12 +14,23 @@ server's in-flight audio, which the naive bridge has no id gate for). A trial, p
 3. 0.8 s into the reply the caller talks over it (0.6 s, 250 Hz); the engine's VAD barges in and sends
    ``interruption``; the follow-up reply to the talk-over is cut by the emulator's hook before the next trial.
 
+Onset phase: each bridge has its own caller (its own AudioSource tick and Opus packetiser) and its own
+subscription, and LiveKit moves audio in 10 ms frames and 20 ms packets, so where a voice's onset falls in
+that framing decides whether it waits 0 or up to 20 ms, and that phase stays put for a rig's lifetime. A
+same-track probe (``benchmarks.subscribe_phase``) shows the two bridges' ways of reading a track deliver the
+onset at the same moment; the rig's two callers do not. So trial ``i`` of *both* bridges starts its voice
+``lead_in_grid()[i]`` ms into the utterance (an even grid over 20 ms, seeded order): each bridge's trials
+cover every phase once, and a p50 compares bridges, not the two callers' phases.
+
 Figures (``time.monotonic_ns`` on one machine for every process):
 
 - ``turn_ms``: end of the caller's speech (first frame handed to its track + 0.5 s) → the caller receives the
   first loud frame of the reply (plus the loud sample's offset in it). ``turn_minus_hangover_ms`` subtracts
   the emulator's 400 ms hangover (think time is 0): what is left is transport, the bridge both ways and the
   VAD's frame granularity.
+- ``turn_net_ms``: ``turn_ms`` minus the room's two hops measured in the same trial (``onset_room_ms`` up,
+  ``room_start_ms`` down): the bridges' own share plus the engine's, free of where each caller's and each
+  bridge's 10 ms ticks happen to fall.
 - ``downlink_ms``: the engine writes the reply's first chunk → the caller hears it; split into
   ``bridge_downlink_ms`` (first audio event read → first loud samples handed to the AudioSource) and
   ``room_start_ms`` (that capture → the caller hears it: the native queue, Opus, SFU, jitter buffer).
@@ -61,6 +72,10 @@ SPEECH_S = 0.5
 TALKOVER_S = 0.6
 TALKOVER_AT_S = 0.8
 HANGOVER_MS = 400.0
+# A caller's 10 ms frames leave on its AudioSource's tick and Opus packs two of them per packet, so where an
+# onset falls in that 20 ms framing shifts its arrival by up to 20 ms; with one fixed phase per caller that is a
+# fixed offset per rig, not a property of either bridge. Trials sweep it (see lead_in_grid).
+PHASE_PERIOD_MS = 20.0
 
 
 @dataclass(frozen=True)
@@ -85,27 +100,36 @@ def _first_loud_chunk(side: Side, mark: int, threshold: int = LOUD_REMOTE) -> in
     return None
 
 
-async def _trial(rig: Rig, side: Side, cfg: TurnsConfig) -> dict[str, Any]:
+def lead_in_grid(n: int, seed: int, period_ms: float = PHASE_PERIOD_MS) -> list[float]:
+    """``n`` lead-ins spread evenly over one phase period, in a seeded order: trial i of both bridges starts its
+    voice ``lead_in[i]`` into the utterance, so each bridge's trials cover every onset phase once."""
+    grid = [(k + 0.5) * period_ms / n for k in range(n)]
+    np.random.default_rng(seed).shuffle(grid)
+    return [round(x, 3) for x in grid]
+
+
+async def _trial(rig: Rig, side: Side, cfg: TurnsConfig, lead_in_ms: float = 0.0) -> dict[str, Any]:
     conv = side.conversation
     mark = len(conv.records)
     n_replies = len(conv.replies)
     spoken_before = len(await rig.spoken(side))
-    await rig.say(side, SPEECH_S, 300.0)
+    await rig.say(side, SPEECH_S, 300.0, lead_in_ms=lead_in_ms)
     await conv.wait_for(lambda: len(conv.replies) > n_replies and conv.replies[n_replies].start_ns is not None, 10)
     reply: Reply = conv.replies[n_replies]
     assert reply.start_ns is not None
     starts = await rig.spoken(side)
     if len(starts) <= spoken_before:
         raise RuntimeError("the caller did not report speaking")
-    speak_ns = starts[-1]
+    lead_in_ns = round(lead_in_ms * 1e6)
+    speak_ns = starts[-1] + lead_in_ns  # the voice's first sample, as the caller hands it over
     speech_end_ns = speak_ns + int(SPEECH_S * 1e9)
     onset_ns = _first_loud_chunk(side, mark)
     caller_onset = next((t for t, p in side.caller_frames if t >= speak_ns and p > LOUD_REMOTE), None)
     # Talk over the reply.
     await asyncio.sleep(max(0.0, (reply.start_ns + int(TALKOVER_AT_S * 1e9) - time.monotonic_ns()) / 1e9))
-    await rig.say(side, TALKOVER_S, 250.0)
+    await rig.say(side, TALKOVER_S, 250.0, lead_in_ms=lead_in_ms)
     await conv.wait_for(lambda: reply.interrupted_ns is not None, 5)
-    talk_ns = (await rig.spoken(side))[-1]
+    talk_ns = (await rig.spoken(side))[-1] + lead_in_ns
     await conv.wait_for(lambda: any(r.ns >= reply.start_ns for r in conv.sent("interruption")), 5)
     t_int = next(r.ns for r in conv.sent("interruption") if r.ns >= reply.start_ns)
     await asyncio.sleep(cfg.settle_s)
@@ -126,7 +150,8 @@ async def _trial(rig: Rig, side: Side, cfg: TurnsConfig) -> dict[str, Any]:
     first_capture = next((c[0] for c in side.captures if first_event is not None and c[0] >= first_event
                           and c[1] > 32), None)
     trial = {
-        "bridge": side.name, "speak_ns": speak_ns, "reply_start_ns": reply.start_ns, "t_int_ns": t_int,
+        "bridge": side.name, "lead_in_ms": lead_in_ms, "speak_ns": speak_ns, "reply_start_ns": reply.start_ns,
+        "t_int_ns": t_int,
         "turn_ms": ms(hear_ns - speech_end_ns) if hear_ns is not None else None,
         "turn_minus_hangover_ms": ms(hear_ns - speech_end_ns) - HANGOVER_MS if hear_ns is not None else None,
         "onset_ms": ms(onset_ns - speak_ns) if onset_ns is not None else None,
@@ -138,6 +163,8 @@ async def _trial(rig: Rig, side: Side, cfg: TurnsConfig) -> dict[str, Any]:
         "bridge_downlink_ms": ms(first_capture - first_event)
         if first_capture is not None and first_event is not None else None,
         "room_start_ms": ms(hear_ns - first_capture) if hear_ns is not None and first_capture is not None else None,
+        "turn_net_ms": ms(hear_ns - speech_end_ns - (caller_onset - speak_ns) - (hear_ns - first_capture))
+        if hear_ns is not None and caller_onset is not None and first_capture is not None else None,
         "talkover_ms": ms(t_int - talk_ns),
         "bridge_silent_ms": ms(bridge["silent_ns"] - t_int),
         "remote_silent_ms": ms(remote["silent_ns"] - t_int),
@@ -155,7 +182,7 @@ async def _trial(rig: Rig, side: Side, cfg: TurnsConfig) -> dict[str, Any]:
     return trial
 
 
-METRICS = ("turn_ms", "turn_minus_hangover_ms", "onset_ms", "onset_room_ms", "onset_bridge_ms",
+METRICS = ("turn_ms", "turn_minus_hangover_ms", "turn_net_ms", "onset_ms", "onset_room_ms", "onset_bridge_ms",
            "engine_reply_after_speech_end_ms", "downlink_ms", "bridge_downlink_ms", "room_start_ms", "talkover_ms",
            "bridge_silent_ms", "remote_silent_ms")
 
@@ -183,12 +210,13 @@ async def _one_rate(server: LiveKitServer, cfg: TurnsConfig, burst: float, progr
         skip_ours = hold_from.count if hold_from is not None else 0
         skip_naive = len(naive.holds_ns)
         failed: list[dict[str, Any]] = []
+        lead_ins = lead_in_grid(cfg.trials, cfg.seed)
         for i in range(cfg.trials):
             order = rig.sides if i % 2 == 0 else rig.sides[::-1]
             pair = []
             for side in order:
                 try:
-                    trial = await _trial(rig, side, cfg)
+                    trial = await _trial(rig, side, cfg, lead_ins[i])
                 except TimeoutError:
                     # The engine never answered or never barged in (a lost onset on a loaded machine): recorded,
                     # not counted; the pair is dropped so both bridges keep the same trials.

@@ -10,6 +10,15 @@ bounded to a few milliseconds:
   0.45 kB each at pcm_16000), measured in ``benchmarks``.
 - **The resampler.** 48 kHz to the engine's rate through ``core.resample.Resampler``, which takes our own
   linear-phase FIRs for every uplink pair: 0.46–2.54 ms of group delay, no block hold (soxr held 11–43 ms).
+- **The chunk grid.** The FIR is time-aligned (output sample ``k`` sits at input time ``k``), so its first
+  chunk is one group delay short and every later chunk ends that much before its frame did. A receiver that
+  works in frames of the stream it receives (a VAD's 10/20/30 ms frames counted from the first sample, as the
+  emulator's) then completes each frame only with the *next* chunk: 10 ms late, at every turn start and end
+  (measured: the talk-over → ``interruption`` and the turn were ~10 ms later than the naive bridge's, whose
+  SDK resampler emits whole frames). So the first chunk after the resampler starts is padded at the front
+  with the samples the filter still owes: every chunk then carries exactly its frame's worth, chunk ``k``
+  ends at sample ``(k + 1) × chunk`` of the stream, and the voice sits a group delay (0.5–2.5 ms) later in
+  it, the filter's real cost, as in any causal resampler.
 - **Other callers.** A chunk is cut when every *active* caller has a whole chunk waiting, or when one caller is
   ``slack_ms`` further ahead (:meth:`Uplink.ready`). So the uplink runs at the pace of the callers' audio, not
   of a timer that beats against it, and two callers whose frames arrive a few milliseconds apart are mixed
@@ -64,6 +73,7 @@ class Uplink:
         # When each caller's backlog last reached a whole chunk (None: it has less than a chunk waiting).
         self._complete_ns: dict[str, int | None] = {}
         self._resampler = Resampler(MIXER_RATE, fmt.rate)
+        self._pad_first = not self._resampler.is_identity  # see "The chunk grid" above
         self._ns_per_out_sample = 1_000_000_000 / fmt.rate
         self.timer = timer or StageTimer()
         self.chunks = 0
@@ -112,6 +122,11 @@ class Uplink:
         mixed = mixer.mix(chunk)
         resampler = self._resampler
         resampled = resampler.push(mixed)
+        if self._pad_first:
+            self._pad_first = False
+            owed = round(resampler.delay_samples)
+            if owed > 0:
+                resampled = np.concatenate((np.zeros(owed, dtype=np.int16), resampled))
         payload = self.format.encode(resampled) if resampled.size else b""
         for caller, t in completes.items():
             if t is not None:

@@ -54,3 +54,13 @@ async def test_quick_interruption_benchmark(livekit_server: LiveKitServer, tmp_p
     assert written["benchmarks"] == ["interrupt"] and written["targets"]
     assert (tmp_path / "interrupt_hist.png").stat().st_size > 10_000
     assert "Interruption → silence" in results["table"]
+
+
+def test_turns_lead_ins_cover_each_onset_phase_once() -> None:
+    from benchmarks.turns import PHASE_PERIOD_MS, lead_in_grid
+
+    grid = lead_in_grid(10, seed=12)
+    assert sorted(grid) == [1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0, 17.0, 19.0]
+    assert grid != sorted(grid)  # shuffled: the phase does not drift with the trial index
+    assert lead_in_grid(10, seed=12) == grid  # the same for both bridges and every rate
+    assert all(0 < x < PHASE_PERIOD_MS for x in lead_in_grid(7, seed=1))

@@ -79,8 +79,8 @@ def test_uplink_chunk_is_the_engine_format_and_length() -> None:
         up.write("a", tone(440, FRAME20, phase=k * FRAME20), k * 20 * MS)
         while up.ready(k * 20 * MS):
             total += len(up.next_chunk(k * 20 * MS))
-    # one byte per sample at 8 kHz, less the few ms the decimator still holds
-    assert 8000 - 8 * 5 < total <= 8000
+    # one byte per sample at 8 kHz: the first chunk is padded by what the decimator still holds
+    assert total == 8000
 
 
 FRAME10 = RATE // 100
@@ -107,6 +107,31 @@ def test_one_caller_chunk_leaves_with_its_frame_and_holds_a_few_ms(fmt_name: str
     assert all(abs(size - per_10ms) <= 2 * fmt.bytes_per_sample for size in sizes[1:])
     assert max(held[1:]) <= 2.6 * MS
     assert up.timer.recent("uplink.align_wait").max() == 0
+
+
+@pytest.mark.parametrize("fmt_name", ("pcm_8000", "pcm_16000", "pcm_24000", "ulaw_8000"))
+def test_every_chunk_ends_on_the_frame_grid_and_the_voice_sits_one_group_delay_later(fmt_name: str) -> None:
+    # A receiver working in 10 ms frames of the stream (a VAD) completes frame k with chunk k, not k + 1:
+    # from the first chunk on, chunk k ends at sample (k + 1) x 10 ms of the stream.
+    fmt = parse_format(fmt_name)
+    up = Uplink(fmt)
+    up.join("a")
+    onset = 5 * FRAME10 + 333  # a tone starts 333 samples into the sixth frame
+    x = np.concatenate([np.zeros(onset, np.int16), tone(440, 40 * FRAME10 - onset, amp=12000.0)])
+    out, ends = [], []
+    for k in range(40):
+        up.write("a", x[k * FRAME10:(k + 1) * FRAME10], k * 10 * MS)
+        out.append(np.frombuffer(up.next_chunk(k * 10 * MS), dtype=np.uint8 if fmt.encoding == "ulaw" else "<i2"))
+        ends.append(sum(c.size for c in out))
+    per = fmt.rate // 100
+    assert ends == [(k + 1) * per for k in range(40)]
+    if fmt.encoding == "pcm":
+        stream = np.concatenate(out).astype(np.int32)
+        first_loud = int(np.flatnonzero(np.abs(stream) > 2000)[0])
+        ratio = RATE // fmt.rate
+        delay = up.resampler.delay_samples  # the group delay, in output samples
+        # Where the onset lands: its time, plus the filter's delay; a 440 Hz sine needs < 1 ms to pass 2000.
+        assert onset / ratio + delay - 2 <= first_loud <= onset / ratio + delay + fmt.rate // 1000
 
 
 def test_chunk_length_must_be_a_multiple_of_5_ms() -> None:
