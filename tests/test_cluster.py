@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +228,23 @@ async def hears_echo(c: Caller, identity: str, freq: float, timeout: float = 20.
     got = c.heard[identity].since(start)
     levels = np.abs(got.astype(np.int32))
     loud = np.flatnonzero(levels > 1000)
-    assert abs(dominant_hz(got[loud[0]: loud[-1]]) - freq) < 10
+    span = got[loud[0]: loud[-1]]
+    heard_hz = dominant_hz(span)
+    if abs(heard_hz - freq) >= 10:
+        # Seen twice under load (900 Hz for 450: the test voice's 2nd harmonic won); keep the evidence.
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"cluster-echo-{freq:.0f}hz.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes(got.tobytes())
+        spectrum = np.abs(np.fft.rfft(span.astype(np.float64) * np.hanning(span.size)))
+        bins = np.fft.rfftfreq(span.size, 1 / RATE)
+        peaks = [(round(float(bins[i])), round(float(spectrum[i]))) for i in np.argsort(spectrum)[-5:][::-1]]
+        raise AssertionError(f"echo at {heard_hz:.0f} Hz, said {freq:.0f} Hz; loud span {span.size / RATE:.2f} s, "
+                             f"voiced {voiced_s(got, RATE):.2f} s; strongest bins (Hz, magnitude) {peaks}; "
+                             f"audio in {path}")
 
 
 async def test_rooms_on_both_nodes_are_dispatched_across_workers_on_both(
