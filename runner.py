@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -35,7 +34,7 @@ from core.uplink import DEFAULT_CHUNK_MS
 from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
 from transport.init_options import StartOptions, parse_dispatch_metadata, parse_dynamic_var, parse_override_json
 from transport.livekit_token import mint_token
-from transport.log_context import ContextFilter
+from transport.log_context import ContextFilter, JsonFormatter
 from transport.session import BridgeSession, serve
 
 if TYPE_CHECKING:
@@ -126,18 +125,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.emulator and args.engine_url:
         p.error("--emulator and --engine-url exclude each other")
     return args
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname,
-                                 "logger": record.name, "msg": record.getMessage()}
-        for key in ("session", "room", "conversation_id", "job"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        if record.exc_info:
-            entry["exc"] = record.exc_text or self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
 
 
 def setup_logging(level: str, json_logs: bool, redactor: Redactor) -> None:

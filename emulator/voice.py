@@ -11,10 +11,11 @@ streamed as audio chunks ``burst_factor`` times faster than real time, like the 
 INFERRED: one ``agent_response`` per phrase, just before its audio (the docs say the event comes with the
 response's first audio chunk; a streamed answer's whole text is not known by then).
 
-Interruption: a barge-in interrupts the reply as for any other reply (:meth:`Conversation._interrupt`): its
-unsent audio is discarded and its synthesis task cancelled. The next turn's transcript carries a higher id, the
-SDK cancels the brain's old handler, and any text still arriving for an older id is dropped here
-(``stale_responses``), so the engine never speaks words of a turn that was talked over.
+Interruption: a barge-in interrupts the reply as for any other reply
+(:meth:`emulator.replies.Replies.interrupt`): its unsent audio is discarded and its synthesis task cancelled.
+The next turn's transcript carries a higher id, the SDK cancels the brain's old handler, and any text still
+arriving for an older id is dropped here (``stale_responses``), so the engine never speaks words of a turn
+that was talked over.
 
 The history's agent entries hold what the caller actually heard: the whole reply, or for an interrupted one
 the share of its text matching the share of its audio that had played, in real time, when it was cut off.

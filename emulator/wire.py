@@ -39,6 +39,7 @@ __all__ = [
     "error",
     "internal_tentative_agent_response",
     "interruption",
+    "malformed",
     "metadata",
     "parse_client_message",
     "ping",
@@ -132,6 +133,22 @@ def agent_tool_response(tool_name: str, tool_call_id: str, tool_type: str, event
 def internal_tentative_agent_response(text: str) -> str:
     return _dump({"type": "internal_tentative_agent_response",
                   "tentative_agent_response_internal_event": {"tentative_agent_response": text}})
+
+
+def malformed(kind: str, event_id: int, *, oversize_bytes: int) -> str | bytes:
+    """One malformed or unexpected server message for fault injection (:data:`emulator.config.InjectKind`)."""
+    if kind == "oversize":
+        return agent_response("x" * oversize_bytes, event_id)
+    texts: dict[str, str | bytes] = {
+        "garbage": "this is not json {",
+        "unknown_type": json.dumps({"type": "emulator_unknown_event", "emulator_unknown_event": {"x": 1}}),
+        "bad_base64": json.dumps({"type": "audio", "audio_event": {"audio_base_64": "@@not*base64@@",
+                                                                   "event_id": event_id}}),
+        "odd_pcm": json.dumps({"type": "audio", "audio_event": {
+            "audio_base_64": base64.b64encode(b"\x01\x02\x03").decode(), "event_id": event_id}}),
+        "binary": b"\x00\x01binary",
+    }
+    return texts[kind]
 
 
 def error(code: int, error_type: str, message: str, reason: str | None = None) -> str:

@@ -29,9 +29,7 @@ import signal
 import socket
 import sys
 import time
-import wave
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +39,7 @@ from emulator import Conversation, Emulator, EmulatorConfig
 from emulator.records import Reply
 from emulator.tts import TtsUnavailable, synthesize
 from scripts.caller import RATE, Caller, Heard
+from scripts.demo_record import Marks, plot, tracks, write_wav
 from scripts.livekit_server import LiveKitServer, LiveKitServerError
 from scripts.ports import free_tcp_port
 from transport.engine_admin import EngineAdmin, EngineRef
@@ -89,16 +88,6 @@ async def wait_listening(port: int, timeout: float = 20.0) -> None:
             continue
         writer.close()
         return
-
-
-@dataclass
-class Marks:
-    """What happened when (monotonic ns), for the picture."""
-
-    said: list[tuple[str, int, Int16Array]] = field(default_factory=list)  # (who, start, samples at RATE)
-    turn_ends: list[int] = field(default_factory=list)
-    replies: list[tuple[int, str]] = field(default_factory=list)  # (first heard, text)
-    interruption: tuple[int, int, int] | None = None  # (talk-over starts, engine interrupts, agent silent)
 
 
 class Script:
@@ -242,82 +231,6 @@ class Call:
         self._line(barge[0], barge[1], second, stopped2, first2, "played to the end")
 
 
-# ------------------------------------------------------------------ recording
-
-
-def tracks(call: Call) -> tuple[Int16Array, Int16Array]:
-    """(callers as spoken, agent as the first caller heard it), both at RATE from ``call.t0``."""
-    heard = call.callers["caller"].heard.get(AGENT) if "caller" in call.callers else None
-    end = time.monotonic_ns()
-    n = int((end - call.t0) * RATE // 1_000_000_000) + RATE
-    left = np.zeros(n, np.int32)
-    for _, start, samples in call.marks.said:
-        at = max(0, int((start - call.t0) * RATE // 1_000_000_000))
-        piece = samples[: max(0, n - at)]
-        left[at:at + piece.size] += piece
-    right = np.zeros(n, np.int16)
-    if heard is not None and heard.frames:
-        # Frames are contiguous audio: lay them end to end from the first one that arrived after t0.
-        picked = [f for t, f in zip(heard.times_ns, heard.frames, strict=True) if t >= call.t0]
-        first_t = next((t for t in heard.times_ns if t >= call.t0), call.t0)
-        audio = np.concatenate(picked) if picked else np.zeros(0, np.int16)
-        at = int((first_t - call.t0) * RATE // 1_000_000_000)
-        audio = audio[: max(0, n - at)]
-        right[at:at + audio.size] = audio
-    return np.clip(left, -32768, 32767).astype(np.int16), right
-
-
-def write_wav(path: Path, left: Int16Array, right: Int16Array, rate: int = RATE) -> None:
-    stereo = np.stack([left, right], axis=1).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(2)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(stereo.tobytes())
-
-
-def plot(path: Path, call: Call, left: Int16Array, right: Int16Array, rate: int = RATE) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def at(ns: int) -> float:
-        return (ns - call.t0) / 1e9
-
-    t = np.arange(left.size) / rate
-    step = max(1, rate // 2000)  # draw 2000 points a second; the envelope is what matters
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(14, 5.5))
-    top.plot(t[::step], left[::step] / 32768, lw=0.5, color="tab:blue")
-    top.set_ylabel("callers")
-    bottom.plot(t[::step], right[::step] / 32768, lw=0.5, color="tab:orange")
-    bottom.set_ylabel("agent, as heard")
-    for ax in (top, bottom):
-        ax.set_ylim(-1, 1)
-        for end in call.marks.turn_ends:
-            ax.axvline(at(end), color="tab:green", ls="--", lw=1)
-        if call.marks.interruption is not None:
-            start, interrupted, silent = call.marks.interruption
-            ax.axvline(at(interrupted), color="tab:red", lw=1.5)
-            ax.axvspan(at(start), at(silent), color="tab:red", alpha=0.15)
-    for who, start, _ in call.marks.said:
-        top.annotate(who, (at(start), 0.85), fontsize=8, color="tab:blue")
-    for k, (first, text) in enumerate(call.marks.replies):
-        bottom.plot([at(first)], [0.9], marker="v", color="tab:purple")
-        bottom.annotate(text[:34] + ("…" if len(text) > 34 else ""), (at(first), 0.74 - 0.16 * (k % 2)),
-                        fontsize=7, color="tab:purple")
-    handles = [plt.Line2D([], [], color="tab:green", ls="--", label="end of turn (engine's VAD)"),
-               plt.Line2D([], [], color="tab:purple", marker="v", ls="", label="reply first heard"),
-               plt.Line2D([], [], color="tab:red", label="interruption (engine)"),
-               plt.Rectangle((0, 0), 1, 1, color="tab:red", alpha=0.15, label="talk-over until the agent is silent")]
-    bottom.legend(handles=handles, loc="lower right", fontsize=8)
-    bottom.set_xlabel("seconds since the first caller joined")
-    fig.suptitle("make demo: a call through LiveKit, the bridge, the emulated Speech Engine and the example brain")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------ processes
 
 
@@ -391,11 +304,12 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"demo: {args.seconds:.0f} s are up", flush=True)
     finally:
         if call.t0:
-            left, right = tracks(call)
+            heard = call.callers["caller"].heard.get(AGENT) if "caller" in call.callers else None
+            left, right = tracks(call.marks, heard, call.t0)
             out = Path(args.out_dir).resolve()
             out.mkdir(parents=True, exist_ok=True)
             write_wav(out / "demo-call.wav", left, right)
-            plot(out / "demo-call.png", call, left, right)
+            plot(out / "demo-call.png", call.marks, call.t0, left, right)
             print(f"demo: wrote {out / 'demo-call.wav'} (left: callers, right: agent as heard) and "
                   f"{out / 'demo-call.png'}", flush=True)
         for caller in list(call.callers.values()):

@@ -201,7 +201,7 @@ def test_unknown_event_types_do_not_grow_the_protocol_counters() -> None:
 @pytest.mark.livekit
 async def test_message_floods_are_bounded_and_the_call_goes_on(
         livekit_server: LiveKitServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="transport.engine_client")
+    caplog.set_level(logging.WARNING, logger="transport.engine_connection")
     async with Scenario("limits", "flood: 5000 garbage, 20000 interruptions, 5000 invented types") as sc:
         rig = await sc.rig(livekit_server)
         conversation = await rig.emu.next_conversation()

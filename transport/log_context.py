@@ -9,13 +9,15 @@ the conversation id on every (re)connect, and records logged afterwards see the 
 LiveKit SDK forwards its native layer's log lines from its own thread, outside any task, so those carry no ids.
 
 :class:`ContextFilter` copies the fields onto the record as attributes (``session``, ``room``,
-``conversation_id``); ``runner.JsonFormatter`` writes them out. Install the filter on *handlers*: a logger's
-filters see only records logged on that very logger, a handler's see every record that reaches it.
+``conversation_id``); :class:`JsonFormatter` (the runner's ``--json-logs``) writes them out. Install the filter
+on *handlers*: a logger's filters see only records logged on that very logger, a handler's see every record
+that reaches it.
 """
 
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import secrets
 from collections.abc import Iterator
@@ -25,7 +27,9 @@ from typing import Any
 
 from core.redact import Redactor
 
-__all__ = ["FIELDS", "ContextFilter", "LogContext", "RedactingLogger", "bound", "current", "new_session_id"]
+__all__ = [
+    "FIELDS", "ContextFilter", "JsonFormatter", "LogContext", "RedactingLogger", "bound", "current", "new_session_id",
+]
 
 FIELDS = ("session", "room", "conversation_id")
 
@@ -87,3 +91,17 @@ class RedactingLogger(logging.LoggerAdapter[logging.Logger]):
         if self.isEnabledFor(level):
             text = str(msg) % args if args else str(msg)
             self.logger.log(level, "%s", self._redactor(text), **kwargs)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, the context fields present, the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname,
+                                 "logger": record.name, "msg": record.getMessage()}
+        for key in ("session", "room", "conversation_id", "job"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exc"] = record.exc_text or self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)

@@ -43,6 +43,9 @@ ended (their final values are folded in when they stop), so totals never go back
 
 Labels never carry secrets: room names and session ids only (no URLs, no tokens, no conversation ids).
 
+What is read from each session, and the bucket counts: :mod:`transport.metrics_read`; here, the Prometheus
+families, the totals across sessions and the endpoint.
+
 Serving: :meth:`BridgeMetrics.serve` runs an aiohttp endpoint (``GET /metrics``) on the event loop itself,
 so the collector reads counters between callbacks, never while one is half-way through an update.
 """
@@ -50,12 +53,9 @@ so the collector reads counters between callbacks, never while one is half-way t
 from __future__ import annotations
 
 import asyncio
-import bisect
 import concurrent.futures
 import logging
-import math
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -69,11 +69,19 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from core.clock import SECOND
-from core.formats import ROOM_RATE
-from transport.engine_client import ConnectionState
 from transport.events import SessionState
 from transport.loop_lag import LoopLagProbe
+from transport.metrics_read import (
+    COUNTERS,
+    GAUGES,
+    INTERRUPTION_BUCKETS,
+    LAG_BUCKETS,
+    CounterKey,
+    Histogram,
+    Tracked,
+    add_counts,
+    read_session,
+)
 
 if TYPE_CHECKING:
     from transport.session import BridgeSession
@@ -82,169 +90,12 @@ __all__ = ["INTERRUPTION_BUCKETS", "LAG_BUCKETS", "BridgeMetrics", "LoopLagMonit
 
 log = logging.getLogger(__name__)
 
-# The flush itself takes microseconds; a slow one means the loop was busy. Upper buckets catch pathologies.
-INTERRUPTION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
-# The agent voice has 30 ms of lead: lag beyond that is an audible gap.
-LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-_VOICE_RATE = ROOM_RATE
-
-
-class _Histogram:
-    """Bucket counts (not cumulative), sum and count; rendered cumulatively."""
-
-    __slots__ = ("bounds", "count", "counts", "total")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def merge(self, other: _Histogram) -> None:
-        for i, n in enumerate(other.counts):
-            self.counts[i] += n
-        self.total += other.total
-        self.count += other.count
-
-    def buckets(self) -> list[tuple[str, float]]:
-        out, running = [], 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            running += n
-            out.append((_float(bound), float(running)))
-        out.append(("+Inf", float(self.count)))
-        return out
-
-
-def _float(value: float) -> str:
-    return "+Inf" if math.isinf(value) else repr(float(value))
-
-
-# Counters summed into the totals (and kept for sessions that ended). Keys of _Snapshot.counters.
-_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("engine_chunks_total", "Audio chunks exchanged with the Speech Engine.", ("direction",)),
-    ("engine_bytes_total", "Raw audio bytes exchanged with the Speech Engine (before base64).", ("direction",)),
-    ("livekit_frames_total", "Audio frames exchanged with the LiveKit room.", ("direction",)),
-    ("uplink_dropped_chunks_total", "Caller audio chunks not sent to the engine.", ("reason",)),
-    ("stale_chunks_dropped_total", "Agent audio chunks dropped as older than the last interruption.", ()),
-    ("interruptions_total", "Interruptions (barge-ins) handled.", ()),
-    ("ducks_total", "Local ducks of the agent's voice, by outcome.", ("outcome",)),
-    ("playout_underruns_total", "Agent audio arrived late mid-reply (silence was played).", ()),
-    ("playout_refused_seconds_total", "Agent audio refused by the playout buffer's cap.", ()),
-    ("engine_reconnects_total", "Engine conversations re-established after a loss.", ()),
-    ("engine_failed_attempts_total", "Engine connection attempts that failed.", ()),
-    ("livekit_reconnects_total", "LiveKit room connections restored by the SDK.", ()),
-    ("protocol_errors_total", "Engine messages dropped as malformed, by kind.", ("kind",)),
-    ("tool_calls_total", "Client tool calls, by outcome.", ("outcome",)),
-    ("chat_messages_total", "Room chat (lk.chat) messages, by outcome.", ("outcome",)),
-)
-_GAUGES: tuple[tuple[str, str], ...] = (
-    ("callers", "Callers in the room."),
-    ("engine_connected", "1 while an engine conversation is established."),
-    ("playout_depth_seconds", "Agent audio buffered and not yet played."),
-)
-
-# ToolStats field → outcome label
-_TOOL_OUTCOMES = (("local", "local"), ("forwarded", "forwarded"), ("errors", "error"), ("timeouts", "timeout"),
-                  ("unknown", "unknown"), ("rejected", "rejected"), ("abandoned", "abandoned"))
-
-_Key = tuple[str, tuple[str, ...]]  # (metric name, label values beyond room/session)
-
-
-def _add(into: dict[_Key, float], values: dict[_Key, float]) -> None:
-    for key, value in values.items():
-        into[key] = into.get(key, 0.0) + value
-
-
-@dataclass(slots=True)
-class _Snapshot:
-    counters: dict[_Key, float] = field(default_factory=dict)
-    gauges: dict[str, float] = field(default_factory=dict)
-    running: bool = False
-
-
-def _snapshot(session: BridgeSession) -> _Snapshot:
-    """The session's public stats snapshot, without percentiles; no copies of audio."""
-    stats = session.stats(stages=False)
-    snap = _Snapshot()
-    c = snap.counters
-    room, engine, protocol, down = stats.room, stats.engine, stats.protocol, stats.downlink
-    c["livekit_frames_total", ("in",)] = room.frames_in
-    c["livekit_frames_total", ("out",)] = room.frames_out
-    c["livekit_reconnects_total", ()] = room.reconnects
-    c["interruptions_total", ()] = stats.session.interruptions
-    ducker = session.core.ducker
-    if ducker is not None:
-        c["ducks_total", ("started",)] = ducker.duck.started
-        c["ducks_total", ("confirmed",)] = ducker.duck.confirmed
-        c["ducks_total", ("released",)] = ducker.duck.released
-    if engine is not None and protocol is not None:
-        c["engine_chunks_total", ("sent",)] = engine.audio_chunks_queued
-        c["engine_bytes_total", ("sent",)] = engine.audio_bytes_queued
-        c["engine_chunks_total", ("received",)] = protocol.audio_chunks
-        c["engine_bytes_total", ("received",)] = protocol.audio_bytes
-        c["uplink_dropped_chunks_total", ("not_ready",)] = engine.audio_dropped_not_ready
-        c["uplink_dropped_chunks_total", ("backpressure",)] = engine.audio_dropped_backpressure
-        c["stale_chunks_dropped_total", ()] = protocol.stale_audio_chunks
-        c["engine_reconnects_total", ()] = max(0, engine.connects - 1)
-        c["engine_failed_attempts_total", ()] = engine.failed_attempts
-        for kind, n in protocol.errors.items():
-            c["protocol_errors_total", (kind,)] = n
-    if down is not None:
-        c["playout_underruns_total", ()] = down.underruns
-        c["playout_refused_seconds_total", ()] = down.refused_samples / _VOICE_RATE
-    if stats.tools is not None:
-        for field_name, outcome in _TOOL_OUTCOMES:
-            c["tool_calls_total", (outcome,)] = getattr(stats.tools, field_name)
-    if stats.chat is not None:
-        for outcome in ("sent", "truncated", "ignored", "refused", "failed", "not_sent"):
-            c["chat_messages_total", (outcome,)] = getattr(stats.chat, outcome)
-    snap.gauges["callers"] = len(stats.callers)
-    snap.gauges["engine_connected"] = 1.0 if stats.engine_state is ConnectionState.CONNECTED else 0.0
-    snap.gauges["playout_depth_seconds"] = down.depth_ms / 1000 if down is not None else 0.0
-    snap.running = stats.state not in (SessionState.STOPPING, SessionState.STOPPED)
-    return snap
-
-
-class _Tracked:
-    """One session and what the collector has already taken from it."""
-
-    __slots__ = ("flush_seen", "interruptions", "session")
-
-    def __init__(self, session: BridgeSession) -> None:
-        self.session = session
-        self.interruptions = _Histogram(INTERRUPTION_BUCKETS)
-        self.flush_seen = 0
-
-    @property
-    def labels(self) -> tuple[str, str]:
-        context = self.session.log_context
-        return context.room or "", context.session
-
-    def update_histogram(self) -> None:
-        """Observe the interruption flushes timed since the previous scrape (the session's own count says
-        how many; its stage timer keeps the most recent 2048 durations)."""
-        session = self.session
-        count = session.core.stats().interruptions
-        new = count - self.flush_seen
-        if new <= 0:
-            return
-        self.flush_seen = count
-        recent = session.timer.recent("interrupt.flush")
-        for ns in recent[max(0, recent.size - new):]:
-            self.interruptions.observe(int(ns) / SECOND)
-
-
 class LoopLagMonitor:
     """Event-loop lag as a histogram and the worst value since the last read (a :class:`LoopLagProbe`)."""
 
     def __init__(self, interval_s: float = 0.1) -> None:
         self.interval_s = interval_s
-        self.histogram = _Histogram(LAG_BUCKETS)
+        self.histogram = Histogram(LAG_BUCKETS)
         self.max_since_read = 0.0
         self._probe = LoopLagProbe(interval_s, self._observe)
 
@@ -273,9 +124,9 @@ class BridgeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, lag: LoopLagMonitor | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=False)
         self.lag = lag or LoopLagMonitor()
-        self._tracked: dict[int, _Tracked] = {}
-        self._retired: dict[_Key, float] = {}
-        self._retired_interruptions = _Histogram(INTERRUPTION_BUCKETS)
+        self._tracked: dict[int, Tracked] = {}
+        self._retired: dict[CounterKey, float] = {}
+        self._retired_interruptions = Histogram(INTERRUPTION_BUCKETS)
         self._runner: web.AppRunner | None = None
         self._formatter: concurrent.futures.ThreadPoolExecutor | None = None
         self.port: int | None = None
@@ -283,16 +134,16 @@ class BridgeMetrics:
 
     # -- sessions
     def track(self, session: BridgeSession) -> None:
-        self._tracked.setdefault(id(session), _Tracked(session))
+        self._tracked.setdefault(id(session), Tracked(session))
 
     def untrack(self, session: BridgeSession) -> None:
         tracked = self._tracked.pop(id(session), None)
         if tracked is not None:
             self._retire(tracked)
 
-    def _retire(self, tracked: _Tracked) -> None:
+    def _retire(self, tracked: Tracked) -> None:
         tracked.update_histogram()
-        _add(self._retired, _snapshot(tracked.session).counters)
+        add_counts(self._retired, read_session(tracked.session).counters)
         self._retired_interruptions.merge(tracked.interruptions)
 
     @property
@@ -344,13 +195,13 @@ class BridgeMetrics:
             if tracked.session.state is SessionState.STOPPED:
                 del self._tracked[key]
                 self._retire(tracked)
-        live = [(t, _snapshot(t.session)) for t in self._tracked.values()]
+        live = [(t, read_session(t.session)) for t in self._tracked.values()]
         for t, _ in live:
             t.update_histogram()
 
         yield GaugeMetricFamily("bridge_sessions_active", "Bridge sessions started and not yet stopped.",
                                 value=sum(1 for _, s in live if s.running))
-        for name, doc in _GAUGES:
+        for name, doc in GAUGES:
             total = GaugeMetricFamily(f"bridge_{name}", f"{doc} (all sessions)",
                                       value=sum(s.gauges[name] for _, s in live))
             per = GaugeMetricFamily(f"bridge_session_{name}", doc, labels=("room", "session"))
@@ -361,14 +212,14 @@ class BridgeMetrics:
 
         totals = dict(self._retired)
         for _, s in live:
-            _add(totals, s.counters)
+            add_counts(totals, s.counters)
         every = {name: CounterMetricFamily(f"bridge_{name.removesuffix('_total')}",
                                            f"{doc} (all sessions, ended ones included)", labels=extra)
-                 for name, doc, extra in _COUNTERS}
+                 for name, doc, extra in COUNTERS}
         each = {name: CounterMetricFamily(f"bridge_session_{name.removesuffix('_total')}", doc,
                                           labels=("room", "session", *extra))
-                for name, doc, extra in _COUNTERS}
-        for name, _, extra in _COUNTERS:
+                for name, doc, extra in COUNTERS}
+        for name, _, extra in COUNTERS:
             if not extra and (name, ()) not in totals:
                 every[name].add_metric((), 0.0)  # a zero from the start, so rate() has a baseline
         for (name, values), v in sorted(totals.items()):
@@ -377,11 +228,11 @@ class BridgeMetrics:
             labels = t.labels
             for (name, values), v in s.counters.items():
                 each[name].add_metric((*labels, *values), v)
-        for name, _, _ in _COUNTERS:
+        for name, _, _ in COUNTERS:
             yield every[name]
             yield each[name]
 
-        everything = _Histogram(INTERRUPTION_BUCKETS)
+        everything = Histogram(INTERRUPTION_BUCKETS)
         everything.merge(self._retired_interruptions)
         per_hist = HistogramMetricFamily("bridge_session_interruption_to_silence_seconds",
                                          "Interruption received until the agent's queued voice was dropped.",

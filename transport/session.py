@@ -4,29 +4,30 @@ Every decision lives in :class:`~transport.session_core.SessionCore` (sans-I/O: 
 the audio between the edges). This shell feeds it the edges' callbacks with their arrival times and carries out
 the actions it returns; it owns the :class:`~transport.livekit_room.RoomLink`, the
 :class:`~transport.engine_client.EngineClient`, the tasks, and one loop timer armed for the core's next deadline
-(linger, keepalive): aioquic's ``get_timer``/``handle_timer`` pattern, no polling.
+(linger, keepalive): aioquic's ``get_timer``/``handle_timer`` pattern, no polling. Its parts: the player task
+(:mod:`transport.session_playout`), tools/chat/agent state/transcripts (:mod:`transport.room_features`), tasks,
+event fan-out and teardown budgets (:mod:`transport.session_plumbing`).
 
 Data flow (see ``docs/ARCHITECTURE.md``)::
 
     callers' AudioStreams ─► core.caller_audio ─► Uplink (mixer → FIR → encode) ─► EngineClient.send_audio
-    EngineClient reader ─► core.engine_event ─► Downlink (gate → decode → soxr → playout) ─► _play ─► AudioSource
+    EngineClient reader ─► core.engine_event ─► Downlink (gate → decode → soxr → playout) ─► Player ─► AudioSource
 
 Rules the code here keeps:
 
 - Callbacks from both edges are synchronous and short; an ``interruption`` flushes the playout buffer, clears
   the AudioSource queue and wakes the player inside the reader's callback, before the next message is read.
-- Only :meth:`BridgeSession._play` awaits the AudioSource. It sleeps until the pacer's next deadline or until
-  audio arrives, and never holds more than the pacer's lead in the native queue.
+- Only :meth:`transport.session_playout.Player.run` awaits the AudioSource. It sleeps until the pacer's next
+  deadline or until audio arrives, and never holds more than the pacer's lead in the native queue.
 - Nothing here installs signal handlers or configures logging.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -46,18 +47,16 @@ from transport.config import EngineSettings, SessionConfig
 from transport.continuity import Continuity
 from transport.control import ConversationControls, NoConversation
 from transport.engine_client import EngineClient, StateChange
-from transport.engine_protocol import AgentAudio, ClientToolCall, ConversationMetadata, Event, Interruption
-from transport.events import (
-    RoomStateChanged,
-    SessionEvent,
-    SessionState,
-    UserTranscript,
-)
+from transport.engine_protocol import AgentAudio, ConversationMetadata, Event, Interruption
+from transport.events import RoomStateChanged, SessionEvent, SessionState
 from transport.livekit_room import RoomLink, RoomState
 from transport.log_context import LogContext, bound, new_session_id
 from transport.observe import SessionHooks, SessionStats, metrics_dict, session_stats
+from transport.room_features import RoomFeatures
 from transport.session_core import Action, ClearVoice, End, SendAudio, SessionCore, StartEngine, WakePlayout
-from transport.tools import ClientTools, ToolCalls, room_rpc
+from transport.session_playout import Player
+from transport.session_plumbing import ENGINE_CLOSE_S, ROOM_CLOSE_S, EventFanout, TaskSet, within
+from transport.tools import ClientTools, ToolCalls
 from transport.transcripts import TranscriptPublisher
 
 __all__ = ["BridgeSession", "EngineSettings", "SessionConfig", "SessionState", "serve"]  # config re-exported
@@ -89,18 +88,14 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
             config.room, on_caller_audio=self._on_caller_audio, on_caller_joined=self._on_caller_joined,
             on_caller_left=self._on_caller_left, on_state=self._on_room_state, clock=self.clock)
         self.engine: EngineClient | None = None
-        # Client tools (handlers here, else RPC to a caller) and lk.chat → user_message: transport/tools.py, chat.py
-        self.tools = tools or ClientTools()
-        self.tool_calls = ToolCalls(self.tools, reply=self._tool_result, perform_rpc=room_rpc(self.room.room),
-                                    callers=lambda: self.room.callers)
-        self.chat = ChatRelay(self.room.room, send=self._chat_message, is_caller=lambda who: who in self.room.callers,
-                              config=chat)
+        # Client tools, lk.chat → user_message, lk.agent.state and captions: transport/room_features.py
+        self.features = RoomFeatures(self.room, self.clock, tools=tools, chat=chat, tool_result=self._tool_result,
+                                     chat_message=self._chat_message)
         self.continuity = Continuity(config.engine.init, max_chars=config.continuity_chars)
-        self.transcripts: TranscriptPublisher | None = None
-        self.agent_state = AgentStateLink(self.room.room, self.clock)  # lk.agent.state, turn figures, captions
-        self._subscribers: list[asyncio.Queue[SessionEvent | None]] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._wake = asyncio.Event()
+        self.player = Player(self.core, self.room, clock=self.clock, timer=self.timer, hooks=self.hooks,
+                             agent_state=self.features.agent_state)
+        self._fanout = EventFanout(config.events_queue)
+        self._tasks = TaskSet(on_crash=self._finish)
         self._done = asyncio.Event()
         self._error: BaseException | None = None
         self._teardown_task: asyncio.Task[None] | None = None
@@ -122,6 +117,26 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
     def downlink(self) -> Downlink | None:
         return self.core.downlink
 
+    @property
+    def tools(self) -> ClientTools:
+        return self.features.tools
+
+    @property
+    def tool_calls(self) -> ToolCalls:
+        return self.features.tool_calls
+
+    @property
+    def chat(self) -> ChatRelay:
+        return self.features.chat
+
+    @property
+    def agent_state(self) -> AgentStateLink:
+        return self.features.agent_state
+
+    @property
+    def transcripts(self) -> TranscriptPublisher | None:
+        return self.features.transcripts
+
     async def start(self) -> None:
         """Join the room and (per ``start_when``) open the conversation; raise if either edge fails."""
         with bound(self.log_context):  # every task started from here on logs with this session's ids
@@ -134,15 +149,13 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
         try:
             await self.room.connect()
             self.log_context.room = self.room.room.name
-            if self.config.publish_transcripts:
-                self.transcripts = TranscriptPublisher(self.room.room)
-            self.agent_state.start(self.transcripts)
+            self.features.joined(publish_transcripts=self.config.publish_transcripts)
             actions = self.core.room_joined(self._now())
             if any(isinstance(a, StartEngine) for a in actions):
                 await self._start_engine()  # the first conversation opens inside start(): its errors raise here
             self._apply([a for a in actions if not isinstance(a, StartEngine)])
-            self._spawn(self._play(), "playout")
-            self._spawn(self._watch_room(), "room-watch")
+            self._tasks.spawn(self.player.run(), "playout")
+            self._tasks.spawn(self._watch_room(), "room-watch")
         except BaseException:
             await self._teardown()
             raise
@@ -164,17 +177,12 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
     async def events(self) -> AsyncIterator[SessionEvent]:
         """Every event from now until the session stops (:mod:`transport.events`). Slow consumers lose the
         oldest events."""
-        queue: asyncio.Queue[SessionEvent | None] = asyncio.Queue(self.config.events_queue)
-        self._subscribers.append(queue)
-        try:
-            while (event := await queue.get()) is not None:
-                yield event
-        finally:
-            self._subscribers.remove(queue)
+        async for event in self._fanout.subscribe():
+            yield event
 
     def event_backlogs(self) -> list[int]:
         """Events waiting in each subscriber's queue (each at most ``config.events_queue``)."""
-        return [queue.qsize() for queue in self._subscribers]
+        return self._fanout.backlogs()
 
     def stats(self, *, stages: bool = True) -> SessionStats:
         """One snapshot of every component's counters (``stages``: also per-stage timing percentiles)."""
@@ -193,14 +201,14 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
             if isinstance(action, SendAudio):
                 self._send_audio(action)
             elif isinstance(action, WakePlayout):
-                self._wake.set()
+                self.player.wake()
             elif isinstance(action, ClearVoice):
                 self.room.clear_voice()
-                self._wake.set()
+                self.player.wake()
                 if self.hooks.voice_cleared is not None:
                     self.hooks.voice_cleared(self._now())
             elif isinstance(action, StartEngine):
-                self._spawn(self._start_engine_safely(), "engine-start")
+                self._tasks.spawn(self._start_engine_safely(), "engine-start")
             elif isinstance(action, End):
                 if action.error is None:
                     log.info("ending the session: %s", action.reason)
@@ -239,12 +247,8 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
             self._apply(self.core.timer(self._now()))
 
     def _publish(self, event: SessionEvent) -> None:
-        transcripts = self.transcripts
-        if transcripts is not None and isinstance(event, UserTranscript):
-            transcripts.user(self.core.speaker(), event.text, event_id=event.event_id, final=event.final)
-        self.agent_state.event(event)  # the agent's captions follow its playout: agent_state decides them
-        for queue in self._subscribers:
-            _put_latest(queue, event)
+        self.features.publish(event, self.core.speaker)  # captions (the agent's follow its playout)
+        self._fanout.publish(event)
 
     # ------------------------------------------------------------------ engine side
     def _make_uplink(self, fmt: AudioFormat) -> Uplink:
@@ -262,7 +266,7 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
             reconnect_wanted=self.core.wants_conversation, init_factory=self.continuity.init_for)
         await self.engine.start()
         self._apply(self.core.engine_started(self._now()))
-        self._spawn(self._watch_engine(self.engine), "engine-watch")
+        self._tasks.spawn(self._watch_engine(self.engine), "engine-watch")
 
     async def _start_engine_safely(self) -> None:
         try:
@@ -276,14 +280,11 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
             self.hooks.engine_event(event, recv_ns)
         if self.continuity.drop(event):
             return  # a reconnected conversation's unsolicited greeting (transport/continuity.py)
-        self.agent_state.engine_event(event, recv_ns)
         if isinstance(event, ConversationMetadata):
             self.log_context.conversation_id = event.conversation_id
             log.info("conversation %s: user audio %s, agent audio %s", event.conversation_id, event.input_format,
                      event.output_format)
-            self.tool_calls.new_conversation()  # the new conversation cannot take the old one's results
-        elif isinstance(event, ClientToolCall):
-            self.tool_calls.call(event)
+        self.features.engine_event(event, recv_ns)  # agent state, tool calls
         self._apply(self.core.engine_event(event, recv_ns))
         if isinstance(event, AgentAudio):  # received → in the playout buffer (the core reads no clock)
             self.timer.add("downlink.total", self._now() - recv_ns)
@@ -324,7 +325,7 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
     def _on_caller_audio(self, identity: str, samples: npt.NDArray[np.int16], recv_ns: int) -> None:
         if self.hooks.caller_frame is not None:
             self.hooks.caller_frame(identity, samples, recv_ns)
-        self.agent_state.caller_frame(samples, recv_ns)
+        self.features.caller_frame(samples, recv_ns)
         actions = self.core.caller_audio(identity, samples, recv_ns)
         if actions:
             self._apply(actions)
@@ -336,65 +337,7 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
         await self.room.disconnected.wait()
         self._apply(self.core.room_left(self.room.disconnect_reason, self._now()))
 
-    # ------------------------------------------------------------------ playout
-    async def _play(self) -> None:
-        """The only writer of the agent's voice: pacer deadlines in, 10 ms frames out."""
-        clock, room, wake, core, hooks = self.clock, self.room, self._wake, self.core, self.hooks
-        ducker = core.ducker
-        loop = asyncio.get_running_loop()
-        while True:
-            down = core.downlink
-            now = clock.now_ns()
-            if ducker is not None and ducker.rewind_pending:
-                # A duck started: what the AudioSource already holds (the pacer's lead) is replaced by the same
-                # audio, ducked, so the caller hears the duck now rather than after the lead has played.
-                redo = ducker.rewind(now)
-                if redo.size:
-                    room.clear_voice()
-                    await room.send_voice(redo)
-            if down is not None:
-                samples = down.due(now)
-                self.agent_state.voice(down, now)  # these samples reach the AudioSource before the next await
-                if samples is not None:
-                    if ducker is not None:
-                        samples = ducker.voice_frame(samples, now)
-                    t0 = clock.now_ns()
-                    if hooks.voice_out is not None:
-                        hooks.voice_out(samples, t0)
-                    await room.send_voice(samples)
-                    self.timer.add("downlink.capture", clock.now_ns() - t0)
-                    continue
-                wake_ns = down.next_wakeup_ns(now)
-            else:
-                wake_ns = None
-            wake.clear()
-            if wake_ns is None:
-                await wake.wait()  # idle: the next audio event or interruption sets it
-                continue
-            # A timer that sets the same event: no task or cancellation per frame (wait_for would make both,
-            # 100 times a second per playing session).
-            timer = loop.call_later(max(0.0, (wake_ns - clock.now_ns()) / SECOND), wake.set)
-            try:
-                await wake.wait()
-            finally:
-                timer.cancel()
-
     # ------------------------------------------------------------------ plumbing
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"bridge:{name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        log.error("session task %s crashed", task.get_name(), exc_info=exc)
-        self._finish(exc)
-
     def _finish(self, error: BaseException | None) -> None:
         """End the session from a callback: record why and let a task do the teardown."""
         if self.core.ending:
@@ -411,63 +354,17 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_at = None
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
-        for task in list(self._tasks):
-            if task is not current:
-                with contextlib.suppress(BaseException):
-                    await task
-        await self.tool_calls.close()
-        await self.chat.close()
+        await self._tasks.cancel_all()
+        await self.features.stop()  # no more tool calls or chat
         # The room first, each side on its own budget and shielded from a cancel of this task: the agent must
         # leave the room even when the engine is blackholed (its close alone may take the close timeout).
-        await _within(self.room.close(), _ROOM_CLOSE_S, "leaving the room")
+        await within(self.room.close(), ROOM_CLOSE_S, "leaving the room")
         if self.engine is not None:
-            await _within(self.engine.close(), _ENGINE_CLOSE_S, "closing the engine conversation")
-        if self.transcripts is not None:
-            await _within(self.transcripts.close(), _TRANSCRIPTS_CLOSE_S, "closing the transcript streams")
-        await _within(self.agent_state.close(), _TRANSCRIPTS_CLOSE_S, "stopping the agent state")
+            await within(self.engine.close(), ENGINE_CLOSE_S, "closing the engine conversation")
+        await self.features.close()  # transcript streams, agent state
         self._apply(self.core.stopped(self._now()))
-        for queue in self._subscribers:
-            _put_latest(queue, None)
+        self._fanout.close()
         self._done.set()
-
-
-# Teardown budgets: together under the worker's stop timeout (12 s), the engine's the close timeout (5 s) plus
-# slack for the close handshake.
-_ROOM_CLOSE_S = 3.0
-_ENGINE_CLOSE_S = 6.0
-_TRANSCRIPTS_CLOSE_S = 1.0
-
-
-async def _within(step: Awaitable[None], budget_s: float, what: str) -> None:
-    """Run one teardown step to its end or its budget, whichever first; never raise."""
-    task = asyncio.ensure_future(step)
-    try:
-        await asyncio.wait_for(asyncio.shield(task), budget_s)
-    except TimeoutError:
-        log.warning("%s took over %.0f s; going on without it", what, budget_s)
-        task.cancel()
-    except asyncio.CancelledError:
-        # Our caller is being cancelled: let the step finish in the background within its budget.
-        task.add_done_callback(_swallow)
-        raise
-    except Exception as exc:
-        log.warning("%s failed: %s", what, exc)
-
-
-def _swallow(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()
-
-
-def _put_latest(queue: asyncio.Queue[SessionEvent | None], item: SessionEvent | None) -> None:
-    if queue.full():
-        with contextlib.suppress(asyncio.QueueEmpty):
-            queue.get_nowait()
-    queue.put_nowait(item)
 
 
 async def serve(session: BridgeSession, stop: asyncio.Event) -> None:
