@@ -14,6 +14,9 @@ Limits, and what happens past them (counted in :class:`ChatStats`):
 - **Senders**: only callers (see :class:`~transport.livekit_room.RoomLink`): the agent's own messages and other
   agents' are ignored. Empty or whitespace-only messages are ignored.
 - **No conversation**: a message that arrives while the engine is not connected is dropped (``not_sent``).
+- **Order**: messages are read side by side but sent in the order their streams opened, so a long message is
+  not overtaken by a short one sent after it; a stalled stream holds the later ones back for at most
+  ``read_timeout_s``.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class ChatRelay:
         self._send = send
         self._is_caller = is_caller
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last: asyncio.Task[None] | None = None  # the newest message: the next one is sent after it
         self._counts = {f.name: 0 for f in fields(ChatStats)}
         self._closed = False
         if self.config.enabled:
@@ -122,11 +126,12 @@ class ChatRelay:
             log.warning("chat message from %s refused: %d messages already being read", sender, len(self._tasks))
             reader.close()
             return
-        task = asyncio.get_running_loop().create_task(self._read(reader, sender), name=f"chat:{sender}")
+        task = asyncio.get_running_loop().create_task(self._read(reader, sender, self._last), name=f"chat:{sender}")
+        self._last = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _read(self, reader: rtc.TextStreamReader, sender: str) -> None:
+    async def _read(self, reader: rtc.TextStreamReader, sender: str, previous: asyncio.Task[None] | None) -> None:
         message = ChatText(self.config.max_chars)
         try:
             async with asyncio.timeout(self.config.read_timeout_s):
@@ -140,6 +145,8 @@ class ChatRelay:
             return
         finally:
             reader.close()
+        if previous is not None:
+            await asyncio.wait({previous})  # sent in arrival order; its outcome is its own
         text = message.text
         if not text.strip():
             self._counts["ignored"] += 1
