@@ -160,7 +160,10 @@ async def test_a_spoken_barge_in_reports_onset_to_silence(livekit_server: LiveKi
         # its own share of it (VAD plus 60 ms) before it interrupts; all of it within the time waited here.
         assert "onset_to_silence_ms" in cut, cut
         assert cut["interruption_ms"] < cut["onset_to_silence_ms"] < waited_ms, (cut, waited_ms)
-        assert cut["onset_to_silence_ms"] > 60, cut
+        # The engine interrupts after 60 ms of speech by its own VAD, counted in 10 ms frames on its own grid and
+        # threshold; the ducker's onset is the first 10 ms caller frame it calls speech. The two grids and
+        # thresholds can put the engine's first voiced frame one frame before the ducker's (seen: 57.1 ms).
+        assert cut["onset_to_silence_ms"] > 60 - 10, cut
     print(f"spoken barge-in: {cut}")
 
 
