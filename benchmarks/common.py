@@ -16,7 +16,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -197,3 +197,17 @@ def ratio(baseline: float | None, ours: float | None) -> float | None:
     if baseline is None or ours is None or ours <= 0:
         return None
     return baseline / ours
+
+
+def versus(trials: Iterable[Mapping[str, Any]], metric: str) -> dict[str, Any]:
+    """One metric over the same trials: percentiles for our bridge and for the baseline, and baseline/ours."""
+    trials = list(trials)
+    ours = summarize(t[metric] for t in trials if t["bridge"] == "ours")
+    base = summarize(t[metric] for t in trials if t["bridge"] == "baseline")
+    return {"ours": ours, "baseline": base, "ratio": {q: ratio(base[q], ours[q]) for q in ("p50", "p95", "p99")}}
+
+
+def per_bridge_total(trials: Iterable[Mapping[str, Any]], key: str) -> dict[str, int]:
+    """``key`` summed over the trials of each bridge."""
+    trials = list(trials)
+    return {b: sum(t[key] for t in trials if t["bridge"] == b) for b in ("ours", "baseline")}

@@ -34,7 +34,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import LOUD_BRIDGE, LOUD_REMOTE, RATE, Progress, ms, ratio, summarize, voice
+from benchmarks.common import (
+    LOUD_BRIDGE,
+    LOUD_REMOTE,
+    RATE,
+    Progress,
+    ms,
+    per_bridge_total,
+    summarize,
+    versus,
+    voice,
+)
 from benchmarks.rig import Rig, Side, loud_after
 from emulator import EmulatorConfig, Reply
 from emulator.signals import resample
@@ -217,12 +227,8 @@ def summarize_trials(trials: list[dict[str, Any]]) -> dict[str, Any]:
         row: dict[str, Any] = {}
         for metric in ("bridge_ms", "bridge_from_read_ms", "remote_ms", "read_delay_ms", "room_delay_at_start_ms",
                        "room_delay_at_end_ms", "speech_to_interruption_ms"):
-            ours = summarize(t[metric] for t in picked if t["bridge"] == "ours")
-            base = summarize(t[metric] for t in picked if t["bridge"] == "baseline")
-            row[metric] = {"ours": ours, "baseline": base,
-                           "ratio": {q: ratio(base[q], ours[q]) for q in ("p50", "p95", "p99")}}
-        row["late_voice_captures"] = {b: sum(t["late_voice_captures"] for t in picked if t["bridge"] == b)
-                                      for b in ("ours", "baseline")}
+            row[metric] = versus(picked, metric)
+        row["late_voice_captures"] = per_bridge_total(picked, "late_voice_captures")
         row["remote_reply_not_heard"] = sum(1 for t in picked if not t["remote_heard_reply"])
         out[mode] = row
     return out

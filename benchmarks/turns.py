@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import LOUD_REMOTE, Progress, first_loud, ms, ratio, summarize
+from benchmarks.common import LOUD_REMOTE, Progress, first_loud, ms, per_bridge_total, summarize, versus
 from benchmarks.interrupt import bridge_silence, remote_silence
 from benchmarks.rig import Rig, Side
 from emulator import EmulatorConfig, Reply
@@ -246,12 +246,8 @@ async def _one_rate(server: LiveKitServer, cfg: TurnsConfig, burst: float, progr
         metrics = rig.ours.session.metrics()
     summary: dict[str, Any] = {}
     for metric in METRICS:
-        ours = summarize(t[metric] for t in trials if t["bridge"] == "ours")
-        base = summarize(t[metric] for t in trials if t["bridge"] == "baseline")
-        summary[metric] = {"ours": ours, "baseline": base,
-                           "ratio": {q: ratio(base[q], ours[q]) for q in ("p50", "p95", "p99")}}
-    summary["stale_captures"] = {b: sum(t["stale_captures"] for t in trials if t["bridge"] == b)
-                                 for b in ("ours", "baseline")}
+        summary[metric] = versus(trials, metric)
+    summary["stale_captures"] = per_bridge_total(trials, "stale_captures")
     summary["uplink_hold_ms"] = {"ours": summarize(v / 1e6 for v in hold_ours.tolist()),
                                  "baseline": summarize(v / 1e6 for v in hold_naive.tolist())}
     summary["ours_align_wait_ms"] = summarize(v / 1e6 for v in align.tolist())

@@ -214,6 +214,14 @@ class Conversation:
         text = wire.malformed(kind, event_id, oversize_bytes=self._config.oversize_bytes)
         self._enqueue(text, kind, event_id)
 
+    def pause_reading(self, paused: bool = True) -> None:
+        """Stop (or resume) reading the client's socket: a slow consumer whose receive window fills up."""
+        if self._transport is not None:
+            if paused:
+                self._transport.pause_reading()
+            else:
+                self._transport.resume_reading()
+
     def drop(self) -> None:
         """Abort the TCP connection with no close frame (the client sees 1006)."""
         log.info("conversation %s: dropping the socket (fault injection)", self.conversation_id)

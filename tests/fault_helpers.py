@@ -408,18 +408,17 @@ def stop_engine_reading(conversation: Conversation, engine: EngineClient) -> Cal
     Only our send buffer is made small, never the emulator's receive buffer: shrinking it on an established
     socket leaves the window it already advertised larger than the memory behind it, and Linux then drops our
     segments as beyond its window, ACKs for the emulator's data included (see the ping-flood test in
-    test_security). The emulator has no public pause yet, so its asyncio transport is reached here, once.
+    test_security).
     """
-    transport = conversation._transport
     client_sock = engine.socket
-    assert transport is not None and client_sock is not None
+    assert client_sock is not None
     sndbuf = client_sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    transport.pause_reading()
+    conversation.pause_reading()
 
     def resume() -> None:
         client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        transport.resume_reading()
+        conversation.pause_reading(False)
 
     return resume
 

@@ -175,63 +175,74 @@ def bridge_job_runner(engine: EngineSettings, sessions: list[BridgeSession]) -> 
     return run
 
 
-async def test_the_page_talks_to_the_engine_through_the_bridge(livekit_server: LiveKitServer,
-                                                               chromium_binary: str, tmp_path: Path) -> None:
-    """Page joins → worker dispatched → the fake microphone's speech reaches the emulator → its reply (a
-    660 Hz tone) plays in the page → user and agent captions appear."""
-    started = time.monotonic()
-    name, room = unique("web-bridge"), unique("bridge-room")
+@contextlib.asynccontextmanager
+async def bridged_page(server: LiveKitServer, binary: str, tmp_path: Path, prefix: str,
+                       emulator_config: EmulatorConfig, *, seconds_off: float,
+                       shot: str) -> AsyncIterator[tuple[Emulator, Page, list[BridgeSession]]]:
+    """The production path with the real bridge: the emulator, a worker whose jobs are BridgeSessions, the token
+    server, and the page joined to a room of its own with its one session started. A failure inside leaves
+    ``artifacts/browser/<shot>-failure.png`` and the page's diagnostics."""
+    name, room = unique(f"web-{prefix}"), unique(f"{prefix}-room")
     sessions: list[BridgeSession] = []
-    emulator_config = EmulatorConfig(reply_mode="tone", tone_hz=660.0, tone_ms=1500.0)
     async with Emulator(emulator_config) as emu:
         engine = EngineSettings(api_key=emu.api_key, agent_id=emulator_config.agent_id, api_base=emu.rest_base_url)
-        # Long pauses in the fake microphone, so a reply is never barged in on by the next loop of the file.
-        async with production_path(livekit_server, bridge_job_runner(engine, sessions), name) as site, \
-                browser_page(chromium_binary, tmp_path, seconds_off=4.8) as page:
+        async with production_path(server, bridge_job_runner(engine, sessions), name) as site, \
+                browser_page(binary, tmp_path, seconds_off=seconds_off) as page:
             try:
                 await page.navigate(f"{site}/?room={room}&identity=web-user")
                 await page.evaluate("document.getElementById('join').click()", user_gesture=True)
                 await page.wait_for("window.bridgeState.connection === 'connected'", timeout=30)
                 await wait_for(lambda: len(sessions) == 1, timeout=30)
-                identity = sessions[0].config.room.identity
-                await page.wait_for(f"window.bridgeState.agentIdentity === {identity!r}", timeout=20)
-
-                # The microphone's speech reached the engine: the emulator's VAD found a user turn in it.
-                conversation = await emu.next_conversation(timeout=30)
-                await conversation.wait_for(lambda: len(conversation.utterances) >= 1, timeout=30)
-                heard_ms = [(u.end_sample - u.start_sample) * 1000 // conversation.input_format.rate
-                            for u in conversation.utterances]
-                assert 800 <= heard_ms[0] <= 2000, heard_ms  # the WAV speaks for 1.2 s at a time
-
-                # Its reply plays in the page, measured there: 660 Hz for more than a second.
-                reply = await conversation.next_reply(timeout=20)
-                assert reply.mode == "tone"
-                await page.wait_for("window.bridgeState.agentAudio.loudMs > 1000", timeout=20)
-                peaks = []
-                for _ in range(3):
-                    peaks.append(await page.evaluate("window.bridgeState.agentAudio.peakHz"))
-                    if abs(peaks[-1] - 660.0) < 15.0:
-                        break
-                    await asyncio.sleep(0.3)
-                assert any(abs(p - 660.0) < 15.0 for p in peaks), peaks
-
-                # Captions: what the engine heard (user) and what it answered (agent), as LiveKit text streams.
-                await page.wait_for("window.bridgeState.captions.some(c => c.role === 'user' && c.final) && "
-                                    "window.bridgeState.captions.some(c => c.role === 'agent')", timeout=20)
-                captions = (await state(page))["captions"]
-                user = next(c for c in captions if c["role"] == "user")
-                agent = next(c for c in captions if c["role"] == "agent")
-                assert user["speaker"] == "web-user" and "ms of user speech" in user["text"], captions
-                assert agent["speaker"] == identity and agent["text"] == reply.text, captions
-                await page.screenshot(ARTIFACTS / "bridge.png")
-                await page.evaluate("document.getElementById('leave').click()")
-                await page.wait_for("window.bridgeState.connection === 'disconnected'", timeout=20)
-                assert page.exceptions == []
+                yield emu, page, sessions
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await page.screenshot(ARTIFACTS / "bridge-failure.png")
+                    await page.screenshot(ARTIFACTS / f"{shot}-failure.png")
                 print(page.diagnostics())
                 raise
+
+
+async def test_the_page_talks_to_the_engine_through_the_bridge(livekit_server: LiveKitServer,
+                                                               chromium_binary: str, tmp_path: Path) -> None:
+    """Page joins → worker dispatched → the fake microphone's speech reaches the emulator → its reply (a
+    660 Hz tone) plays in the page → user and agent captions appear."""
+    started = time.monotonic()
+    emulator_config = EmulatorConfig(reply_mode="tone", tone_hz=660.0, tone_ms=1500.0)
+    async with bridged_page(livekit_server, chromium_binary, tmp_path, "bridge", emulator_config,
+                            seconds_off=4.8, shot="bridge") as (emu, page, sessions):
+        identity = sessions[0].config.room.identity
+        await page.wait_for(f"window.bridgeState.agentIdentity === {identity!r}", timeout=20)
+
+        # The microphone's speech reached the engine: the emulator's VAD found a user turn in it.
+        conversation = await emu.next_conversation(timeout=30)
+        await conversation.wait_for(lambda: len(conversation.utterances) >= 1, timeout=30)
+        heard_ms = [(u.end_sample - u.start_sample) * 1000 // conversation.input_format.rate
+                    for u in conversation.utterances]
+        assert 800 <= heard_ms[0] <= 2000, heard_ms  # the WAV speaks for 1.2 s at a time
+
+        # Its reply plays in the page, measured there: 660 Hz for more than a second.
+        reply = await conversation.next_reply(timeout=20)
+        assert reply.mode == "tone"
+        await page.wait_for("window.bridgeState.agentAudio.loudMs > 1000", timeout=20)
+        peaks = []
+        for _ in range(3):
+            peaks.append(await page.evaluate("window.bridgeState.agentAudio.peakHz"))
+            if abs(peaks[-1] - 660.0) < 15.0:
+                break
+            await asyncio.sleep(0.3)
+        assert any(abs(p - 660.0) < 15.0 for p in peaks), peaks
+
+        # Captions: what the engine heard (user) and what it answered (agent), as LiveKit text streams.
+        await page.wait_for("window.bridgeState.captions.some(c => c.role === 'user' && c.final) && "
+                            "window.bridgeState.captions.some(c => c.role === 'agent')", timeout=20)
+        captions = (await state(page))["captions"]
+        user = next(c for c in captions if c["role"] == "user")
+        agent = next(c for c in captions if c["role"] == "agent")
+        assert user["speaker"] == "web-user" and "ms of user speech" in user["text"], captions
+        assert agent["speaker"] == identity and agent["text"] == reply.text, captions
+        await page.screenshot(ARTIFACTS / "bridge.png")
+        await page.evaluate("document.getElementById('leave').click()")
+        await page.wait_for("window.bridgeState.connection === 'disconnected'", timeout=20)
+        assert page.exceptions == []
     print(f"full browser test took {time.monotonic() - started:.1f} s")
 
 
@@ -254,124 +265,95 @@ async def test_the_page_sees_the_agent_state_and_captions_cut_at_a_barge_in(live
     across a turn (the fake microphone speaks, the emulator answers with a short tone), then speaking →
     listening when the engine interrupts a long reply; the agent's caption of that reply is cut to the part
     that played."""
-    name, room = unique("web-state"), unique("state-room")
-    sessions: list[BridgeSession] = []
     emulator_config = EmulatorConfig(reply_mode="tone", tone_hz=660.0, tone_ms=800.0)
-    async with Emulator(emulator_config) as emu:
-        engine = EngineSettings(api_key=emu.api_key, agent_id=emulator_config.agent_id, api_base=emu.rest_base_url)
-        # The microphone speaks once, then is silent for longer than the test: the rest is driven from here.
-        async with production_path(livekit_server, bridge_job_runner(engine, sessions), name) as site, \
-                browser_page(chromium_binary, tmp_path, seconds_off=60.0) as page:
-            try:
-                await page.navigate(f"{site}/?room={room}&identity=web-user")
-                await page.evaluate("document.getElementById('join').click()", user_gesture=True)
-                await page.wait_for("window.bridgeState.connection === 'connected'", timeout=30)
-                await wait_for(lambda: len(sessions) == 1, timeout=30)
-                conversation = await emu.next_conversation(timeout=30)
+    async with bridged_page(livekit_server, chromium_binary, tmp_path, "state", emulator_config,
+                            seconds_off=60.0, shot="agent-state") as (emu, page, _sessions):
+        conversation = await emu.next_conversation(timeout=30)
 
-                # A turn: the microphone's speech ends, the engine answers, the answer plays to its end.
-                reply = await conversation.next_reply(timeout=30)
-                await page.wait_for("window.bridgeState.agentState === 'listening' && "
-                                    "window.bridgeState.agentStates.some(s => s.state === 'speaking')", timeout=20)
-                seen = [s["state"] for s in (await state(page))["agentStates"]]
-                assert _runs(seen, ["listening", "thinking", "speaking", "listening"]), seen
-                await page.wait_for("window.bridgeState.agentTurn !== null", timeout=10)
-                turn = (await state(page))["agentTurn"]
-                assert turn["turn"] == 1 and emulator_config.think_time_ms < turn["reply_ms"] < 5000, turn
+        # A turn: the microphone's speech ends, the engine answers, the answer plays to its end.
+        reply = await conversation.next_reply(timeout=30)
+        await page.wait_for("window.bridgeState.agentState === 'listening' && "
+                            "window.bridgeState.agentStates.some(s => s.state === 'speaking')", timeout=20)
+        seen = [s["state"] for s in (await state(page))["agentStates"]]
+        assert _runs(seen, ["listening", "thinking", "speaking", "listening"]), seen
+        await page.wait_for("window.bridgeState.agentTurn !== null", timeout=10)
+        turn = (await state(page))["agentTurn"]
+        assert turn["turn"] == 1 and emulator_config.think_time_ms < turn["reply_ms"] < 5000, turn
 
-                # A barge-in: a long reply with words, interrupted by the engine while it plays.
-                mark = len(seen)
-                long_reply = conversation.trigger_reply("tone", ms=6000.0, transcript="tell me a long story")
-                await page.wait_for("window.bridgeState.agentState === 'speaking'", timeout=20)
-                words = " ".join(f"word{i:02d}" for i in range(30))
-                conversation.send(wire.agent_response(words, long_reply.event_id), "agent_response",
-                                  long_reply.event_id)
-                await asyncio.sleep(1.5)
-                assert conversation.interrupt()
-                await page.wait_for("window.bridgeState.agentState === 'listening'", timeout=20)
-                seen = [s["state"] for s in (await state(page))["agentStates"]]
-                assert _runs(seen[mark:], ["thinking", "speaking", "listening"]), seen
+        # A barge-in: a long reply with words, interrupted by the engine while it plays.
+        mark = len(seen)
+        long_reply = conversation.trigger_reply("tone", ms=6000.0, transcript="tell me a long story")
+        await page.wait_for("window.bridgeState.agentState === 'speaking'", timeout=20)
+        words = " ".join(f"word{i:02d}" for i in range(30))
+        conversation.send(wire.agent_response(words, long_reply.event_id), "agent_response",
+                          long_reply.event_id)
+        await asyncio.sleep(1.5)
+        assert conversation.interrupt()
+        await page.wait_for("window.bridgeState.agentState === 'listening'", timeout=20)
+        seen = [s["state"] for s in (await state(page))["agentStates"]]
+        assert _runs(seen[mark:], ["thinking", "speaking", "listening"]), seen
 
-                # The caption of the cut reply: final, a prefix of its text ending at a word, well short of it.
-                segment = f"agent-{conversation.conversation_id}-{long_reply.event_id}"
-                await page.wait_for(f"window.bridgeState.captions.some(c => c.id === {segment!r} && c.final)",
-                                    timeout=20)
-                caption = next(c for c in (await state(page))["captions"] if c["id"] == segment)
-                full = f"{long_reply.text} {words}"
-                assert caption["role"] == "agent" and caption["text"], caption
-                assert full.startswith(caption["text"]) and full[len(caption["text"])] == " ", caption
-                assert len(caption["text"]) < 0.6 * len(full), caption
-                shown = await page.evaluate("document.getElementById('captions').innerText")
-                assert caption["text"] in shown and "word29" not in shown
-                assert await page.evaluate("document.getElementById('agent-state').textContent") == "listening"
-                assert (await state(page))["agentTurn"]["interruption_ms"] < 50
-                assert any(c["id"] == f"agent-{conversation.conversation_id}-{reply.event_id}" and c["final"]
-                           and c["text"] == reply.text for c in (await state(page))["captions"])
-                await page.screenshot(ARTIFACTS / "agent-state.png")
-                assert page.exceptions == []
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await page.screenshot(ARTIFACTS / "agent-state-failure.png")
-                print(page.diagnostics())
-                raise
+        # The caption of the cut reply: final, a prefix of its text ending at a word, well short of it.
+        segment = f"agent-{conversation.conversation_id}-{long_reply.event_id}"
+        await page.wait_for(f"window.bridgeState.captions.some(c => c.id === {segment!r} && c.final)",
+                            timeout=20)
+        caption = next(c for c in (await state(page))["captions"] if c["id"] == segment)
+        full = f"{long_reply.text} {words}"
+        assert caption["role"] == "agent" and caption["text"], caption
+        assert full.startswith(caption["text"]) and full[len(caption["text"])] == " ", caption
+        assert len(caption["text"]) < 0.6 * len(full), caption
+        shown = await page.evaluate("document.getElementById('captions').innerText")
+        assert caption["text"] in shown and "word29" not in shown
+        assert await page.evaluate("document.getElementById('agent-state').textContent") == "listening"
+        assert (await state(page))["agentTurn"]["interruption_ms"] < 50
+        assert any(c["id"] == f"agent-{conversation.conversation_id}-{reply.event_id}" and c["final"]
+                   and c["text"] == reply.text for c in (await state(page))["captions"])
+        await page.screenshot(ARTIFACTS / "agent-state.png")
+        assert page.exceptions == []
 
 
 async def test_the_page_answers_the_agents_tool_call_and_its_chat_reaches_the_engine(
         livekit_server: LiveKitServer, chromium_binary: str, tmp_path: Path) -> None:
     """The engine (emulator) calls the page's ``set_theme`` RPC tool through the bridge and gets its answer; a
     message typed into the page's chat box reaches the engine as ``user_message``."""
-    name, room = unique("web-tools"), unique("tools-room")
-    sessions: list[BridgeSession] = []
     emulator_config = EmulatorConfig(reply_mode="tone", tone_hz=660.0, tone_ms=300.0)
-    async with Emulator(emulator_config) as emu:
-        engine = EngineSettings(api_key=emu.api_key, agent_id=emulator_config.agent_id, api_base=emu.rest_base_url)
-        async with production_path(livekit_server, bridge_job_runner(engine, sessions), name) as site, \
-                browser_page(chromium_binary, tmp_path, seconds_off=4.8) as page:
-            try:
-                await page.navigate(f"{site}/?room={room}&identity=web-user")
-                await page.evaluate("document.getElementById('join').click()", user_gesture=True)
-                await page.wait_for("window.bridgeState.connection === 'connected'", timeout=30)
-                await wait_for(lambda: len(sessions) == 1, timeout=30)
-                session = sessions[0]
-                conversation = await emu.next_conversation(timeout=30)
-                await conversation.wait_for(lambda: conversation.init is not None, timeout=20)
-                await wait_for(lambda: "web-user" in session.room.callers, timeout=20)
+    async with bridged_page(livekit_server, chromium_binary, tmp_path, "tools", emulator_config,
+                            seconds_off=4.8, shot="tools-chat") as (emu, page, sessions):
+        session = sessions[0]
+        conversation = await emu.next_conversation(timeout=30)
+        await conversation.wait_for(lambda: conversation.init is not None, timeout=20)
+        await wait_for(lambda: "web-user" in session.room.callers, timeout=20)
 
-                # The agent calls the page's tool: the page runs it and its answer is the engine's result.
-                call_id = call_tool(conversation, "set_theme", {"theme": "dark"})
-                result = await tool_result(conversation, call_id, timeout=20)
-                assert (result.result, result.is_error) == ("The page now uses the dark theme.", False)
-                assert await page.evaluate("document.body.dataset.theme") == "dark"
-                calls = (await state(page))["toolCalls"]
-                assert [(c["method"], c["caller"], c["params"]) for c in calls] == \
-                    [("set_theme", session.config.room.identity, {"theme": "dark"})]
-                # A refusal in the page (its RpcError) reaches the engine as an error result with its message.
-                call_id = call_tool(conversation, "set_theme", {"theme": "pink"})
-                refused = await tool_result(conversation, call_id, timeout=20)
-                assert refused.is_error and 'unknown theme "pink"' in refused.result, refused
-                assert await page.evaluate("document.body.dataset.theme") == "dark"
+        # The agent calls the page's tool: the page runs it and its answer is the engine's result.
+        call_id = call_tool(conversation, "set_theme", {"theme": "dark"})
+        result = await tool_result(conversation, call_id, timeout=20)
+        assert (result.result, result.is_error) == ("The page now uses the dark theme.", False)
+        assert await page.evaluate("document.body.dataset.theme") == "dark"
+        calls = (await state(page))["toolCalls"]
+        assert [(c["method"], c["caller"], c["params"]) for c in calls] == \
+            [("set_theme", session.config.room.identity, {"theme": "dark"})]
+        # A refusal in the page (its RpcError) reaches the engine as an error result with its message.
+        call_id = call_tool(conversation, "set_theme", {"theme": "pink"})
+        refused = await tool_result(conversation, call_id, timeout=20)
+        assert refused.is_error and 'unknown theme "pink"' in refused.result, refused
+        assert await page.evaluate("document.body.dataset.theme") == "dark"
 
-                # A chat message typed into the page reaches the engine as a user message.
-                await page.wait_for("!document.getElementById('chat-send').disabled", timeout=10)
-                await page.evaluate("document.getElementById('chat-input').focus()")
-                await page.send("Input.insertText", {"text": "Hello from the page's chat box"})
-                await page.evaluate("document.getElementById('chat-send').click()")
+        # A chat message typed into the page reaches the engine as a user message.
+        await page.wait_for("!document.getElementById('chat-send').disabled", timeout=10)
+        await page.evaluate("document.getElementById('chat-input').focus()")
+        await page.send("Input.insertText", {"text": "Hello from the page's chat box"})
+        await page.evaluate("document.getElementById('chat-send').click()")
 
-                def typed() -> list[str | None]:
-                    return [m.text for m in conversation.client_messages if isinstance(m, wire.UserMessage)]
+        def typed() -> list[str | None]:
+            return [m.text for m in conversation.client_messages if isinstance(m, wire.UserMessage)]
 
-                await conversation.wait_for(lambda: bool(typed()), timeout=20)
-                assert typed() == ["Hello from the page's chat box"]
-                assert await page.evaluate("document.getElementById('chat-input').value") == ""
-                stats = session.stats()
-                assert stats.tools is not None and stats.tools.forwarded == 1 and stats.tools.errors == 1
-                assert stats.chat is not None and stats.chat.sent == 1
-                await page.screenshot(ARTIFACTS / "tools-chat.png")
-                await page.evaluate("document.getElementById('leave').click()")
-                await page.wait_for("window.bridgeState.connection === 'disconnected'", timeout=20)
-                assert page.exceptions == []
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await page.screenshot(ARTIFACTS / "tools-chat-failure.png")
-                print(page.diagnostics())
-                raise
+        await conversation.wait_for(lambda: bool(typed()), timeout=20)
+        assert typed() == ["Hello from the page's chat box"]
+        assert await page.evaluate("document.getElementById('chat-input').value") == ""
+        stats = session.stats()
+        assert stats.tools is not None and stats.tools.forwarded == 1 and stats.tools.errors == 1
+        assert stats.chat is not None and stats.chat.sent == 1
+        await page.screenshot(ARTIFACTS / "tools-chat.png")
+        await page.evaluate("document.getElementById('leave').click()")
+        await page.wait_for("window.bridgeState.connection === 'disconnected'", timeout=20)
+        assert page.exceptions == []

@@ -56,12 +56,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-import aiohttp
-
-from core.errors import BridgeError, ConfigError, EngineAuthError, EngineError
+from core.errors import BridgeError, ConfigError, EngineError
 from core.formats import ENGINE_FORMATS
 from core.redact import MASK, Redactor, redact_url
-from transport.signed_url import DEFAULT_API_BASE, check_api_base
+from transport.signed_url import DEFAULT_API_BASE, api_request, check_api_base
 
 __all__ = ["EngineAdmin", "EngineRef", "FieldPaths", "main", "mask_headers", "overrides_patch", "summary"]
 
@@ -239,7 +237,7 @@ class EngineAdmin:
         check_api_base(base_url)
         self._api_key = api_key
         self._base = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._redact = Redactor([api_key, *secrets])
 
     async def get(self, ref: EngineRef) -> Json:
@@ -251,17 +249,8 @@ class EngineAdmin:
     async def _request(self, method: str, ref: EngineRef, body: Json | None) -> Json:
         url = self._base + ref.path
         where = f"{method} {redact_url(url)}"
-        try:
-            async with aiohttp.ClientSession(timeout=self._timeout) as session, \
-                    session.request(method, url, json=body, headers={"xi-api-key": self._api_key},
-                                    allow_redirects=False) as response:
-                status, raw = response.status, await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise EngineError(f"{where} failed: {type(exc).__name__}") from None
-        if status in (401, 403):
-            raise EngineAuthError(f"{where} refused with HTTP {status}: check ELEVENLABS_API_KEY")
-        if 300 <= status < 400:  # never followed: the key would go along to wherever it points
-            raise EngineError(f"{where} was redirected (HTTP {status}); not followed")
+        status, raw = await api_request(method, url, self._api_key, where=where, timeout=self._timeout,
+                                        body=body, auth_hint="check ELEVENLABS_API_KEY")
         if status != 200:
             raise EngineError(f"{where} answered HTTP {status}: {self._detail(raw)}")
         try:

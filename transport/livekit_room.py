@@ -20,7 +20,7 @@ import contextlib
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -81,8 +81,9 @@ class RoomLinkConfig:
             raise ConfigError(f"max_callers must be at least 1 (or None), got {self.max_callers}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RoomStats:
+    """The link's counters; :attr:`RoomLink.stats` hands out a copy, the link counts in its own."""
     frames_in: int = 0
     samples_in: int = 0
     frames_out: int = 0
@@ -93,20 +94,6 @@ class RoomStats:
     reconnects: int = 0
     ignored_tracks: int = 0
     callers_refused: int = 0  # joins past max_callers
-
-
-@dataclass(slots=True)
-class _Counters:
-    frames_in: int = 0
-    samples_in: int = 0
-    frames_out: int = 0
-    samples_out: int = 0
-    queue_clears: int = 0
-    capture_errors: int = 0
-    callers_seen: int = 0
-    reconnects: int = 0
-    ignored_tracks: int = 0
-    callers_refused: int = 0
 
 
 @dataclass(slots=True)
@@ -127,7 +114,7 @@ class RoomLink:
         if _SDK_LOG_SCRUBBER not in sdk_log.filters:
             sdk_log.addFilter(_SDK_LOG_SCRUBBER)
         self.config = config
-        self._counters = _Counters()
+        self._counters = RoomStats()
         self._clock = clock or MonotonicClock()
         self._on_audio = on_caller_audio
         self._on_joined = on_caller_joined
@@ -160,9 +147,7 @@ class RoomLink:
     @property
     def stats(self) -> RoomStats:
         """A snapshot of the counters."""
-        # Field by field from the one list RoomStats declares: a counter added there cannot be forgotten here.
-        c = self._counters
-        return RoomStats(**{f.name: getattr(c, f.name) for f in fields(RoomStats)})
+        return replace(self._counters)
 
     @property
     def callers(self) -> list[str]:

@@ -38,13 +38,35 @@ def check_api_base(base_url: str) -> None:
     raise ConfigError(f"the ElevenLabs API base must be https:// (http only for loopback), got "
                       f"{redact_url(base_url)!r}")
 
-__all__ = ["DEFAULT_API_BASE", "UrlProvider", "check_api_base", "fetch_signed_url", "signed_url_provider",
-           "static_url"]
+__all__ = ["DEFAULT_API_BASE", "UrlProvider", "api_request", "check_api_base", "fetch_signed_url",
+           "signed_url_provider", "static_url"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_API_BASE = "https://api.elevenlabs.io"
 UrlProvider = Callable[[], Awaitable[str]]
+
+
+async def api_request(method: str, url: str, api_key: str, *, where: str, timeout: float,
+                      auth_hint: str, params: dict[str, str] | None = None,
+                      body: object = None) -> tuple[int, bytes]:
+    """One request to the ElevenLabs API with the key in ``xi-api-key``: ``(status, body)`` for the caller to
+    judge, after the answers every caller treats alike. A failed request → :class:`EngineError` naming only
+    the exception's type (aiohttp messages can quote request details); 401/403 → :class:`EngineAuthError`
+    with ``auth_hint``; a redirect is never followed (the key would go along to wherever it points) →
+    :class:`EngineError`. ``where`` names the request in errors and must hold no secret."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
+                session.request(method, url, params=params, json=body, headers={"xi-api-key": api_key},
+                                allow_redirects=False) as response:
+            status, raw = response.status, await response.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise EngineError(f"{where} failed: {type(exc).__name__}") from None
+    if status in (401, 403):
+        raise EngineAuthError(f"{where} refused with HTTP {status}: {auth_hint}")
+    if 300 <= status < 400:
+        raise EngineError(f"{where} was redirected (HTTP {status}); not followed")
+    return status, raw
 
 
 async def fetch_signed_url(api_key: str, agent_id: str, *, base_url: str = DEFAULT_API_BASE,
@@ -55,24 +77,13 @@ async def fetch_signed_url(api_key: str, agent_id: str, *, base_url: str = DEFAU
         raise ConfigError("an API key is needed to mint a signed URL")
     check_api_base(base_url)
     endpoint = f"{base_url.rstrip('/')}/v1/convai/conversation/get-signed-url"
-    where = redact_url(endpoint)
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
-                session.get(endpoint, params={"agent_id": agent_id}, headers={"xi-api-key": api_key},
-                            allow_redirects=False) as response:
-            status = response.status
-            body = await response.read()
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        # Only the exception's type: aiohttp messages can quote request details.
-        raise EngineError(f"signed URL request to {where} failed: {type(exc).__name__}") from None
-    if status in (401, 403):
-        raise EngineAuthError(f"signed URL request refused with HTTP {status}: check API key and agent id")
-    if 300 <= status < 400:  # never followed: the key would go along to wherever it points
-        raise EngineError(f"signed URL request to {where} was redirected (HTTP {status}); not followed")
+    where = f"signed URL request to {redact_url(endpoint)}"
+    status, body = await api_request("GET", endpoint, api_key, where=where, timeout=timeout,
+                                     params={"agent_id": agent_id}, auth_hint="check API key and agent id")
     if status in (404, 422):  # unknown agent / invalid request: asking again cannot help
-        raise EngineRefusedError(f"signed URL request to {where} answered HTTP {status}: check the agent id")
+        raise EngineRefusedError(f"{where} answered HTTP {status}: check the agent id")
     if not 200 <= status < 300:
-        raise EngineError(f"signed URL request to {where} answered HTTP {status}")
+        raise EngineError(f"{where} answered HTTP {status}")
     try:
         url = json.loads(body)["signed_url"]
     except (ValueError, KeyError, TypeError):
