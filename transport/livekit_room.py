@@ -180,8 +180,10 @@ class RoomLink:
         # gone, so no caller-audio task outlives close().
         self._closing = True
         await self._end_caller_streams()
-        with contextlib.suppress(Exception):
+        try:
             await self._room.disconnect()
+        except Exception as exc:  # the agent may stay in the room as a ghost until the server times it out
+            log.warning("leaving the room failed: %s", exc)
         await self._end_caller_streams()
         if self._source is not None:
             await self._source.aclose()
