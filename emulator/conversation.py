@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -356,7 +357,9 @@ class Conversation:
         for ping in reversed(self.pings):
             if ping.event_id == event_id and ping.pong_ns is None:
                 ping.pong_ns = now
-                self._last_rtt_ms = round((now - ping.sent_ns) / 1e6)
+                # Whole milliseconds, rounded up: the SDKs read a ping_ms of 0 as "no measurement" (the Python
+                # one calls its latency callback only `if event["ping_ms"]`), and loopback round trips are < 1 ms.
+                self._last_rtt_ms = max(1, math.ceil((now - ping.sent_ns) / 1e6))
                 return
         log.info("conversation %s: pong for unknown ping %d", self.conversation_id, event_id)
 
