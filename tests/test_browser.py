@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import wave
 from collections.abc import AsyncIterator
@@ -197,6 +198,13 @@ async def bridged_page(server: LiveKitServer, binary: str, tmp_path: Path, prefi
             except BaseException:
                 with contextlib.suppress(Exception):
                     await page.screenshot(ARTIFACTS / f"{shot}-failure.png")
+                with contextlib.suppress(Exception):
+                    print("page state:", json.dumps(await state(page))[:4000])
+                for session in sessions:
+                    link = session.agent_state
+                    print(f"agent state: {link.machine.state.value}, attribute calls {link.calls}, "
+                          f"failed {link.failed}, coalesced {link.coalesced}")
+                    print("session stats:", session.stats())
                 print(page.diagnostics())
                 raise
 

@@ -4,6 +4,14 @@
   ``local_participant.set_attributes`` by one background task. Setting them awaits the server, so callers
   never wait: a new value replaces a pending one (only the latest value of an attribute matters), at most
   one call is in flight, and a failing or timed-out call is logged and counted (``failed``), never raised.
+- A call is over when the server has applied it: when the SDK's call returns **or** an update of our own
+  participant from the server carries the values, whichever comes first. The SDK (livekit-rtc 1.2.1, its
+  Rust ``set_attributes``) sends the request and only then registers for the server's ``RequestResponse``;
+  a response that wins that race is dropped, and the call returns 5 s later without an error (the Python
+  SDK does not read the callback's error either) although the server applied the update at once. Measured
+  here under CPU load: 1 call in 2000 took 5.0 s. Waiting on the call alone held every later value behind
+  it for those 5 s, and the states in between were replaced unsent: a page saw ``thinking`` then
+  ``listening``, never ``speaking``. A call left running this way is cancelled at close.
 - ``lk.bridge.turn`` is JSON, the latest turn's figures in ms: ``{"turn": 3, "reply_ms": 812.4}``, and after a
   barge-in also ``interruption_ms``, ``onset_to_silence_ms`` (with ducking on) and ``played_ms``.
 - Agent captions go to the :class:`~transport.transcripts.TranscriptPublisher` (when the session publishes
@@ -56,6 +64,8 @@ class AgentStateLink:
         self._ready = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._echo = asyncio.Event()  # our own participant's attributes changed (the server's update)
+        self._calls: set[asyncio.Task[None]] = set()  # calls whose echo came first, still awaiting their response
         self.calls = 0
         self.failed = 0
         self.coalesced = 0  # values replaced before they were sent
@@ -65,6 +75,7 @@ class AgentStateLink:
         """In the room: publish what is pending (``initializing``) and from now on every change."""
         self._transcripts = transcripts
         if self._task is None:
+            self._room.on("participant_attributes_changed", self._on_attributes_changed)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="bridge:agent-state")
 
     # ------------------------------------------------------------------ inputs
@@ -150,16 +161,49 @@ class AgentStateLink:
         self._pending[key] = value
         self._ready.set()
 
+    def _on_attributes_changed(self, _changed: dict[str, str], participant: rtc.Participant) -> None:
+        if participant is self._room.local_participant:
+            self._echo.set()
+
+    def _applied(self, batch: dict[str, str]) -> bool:
+        attributes = self._room.local_participant.attributes
+        return all(attributes.get(key) == value for key, value in batch.items())
+
+    async def _send(self, batch: dict[str, str]) -> None:
+        """One ``set_attributes`` call, over when it returns or when an update of our participant that the
+        server sent after the call began carries ``batch``."""
+        self._echo.clear()
+        call = asyncio.get_running_loop().create_task(self._room.local_participant.set_attributes(batch),
+                                                      name="bridge:agent-attributes")
+        try:
+            async with asyncio.timeout(_CALL_TIMEOUT_S):
+                while not call.done():
+                    echo = asyncio.ensure_future(self._echo.wait())
+                    try:
+                        await asyncio.wait((call, echo), return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        echo.cancel()
+                    if self._echo.is_set():
+                        self._echo.clear()
+                        if self._applied(batch):
+                            break
+        except BaseException:  # timed out, or the link is closing
+            call.cancel()
+            raise
+        if call.done():
+            call.result()  # its error, if any, is this call's
+        else:  # applied: its own response comes later (or is lost) and is not waited for
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
     async def _run(self) -> None:
-        participant = self._room.local_participant
         while True:
             await self._ready.wait()
             self._ready.clear()
             batch, self._pending = self._pending, {}
             self.calls += 1
             try:
-                async with asyncio.timeout(_CALL_TIMEOUT_S):
-                    await participant.set_attributes(batch)
+                await self._send(batch)
             except Exception as exc:  # a closed room, a slow server: the next value goes out anyway
                 self.failed += 1
                 log.warning("could not set the agent's attributes %s: %s", sorted(batch), exc)
@@ -168,6 +212,11 @@ class AgentStateLink:
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
+            self._room.off("participant_attributes_changed", self._on_attributes_changed)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for call in list(self._calls):
+            call.cancel()
+        if self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
