@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="scaling: event-loop lag p99 that marks a step broken and ends the curve (default 100); "
                              "raise it on a machine other jobs saturate, and say so")
     parser.add_argument("--no-floor", action="store_true", help="scaling: skip the null-bridge floor")
+    parser.add_argument("--processes", type=int,
+                        help="scaling: bridge processes per step, the rooms dealt over them (default 1)")
     parser.add_argument("--what-if", action="append", default=[], metavar="NAME",
                         help="scaling only: measure a change to the bridge before it is made "
                              "(frame20, frame40, switch-1ms; see benchmarks.bridge_host)")
@@ -95,6 +97,8 @@ def configs(opts: argparse.Namespace) -> tuple[interrupt.InterruptConfig, latenc
         s_cfg = replace(s_cfg, break_lag_p99_ms=opts.break_lag_ms)
     if opts.no_floor:
         s_cfg = replace(s_cfg, floor=False)
+    if opts.processes is not None:
+        s_cfg = replace(s_cfg, processes=opts.processes)
     return i_cfg, l_cfg, s_cfg
 
 

@@ -73,6 +73,11 @@ class ScalingConfig:
     # At this N, ours and the floor again with longer voice capture frames (ours: what-if frame20 / frame40).
     frame_study_n: int | None = 5
     frame_study_ms: tuple[int, ...] = (20, 40)
+    # Bridge processes per step (ours and the floor alike): the N rooms are dealt over them round-robin, as
+    # LiveKit's dispatcher spreads rooms over ``runner.py --worker --processes P``. CPU, RSS, sessions and
+    # counters are summed over the processes; the loop lag is every process's samples together, with each
+    # process's p99 beside it.
+    processes: int = 1
 
 
 def _proc_cpu_s(pid: int) -> float | None:
@@ -103,26 +108,34 @@ async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Pro
                               "broken": False, "why": []}
     emu = JsonLinesProcess("benchmarks.emulator_host", "--seed", str(cfg.seed + n),
                            log_path=log_dir / "emulator_host.log" if log_dir else None)
+    processes = max(1, min(cfg.processes, n))
     if kind == "null":
-        bridge = JsonLinesProcess("benchmarks.null_host", "--capture-ms", str(capture_ms),
-                                  log_path=log_dir / "null_host.log" if log_dir else None)
+        bridges = [JsonLinesProcess("benchmarks.null_host", "--capture-ms", str(capture_ms),
+                                    log_path=log_dir / "null_host.log" if log_dir else None)
+                   for _ in range(processes)]
     else:
-        bridge = JsonLinesProcess("benchmarks.bridge_host", *(a for w in what_if for a in ("--what-if", w)),
-                                  log_path=log_dir / "bridge_host.log" if log_dir else None)
+        bridges = [JsonLinesProcess("benchmarks.bridge_host", *(a for w in what_if for a in ("--what-if", w)),
+                                    log_path=log_dir / "bridge_host.log" if log_dir else None)
+                   for _ in range(processes)]
     hosts = [JsonLinesProcess("benchmarks.caller_host", log_path=log_dir / "caller_host.log" if log_dir else None)
              for _ in range(math.ceil(n / cfg.callers_per_host))]
+    result["processes"] = processes
     try:
-        await asyncio.gather(emu.start(), bridge.start(), *(h.start() for h in hosts))
+        await asyncio.gather(emu.start(), *(b.start() for b in bridges), *(h.start() for h in hosts))
         ready = await emu.next_event(30)
-        bridge_ready = await bridge.next_event(60)
-        result["rss_idle_mb"] = bridge_ready["rss_idle_mb"]
+        bridge_ready = [await b.next_event(60) for b in bridges]
+        result["rss_idle_mb"] = sum(r["rss_idle_mb"] for r in bridge_ready)
         rooms = [f"scale-{tag}-{i}" for i in range(n)]
         progress(f"N={n}: starting {n} {'null-bridge rooms' if kind == 'null' else 'bridge sessions'}"
-                 f" ({capture_ms if kind == 'null' else '+'.join(what_if) or 10} ms capture)")
-        started = await bridge.call("start", timeout=120 + 2 * n, livekit_url=server.url, api_key=server.api_key,
-                                    api_secret=server.api_secret, rooms=rooms, concurrency=8,
-                                    engine={"api_base": ready["rest"], "api_key": ready["api_key"],
-                                            "agent_id": ready["agent_id"]})
+                 f" ({capture_ms if kind == 'null' else '+'.join(what_if) or 10} ms capture)"
+                 + (f" in {processes} processes" if processes > 1 else ""))
+        engine = {"api_base": ready["rest"], "api_key": ready["api_key"], "agent_id": ready["agent_id"]}
+        starts = await asyncio.gather(*(
+            b.call("start", timeout=120 + 2 * n, livekit_url=server.url, api_key=server.api_key,
+                   api_secret=server.api_secret, rooms=rooms[k::processes], concurrency=8, engine=engine)
+            for k, b in enumerate(bridges)))
+        started = {"started": sum(s["started"] for s in starts),
+                   "failed": {k: v for s in starts for k, v in s["failed"].items()}}
         result["started"] = started["started"]
         result["start_failures"] = started["failed"]
         if started["failed"]:
@@ -153,11 +166,11 @@ async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Pro
         pids = {"server": server_pid, "emulator": emu.pid, **{f"callers{k}": h.pid for k, h in enumerate(hosts)}}
         cpu0 = {k: _proc_cpu_s(p) for k, p in pids.items() if p is not None}
         busy0, total0 = _machine_busy()
-        await bridge.call("measure_start")
+        await asyncio.gather(*(b.call("measure_start") for b in bridges))
         for host in hosts:
             await host.call("stats", reset=True)
         await asyncio.sleep(cfg.window_s)
-        measured = await bridge.call("measure_stop", timeout=60)
+        measured = _merge(await asyncio.gather(*(b.call("measure_stop", timeout=60) for b in bridges)))
         busy1, total1 = _machine_busy()
         cpu1 = {k: _proc_cpu_s(p) for k, p in pids.items() if p is not None}
         report = await emu.call("report", timeout=60)
@@ -188,9 +201,30 @@ async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Pro
         with contextlib.suppress(Exception):
             await emu.call("activity", on=False, timeout=10)
         await asyncio.gather(*(h.close(timeout=60) for h in hosts), return_exceptions=True)
-        await asyncio.gather(bridge.close(timeout=60), return_exceptions=True)
+        await asyncio.gather(*(b.close(timeout=60) for b in bridges), return_exceptions=True)
         await asyncio.gather(emu.close(timeout=30), return_exceptions=True)
         result["step_s"] = time.monotonic() - t_setup
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The bridge processes' ``measure_stop`` figures as one: sums, the loop lags together, and each
+    process's lag p99 in ``lag_p99_by_process_ms``."""
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, Any] = {"wall_s": max(p["wall_s"] for p in parts)}
+    for key in ("cpu_s", "rss_mb", "rss_idle_mb", "sessions", "ffi_events", "ffi_subscriptions_scanned"):
+        merged[key] = sum(p[key] for p in parts)
+    for key in ("thread_cpu_s", "session_states", "counters"):
+        total: dict[str, float] = {}
+        for p in parts:
+            for name, value in p[key].items():
+                total[name] = total.get(name, 0) + value
+        merged[key] = total
+    merged["loop_thread"] = {k: sum(p["loop_thread"][k] for p in parts) / len(parts) for k in parts[0]["loop_thread"]}
+    merged["lags_ms"] = [lag for p in parts for lag in p["lags_ms"]]
+    merged["lag_p99_by_process_ms"] = [summarize(p["lags_ms"])["p99"] for p in parts]
+    merged["interruptions"] = [i for p in parts for i in p["interruptions"]]
+    return merged
 
 
 def _digest(measured: dict[str, Any], report: dict[str, Any], n: int) -> dict[str, Any]:
@@ -236,6 +270,8 @@ def _digest(measured: dict[str, Any], report: dict[str, Any], n: int) -> dict[st
         "ffi_events_per_s": measured["ffi_events"] / wall,
         "ffi_subscriptions_scanned_per_event": measured["ffi_subscriptions_scanned"] / max(1, measured["ffi_events"]),
         "emulator_replies": sum(report["replies"].values()),
+        **({"lag_p99_by_process_ms": measured["lag_p99_by_process_ms"]} if "lag_p99_by_process_ms" in measured
+           else {}),
     }
 
 
