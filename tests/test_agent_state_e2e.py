@@ -134,6 +134,9 @@ async def test_the_room_sees_the_agent_listen_think_speak_and_be_cut_off(livekit
         expected = len(full) * cut["played_ms"] / 4000.0
         assert expected - 8 <= len(text) <= expected + 1, (len(text), expected, text)
         assert 0.15 < len(text) / len(full) < 0.6
+        written = session.stats(stages=False).agent_state
+        assert written is not None and (written.state, written.attribute_failures) == ("listening", 0)
+        assert written.turns >= 2 and written.attribute_calls >= len(view.states) - 1, (written, view.states)
 
 
 async def test_a_spoken_barge_in_reports_onset_to_silence(livekit_server: LiveKitServer, bridge: Bridge) -> None:

@@ -115,7 +115,9 @@ async def test_after_a_reconnect_the_agent_knows_the_call_and_its_own_greeting_i
         first_in = next(r for r in second.received() if r.type != "conversation_initiation_client_data")
         assert first_in.type == "contextual_update"
         # Its greeting never reached the caller or the room.
-        assert rig.session.continuity.greeting_events_dropped >= 2  # its text and its audio
+        kept = rig.session.stats(stages=False).continuity
+        assert kept is not None and kept.handovers == 1 and kept.transcript_chars > 0
+        assert kept.greeting_events_dropped >= 2  # its text and its audio
         assert responses(rig, greeting) == 1
         assert loud_between(rig, "alice", again.start_ns, again.end_ns + again.duration_ns + 300_000_000) == 0.0
 

@@ -494,6 +494,19 @@ async def test_audio_backpressure_drops_new_chunks() -> None:
         assert client.counters.audio_dropped_backpressure == 2
 
 
+async def test_control_backpressure_drops_new_messages_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    async with running() as emu, client_for(emu, Collector(), control_queue_limit=2) as client:
+        with caplog.at_level(logging.WARNING, logger="transport.engine_client"):
+            results = [client.send_user_message(f"message {i}") for i in range(4)]  # the writer cannot run
+        assert results == [True, True, False, False]
+        assert client.counters.control_dropped_backpressure == 2
+        assert "control messages waiting" in caplog.text
+        conversation = await emu.next_conversation()
+        await conversation.wait_for(lambda: len(conversation.user_messages) == 2)
+        assert conversation.user_messages == ["message 0", "message 1"]
+        assert client.send_user_message("later")  # the queue drained: accepted again
+
+
 # ------------------------------------------------------------------------------------------ secrets
 
 

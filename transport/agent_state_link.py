@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -43,12 +44,21 @@ from transport.engine_client import ConnectionState
 from transport.events import AgentResponse, Ducked, EngineStateChanged, Interrupted, SessionEvent, UserTranscript
 from transport.transcripts import TranscriptPublisher
 
-__all__ = ["ATTR_TURN", "AgentStateLink"]
+__all__ = ["ATTR_TURN", "AgentStateLink", "AgentStateStats"]
 
 log = logging.getLogger(__name__)
 
 ATTR_TURN = "lk.bridge.turn"
 _CALL_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStateStats:
+    state: str  # the latest lk.agent.state decided (published or about to be)
+    turns: int  # user turns ended
+    attribute_calls: int  # set_attributes calls made
+    attribute_failures: int  # of those, failed or timed out (logged)
+    attributes_coalesced: int  # values replaced by a newer one before they were sent
 
 
 class AgentStateLink:
@@ -77,6 +87,10 @@ class AgentStateLink:
         if self._task is None:
             self._room.on("participant_attributes_changed", self._on_attributes_changed)
             self._task = asyncio.get_running_loop().create_task(self._run(), name="bridge:agent-state")
+
+    def stats(self) -> AgentStateStats:
+        return AgentStateStats(self.machine.state.value, self.machine.turns, self.calls, self.failed,
+                               self.coalesced)
 
     # ------------------------------------------------------------------ inputs
     def engine_event(self, event: ep.Event, recv_ns: int) -> None:

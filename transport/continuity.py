@@ -31,20 +31,28 @@ nothing dropped, inits unchanged.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from core.errors import ConfigError
 from transport import engine_protocol as ep
 from transport.engine_protocol import InitiationData
 
-__all__ = ["CONTEXT_ID", "Continuity"]
+__all__ = ["CONTEXT_ID", "Continuity", "ContinuityStats"]
 
 CONTEXT_ID: Final = "lk-bridge-continuity"  # one id: a second handover replaces the first in the agent's context
 _HEADER: Final = ("The connection to the voice agent was re-established mid-call; this is the conversation "
                   "so far, oldest first (User = the caller, Agent = you). Continue it; do not greet again.")
 _GREETING: Final = (ep.AgentAudio, ep.AgentResponse, ep.AgentResponseCorrection, ep.AgentChatResponsePart)
 _USER_TURN: Final = (ep.UserTranscript, ep.TentativeUserTranscript)
+
+
+@dataclass(frozen=True, slots=True)
+class ContinuityStats:
+    handovers: int  # transcripts handed to a re-established conversation
+    dropped_entries: int  # transcript entries dropped to keep within max_chars
+    greeting_events_dropped: int  # a re-established conversation's unsolicited greeting, event by event
+    transcript_chars: int  # held now
 
 
 class Continuity:
@@ -62,6 +70,9 @@ class Continuity:
         self.handovers = 0
         self._gate_open = True  # False: a reconnected conversation has not seen a user turn yet
         self._greeting_id: int | None = None  # the event id of the response being dropped
+
+    def stats(self) -> ContinuityStats:
+        return ContinuityStats(self.handovers, self.dropped_entries, self.greeting_events_dropped, self._chars)
 
     # ------------------------------------------------------------------ the EngineClient hook
     def init_for(self, conversations: int) -> InitiationData:

@@ -120,6 +120,7 @@ class EngineClient:
         close_timeout: float = 5.0,
         keepalive_interval: float | None = 20.0,
         audio_queue_limit: int = 100,
+        control_queue_limit: int = 256,
         subprotocols: Sequence[str] = (),
         secrets: Iterable[str] = (),
         proxy: str | Literal[True] | None = True,
@@ -127,8 +128,9 @@ class EngineClient:
         reconnect_wanted: Callable[[], bool] | None = None,
         init_factory: Callable[[int], InitiationData] | None = None,
     ) -> None:
-        if max_attempts < 1 or audio_queue_limit < 1 or max_message_bytes < 1:
-            raise ConfigError("max_attempts, audio_queue_limit and max_message_bytes must be positive")
+        if max_attempts < 1 or audio_queue_limit < 1 or control_queue_limit < 1 or max_message_bytes < 1:
+            raise ConfigError("max_attempts, audio_queue_limit, control_queue_limit and max_message_bytes "
+                              "must be positive")
         if stable_after_s < 0 or max_reconnects < 0 or reconnect_window_s <= 0:
             raise ConfigError("stable_after_s and max_reconnects must be >= 0, reconnect_window_s > 0")
         self._budget = ReconnectBudget(stable_after_ns=int(stable_after_s * 1e9), max_reconnects=max_reconnects,
@@ -143,6 +145,9 @@ class EngineClient:
         self._clock = clock or MonotonicClock()
         self._retry = RetryPolicy(backoff, max_attempts)
         self._max_message_bytes = max_message_bytes
+        # Control messages (typed messages, context, tool results, feedback) waiting for a stalled socket: a
+        # bound, so a caller typing into a dead connection cannot grow memory. Beyond it: dropped, counted.
+        self._control_limit = control_queue_limit
         self._open_timeout = open_timeout
         self._metadata_timeout = metadata_timeout
         self._close_timeout = close_timeout
@@ -316,6 +321,12 @@ class EngineClient:
         return False
 
     def _queue_control(self, text: str) -> bool:
+        if self.protocol.queued[1] >= self._control_limit:
+            self.counters.control_dropped_backpressure += 1
+            if self.counters.control_dropped_backpressure == 1 or self.counters.control_dropped_backpressure % 100 == 0:
+                log.warning("engine socket not keeping up: %d control messages waiting, %d dropped so far",
+                            self.protocol.queued[1], self.counters.control_dropped_backpressure)
+            return False
         self.protocol.send_control(text)
         self._wake.set()
         return True

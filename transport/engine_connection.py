@@ -61,6 +61,7 @@ class ClientCounters:
     audio_dropped_not_ready: int = 0  # no conversation (connecting, reconnecting, closed)
     audio_dropped_backpressure: int = 0  # audio queue full: the socket is not keeping up
     control_dropped_not_ready: int = 0
+    control_dropped_backpressure: int = 0  # control queue full (control_queue_limit): the socket is stalled
     messages_sent: int = 0  # by the writer, all kinds
     callback_errors: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)  # protocol errors seen by the reader, by kind

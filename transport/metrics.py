@@ -20,6 +20,8 @@ ended (their final values are folded in when they stop), so totals never go back
 ``[session_]engine_bytes_total{direction}``   counter  raw audio bytes, before base64
 ``[session_]livekit_frames_total{direction}`` counter  ``in`` (callers' frames) / ``out`` (agent voice)
 ``[session_]uplink_dropped_chunks_total{reason}``  c.  ``not_ready`` (no conversation) / ``backpressure``
+``[session_]control_dropped_messages_total{reason}``  c.  typed messages, context, tool results not sent:
+                                                       ``not_ready`` / ``backpressure`` (256 waiting)
 ``[session_]stale_chunks_dropped_total``    counter    agent audio older than the last interruption
 ``[session_]interruptions_total``           counter
 ``[session_]interruption_to_silence_seconds``  hist.   interruption received → playout flushed and queue cleared
@@ -37,6 +39,9 @@ ended (their final values are folded in when they stop), so totals never go back
                                                        ``unknown``, ``rejected``), ``abandoned``
 ``[session_]chat_messages_total{outcome}``  counter    lk.chat: ``sent`` (``truncated`` among them), ``ignored``,
                                                        ``refused``, ``failed``, ``not_sent``
+``[session_]agent_attribute_writes_total{outcome}``  c.  ``lk.agent.state``/``lk.bridge.turn`` writes: ``sent``
+                                                       (calls), ``failed``, ``coalesced`` (replaced unsent)
+``[session_]continuity_handovers_total``    counter    transcripts handed to a re-established conversation
 ``event_loop_lag_seconds``                  histogram  how late a 100 ms sleep wakes up
 ``event_loop_lag_max_seconds``              gauge      worst lag since the previous scrape
 ==========================================  =========  ======================================================

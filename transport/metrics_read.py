@@ -83,6 +83,8 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("engine_bytes_total", "Raw audio bytes exchanged with the Speech Engine (before base64).", ("direction",)),
     ("livekit_frames_total", "Audio frames exchanged with the LiveKit room.", ("direction",)),
     ("uplink_dropped_chunks_total", "Caller audio chunks not sent to the engine.", ("reason",)),
+    ("control_dropped_messages_total", "Messages to the engine (text, context, tool results) not sent.",
+     ("reason",)),
     ("stale_chunks_dropped_total", "Agent audio chunks dropped as older than the last interruption.", ()),
     ("interruptions_total", "Interruptions (barge-ins) handled.", ()),
     ("ducks_total", "Local ducks of the agent's voice, by outcome.", ("outcome",)),
@@ -94,6 +96,8 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("protocol_errors_total", "Engine messages dropped as malformed, by kind.", ("kind",)),
     ("tool_calls_total", "Client tool calls, by outcome.", ("outcome",)),
     ("chat_messages_total", "Room chat (lk.chat) messages, by outcome.", ("outcome",)),
+    ("agent_attribute_writes_total", "Agent state attribute values, by outcome.", ("outcome",)),
+    ("continuity_handovers_total", "Transcripts handed to a re-established engine conversation.", ()),
 )
 GAUGES: tuple[tuple[str, str], ...] = (
     ("callers", "Callers in the room."),
@@ -142,6 +146,8 @@ def read_session(session: BridgeSession) -> Snapshot:
         c["engine_bytes_total", ("received",)] = protocol.audio_bytes
         c["uplink_dropped_chunks_total", ("not_ready",)] = engine.audio_dropped_not_ready
         c["uplink_dropped_chunks_total", ("backpressure",)] = engine.audio_dropped_backpressure
+        c["control_dropped_messages_total", ("not_ready",)] = engine.control_dropped_not_ready
+        c["control_dropped_messages_total", ("backpressure",)] = engine.control_dropped_backpressure
         c["stale_chunks_dropped_total", ()] = protocol.stale_audio_chunks
         c["engine_reconnects_total", ()] = max(0, engine.connects - 1)
         c["engine_failed_attempts_total", ()] = engine.failed_attempts
@@ -156,6 +162,12 @@ def read_session(session: BridgeSession) -> Snapshot:
     if stats.chat is not None:
         for outcome in ("sent", "truncated", "ignored", "refused", "failed", "not_sent"):
             c["chat_messages_total", (outcome,)] = getattr(stats.chat, outcome)
+    if stats.agent_state is not None:
+        c["agent_attribute_writes_total", ("sent",)] = stats.agent_state.attribute_calls
+        c["agent_attribute_writes_total", ("failed",)] = stats.agent_state.attribute_failures
+        c["agent_attribute_writes_total", ("coalesced",)] = stats.agent_state.attributes_coalesced
+    if stats.continuity is not None:
+        c["continuity_handovers_total", ()] = stats.continuity.handovers
     snap.gauges["callers"] = len(stats.callers)
     snap.gauges["engine_connected"] = 1.0 if stats.engine_state is ConnectionState.CONNECTED else 0.0
     snap.gauges["playout_depth_seconds"] = down.depth_ms / 1000 if down is not None else 0.0

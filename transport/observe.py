@@ -2,7 +2,8 @@
 
 - :class:`SessionStats` (``session.stats()``) composes one frozen snapshot per component: the core's counters
   (:class:`~transport.session_core.CoreStats`), the room (:class:`~transport.livekit_room.RoomStats`), the
-  engine client and its protocol, the uplink, the downlink (:class:`~core.downlink.DownlinkStats`) and,
+  engine client and its protocol, the uplink, the downlink (:class:`~core.downlink.DownlinkStats`), local
+  ducking, client tools, room chat, the agent state's attribute writes, continuity across reconnects and,
   optionally, per-stage timing percentiles. Reading it costs attribute reads (plus numpy percentiles with
   ``stages=True``); nothing in it is live. The Prometheus exporter and the benchmarks read this, nothing else.
 - :class:`SessionHooks` are synchronous callbacks the session calls on its hot paths (each is a ``None``
@@ -23,7 +24,9 @@ import numpy.typing as npt
 
 from core.downlink import DownlinkStats
 from core.timing import StageSummary
+from transport.agent_state_link import AgentStateStats
 from transport.chat import ChatStats
+from transport.continuity import ContinuityStats
 from transport.engine_client import ConnectionState
 from transport.engine_protocol import Event
 from transport.events import SessionState
@@ -64,6 +67,7 @@ class EngineStats:
     audio_dropped_not_ready: int
     audio_dropped_backpressure: int
     control_dropped_not_ready: int
+    control_dropped_backpressure: int
     messages_sent: int
     callback_errors: int
     by_kind: Mapping[str, int]
@@ -109,6 +113,8 @@ class SessionStats:
     duck: Mapping[str, Any] | None = None  # local ducking (core.ducker.Ducker.stats); None when off
     tools: ToolStats | None = None  # client tool calls (transport/tools.py)
     chat: ChatStats | None = None  # lk.chat messages (transport/chat.py)
+    agent_state: AgentStateStats | None = None  # lk.agent.state and its writes (transport/agent_state_link.py)
+    continuity: ContinuityStats | None = None  # transcripts handed over across reconnects (transport/continuity.py)
 
 
 def _frozen_copy(cls: type[_T], source: object) -> _T:
@@ -139,6 +145,8 @@ def session_stats(session: BridgeSession, *, stages: bool = True) -> SessionStat
         duck=core.ducker.stats() if core.ducker is not None else None,
         tools=session.tool_calls.stats(),
         chat=session.chat.stats(),
+        agent_state=session.agent_state.stats(),
+        continuity=session.continuity.stats(),
     )
 
 
