@@ -36,6 +36,7 @@ class RoomView:
     states: list[tuple[int, str]] = field(default_factory=list)
     turns: list[dict[str, float]] = field(default_factory=list)
     captions: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # (segment, text, attrs)
+    user_captions: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # the same, of callers
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def watch(self, room: rtc.Room) -> None:
@@ -53,8 +54,11 @@ class RoomView:
     def _stream(self, reader: rtc.TextStreamReader, identity: str) -> None:
         async def read() -> None:
             text = await reader.read_all()
-            if identity == AGENT:
-                self.captions.append((reader.info.attributes["lk.segment_id"], text, dict(reader.info.attributes)))
+            entry = (reader.info.attributes["lk.segment_id"], text, dict(reader.info.attributes))
+            if entry[0].startswith("user-"):
+                self.user_captions.append(entry)
+            elif identity == AGENT:
+                self.captions.append(entry)
 
         task = asyncio.get_running_loop().create_task(read())
         self.tasks.add(task)
@@ -102,6 +106,10 @@ async def test_the_room_sees_the_agent_listen_think_speak_and_be_cut_off(livekit
         assert view.segment(segment) == [(reply.text, False), (reply.text, True)]
         voice_sid = next(iter(session.room.room.local_participant.track_publications))
         assert all(attrs.get("lk.transcribed_track_id") == voice_sid for _, _, attrs in view.captions)
+        # The caller's caption names the caller's microphone track.
+        await until(lambda: any(attrs.get("lk.transcription_final") == "true" for _, _, attrs in view.user_captions))
+        mic_sid = next(iter(alice.room.local_participant.track_publications))
+        assert all(attrs.get("lk.transcribed_track_id") == mic_sid for _, _, attrs in view.user_captions)
 
         # A barge-in: a long reply with words, cut by the engine while it plays.
         mark = len(view.states)

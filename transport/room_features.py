@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+from livekit import rtc
 
 from core.clock import Clock
 from transport.agent_state_link import AgentStateLink
@@ -63,8 +64,19 @@ class RoomFeatures:
         """A public event on its way out: the caller's captions, and the agent's (agent_state decides them)."""
         transcripts = self.transcripts
         if transcripts is not None and isinstance(event, UserTranscript):
-            transcripts.user(speaker(), event.text, event_id=event.event_id, final=event.final)
+            who = speaker()
+            transcripts.user(who, event.text, event_id=event.event_id, final=event.final,
+                             track_id=self._caller_track(who))
         self.agent_state.event(event)
+
+    def _caller_track(self, identity: str) -> str | None:
+        """The sid of the caller's audio track (its microphone first), for ``lk.transcribed_track_id``."""
+        participant = self._room.room.remote_participants.get(identity) if identity else None
+        if participant is None:
+            return None
+        audio = [p for p in participant.track_publications.values() if p.kind == rtc.TrackKind.KIND_AUDIO]
+        audio.sort(key=lambda p: p.source != rtc.TrackSource.SOURCE_MICROPHONE)
+        return audio[0].sid if audio else None
 
     def caller_frame(self, samples: npt.NDArray[np.int16], recv_ns: int) -> None:
         self.agent_state.caller_frame(samples, recv_ns)

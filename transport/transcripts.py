@@ -4,7 +4,8 @@ LiveKit's convention (client-sdk-js ``TextStreamReader`` consumers, the Agents f
 ``types.py`` names the attributes): a text stream on topic ``lk.transcription`` whose sender is the speaker,
 with attributes ``lk.segment_id`` (one id per utterance, repeated for interim updates),
 ``lk.transcription_final`` ("true"/"false") and ``lk.transcribed_track_id`` when the track is known (for the
-agent, its own published voice track, as the Agents framework sets it). Each stream carries one whole version
+agent, its own published voice track, as the Agents framework sets it; for a caller, the microphone track the
+bridge heard). Each stream carries one whole version
 of a segment's text. Any LiveKit client can render captions from it.
 
 Segment ids carry the conversation's id (``user-<conversation>-<event_id>``; the agent's come from
@@ -52,8 +53,8 @@ class TranscriptPublisher:
         self.failed = 0
         self.conversation = "0"  # the open conversation's id, part of every user segment id
 
-    def user(self, identity: str, text: str, *, event_id: int, final: bool) -> None:
-        self._put(_Caption(identity, text, f"user-{self.conversation}-{event_id}", final))
+    def user(self, identity: str, text: str, *, event_id: int, final: bool, track_id: str | None = None) -> None:
+        self._put(_Caption(identity, text, f"user-{self.conversation}-{event_id}", final, track_id))
 
     def agent(self, identity: str, text: str, *, segment_id: str, final: bool, track_id: str | None) -> None:
         self._put(_Caption(identity, text, segment_id, final, track_id))
