@@ -43,10 +43,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runner")
 
-# benchmarks/README.md "Scaling": about ten sessions per process on the measured 2-core machine (67 ms of CPU
-# per session-second, and the SDK's per-event cost grows with the square of the rooms in one process). Run
-# more worker processes (--processes), not more sessions per process. Was 50, which the process could not carry.
-MEASURED_SESSIONS_PER_PROCESS = 10
+# benchmarks/README.md "On a quiet machine, and with two processes": on the measured 2-core machine (callers and
+# server on it too) one process held 6 sessions (0.86 cores, loop-lag p99 28 ms) and fell behind at 7 (p99
+# 178 ms) and beyond; ~120 ms of CPU per session-second, 3/4 of it the SDK's. Run more worker processes
+# (--processes), not more sessions per process. Was 50, then 10 (from a run on a saturated machine).
+MEASURED_SESSIONS_PER_PROCESS = 6
 
 
 def livekit_target(env: dict[str, str], *, dev_defaults: bool) -> LiveKitTarget:
