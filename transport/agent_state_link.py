@@ -74,7 +74,8 @@ class AgentStateLink:
         self._ready = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-        self._echo = asyncio.Event()  # our own participant's attributes changed (the server's update)
+        # The write in flight and the future its echo resolves (the server's update of our participant).
+        self._writing: tuple[dict[str, str], asyncio.Future[None]] | None = None
         self._calls: set[asyncio.Task[None]] = set()  # calls whose echo came first, still awaiting their response
         self.calls = 0
         self.failed = 0
@@ -176,34 +177,29 @@ class AgentStateLink:
         self._ready.set()
 
     def _on_attributes_changed(self, _changed: dict[str, str], participant: rtc.Participant) -> None:
-        if participant is self._room.local_participant:
-            self._echo.set()
-
-    def _applied(self, batch: dict[str, str]) -> bool:
-        attributes = self._room.local_participant.attributes
-        return all(attributes.get(key) == value for key, value in batch.items())
+        writing = self._writing
+        if writing is None or participant is not self._room.local_participant or writing[1].done():
+            return
+        attributes = participant.attributes
+        if all(attributes.get(key) == value for key, value in writing[0].items()):
+            writing[1].set_result(None)
 
     async def _send(self, batch: dict[str, str]) -> None:
         """One ``set_attributes`` call, over when it returns or when an update of our participant that the
         server sent after the call began carries ``batch``."""
-        self._echo.clear()
+        echo: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writing = (batch, echo)
         call = asyncio.get_running_loop().create_task(self._room.local_participant.set_attributes(batch),
                                                       name="bridge:agent-attributes")
         try:
             async with asyncio.timeout(_CALL_TIMEOUT_S):
-                while not call.done():
-                    echo = asyncio.ensure_future(self._echo.wait())
-                    try:
-                        await asyncio.wait((call, echo), return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        echo.cancel()
-                    if self._echo.is_set():
-                        self._echo.clear()
-                        if self._applied(batch):
-                            break
+                await asyncio.wait((call, echo), return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # timed out, or the link is closing
             call.cancel()
             raise
+        finally:
+            self._writing = None
+            echo.cancel()
         if call.done():
             call.result()  # its error, if any, is this call's
         else:  # applied: its own response comes later (or is lost) and is not waited for

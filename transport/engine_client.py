@@ -323,9 +323,10 @@ class EngineClient:
     def _queue_control(self, text: str) -> bool:
         if self.protocol.queued[1] >= self._control_limit:
             self.counters.control_dropped_backpressure += 1
-            if self.counters.control_dropped_backpressure == 1 or self.counters.control_dropped_backpressure % 100 == 0:
+            dropped = self.counters.control_dropped_backpressure
+            if dropped == 1 or dropped % 100 == 0:
                 log.warning("engine socket not keeping up: %d control messages waiting, %d dropped so far",
-                            self.protocol.queued[1], self.counters.control_dropped_backpressure)
+                            self._control_limit, dropped)
             return False
         self.protocol.send_control(text)
         self._wake.set()
