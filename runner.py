@@ -196,7 +196,8 @@ def session_config(args: argparse.Namespace, livekit: LiveKitTarget, engine: Eng
     token = token or mint_token(livekit.api_key, livekit.api_secret, room=args.room, identity=args.identity,
                                 agent=True)
     return SessionConfig(room=RoomLinkConfig(url or livekit.url, token, identity=args.identity,
-                                             queue_ms=args.queue_ms),
+                                             queue_ms=args.queue_ms, api_key=livekit.api_key,
+                                             api_secret=livekit.api_secret),
                          engine=engine, chunk_ms=args.chunk_ms, downlink=DownlinkConfig(lead_frames=args.lead_frames),
                          start_when=args.start, end_when_empty=not args.stay, linger_s=args.linger,
                          duck_db=args.duck_db, duck_hold_ms=args.duck_hold_ms)

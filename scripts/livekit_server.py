@@ -200,7 +200,7 @@ class LiveKitServer:
             "keys:",
             f"  {self.api_key}: {self.api_secret}",
             "logging:",
-            "  level: info",
+            f"  level: {os.environ.get('LK_SERVER_LOG_LEVEL', 'info')}",  # debug: every signal message
             # A cluster: nodes share state over redis; a new room goes to the node hosting the fewest rooms
             # (the default sorts by system load, which on one machine is the same number for every node and
             # put every room on one node; random put all six of a test's rooms on one node 1 time in 32).

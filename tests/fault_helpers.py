@@ -345,7 +345,9 @@ class Scenario:
         room_options = {k: options.pop(k) for k in ("queue_ms", "caller_frame_ms") if k in options}
         # Reconnect quickly in tests: the policy itself is tested in test_engine_client.
         factory = functools.partial(EngineClient, backoff=lambda: constant(0.1), **(client or {}))
-        link = RoomLinkConfig(server.url, _token(server, room, AGENT, agent=True), identity=AGENT, **room_options)
+        # With the server API's credentials, as the runner and the worker pass them: the link confirms its leave.
+        link = RoomLinkConfig(server.url, _token(server, room, AGENT, agent=True), identity=AGENT,
+                              api_key=server.api_key, api_secret=server.api_secret, **room_options)
         s = BridgeSession(SessionConfig(room=link, engine=engine, **options),
                           client_factory=factory)
         rig = Rig(server, room, s, emu)

@@ -63,8 +63,8 @@ def bridge_session(server: LiveKitServer, emu: Emulator, room: str, *,
     """A bridge session joining ``room`` as the agent, its engine the emulator ``emu`` (not started yet)."""
     engine = EngineSettings(api_key=emu.api_key, agent_id=emu.config.agent_id, api_base=emu.rest_base_url)
     token = mint_token(TEST_API_KEY, TEST_API_SECRET, room=room, identity=AGENT, agent=True)
-    return BridgeSession(SessionConfig(room=RoomLinkConfig(server.url, token, identity=AGENT), engine=engine,
-                                       **options), client_factory=client_factory)
+    link = RoomLinkConfig(server.url, token, identity=AGENT, api_key=TEST_API_KEY, api_secret=TEST_API_SECRET)
+    return BridgeSession(SessionConfig(room=link, engine=engine, **options), client_factory=client_factory)
 
 
 @pytest.fixture

@@ -167,6 +167,7 @@ async def test_no_secret_reaches_logs_errors_events_or_metrics(
         leaks.see_error("kicked", removed.value)
 
         for r in (rig, kicked):
+            leaks.see("session config", r.session.config)  # its repr: the token and the API secret hidden
             leaks.see("events", [repr(e) for e in r.events])
             leaks.see("session.metrics()", r.session.metrics())
         leaks.see("prometheus (live)", first_scrape)

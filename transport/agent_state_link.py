@@ -77,6 +77,9 @@ class AgentStateLink:
         # The write in flight and the future its echo resolves (the server's update of our participant).
         self._writing: tuple[dict[str, str], asyncio.Future[None]] | None = None
         self._calls: set[asyncio.Task[None]] = set()  # calls whose echo came first, still awaiting their response
+        self._idle = asyncio.Event()  # no write in flight
+        self._idle.set()
+        self._quiet = False  # leaving: nothing more is sent
         self.calls = 0
         self.failed = 0
         self.coalesced = 0  # values replaced before they were sent
@@ -171,6 +174,8 @@ class AgentStateLink:
         self._apply(self.machine.timer(self._clock.now_ns()))
 
     def _set(self, key: str, value: str) -> None:
+        if self._quiet:
+            return
         if key in self._pending:
             self.coalesced += 1
         self._pending[key] = value
@@ -211,12 +216,36 @@ class AgentStateLink:
             await self._ready.wait()
             self._ready.clear()
             batch, self._pending = self._pending, {}
+            if not batch or self._quiet:
+                continue
             self.calls += 1
+            self._idle.clear()
             try:
                 await self._send(batch)
             except Exception as exc:  # a closed room, a slow server: the next value goes out anyway
                 self.failed += 1
                 log.warning("could not set the agent's attributes %s: %s", sorted(batch), exc)
+            finally:
+                self._idle.set()
+
+    async def quiesce(self, timeout_s: float = 1.0, settle_s: float = 0.05) -> None:
+        """Before the agent leaves the room: send nothing more, and let the write in flight be applied.
+
+        Each write makes the server answer with a burst (our participant's update, the request's response, a
+        refreshed token). Leaving into that burst can lose the leave itself (see
+        :meth:`transport.livekit_room.RoomLink.close`), so the last write's answers arrive first (``settle_s``
+        after it is applied)."""
+        self._quiet = True
+        self._pending.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._idle.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+                await asyncio.sleep(settle_s)
 
     async def close(self) -> None:
         if self._timer is not None:

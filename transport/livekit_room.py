@@ -11,6 +11,16 @@ What it owns and why:
   a multiple of 10 ms). The native source sends 10 ms from its queue every 10 ms and completes a capture at
   once while the queue holds at most ``queue_ms`` (livekit rust-sdks ``AudioTrackSource::InternalSource``);
   so a paced writer that never queues more than that never waits, and :meth:`clear_voice` empties it.
+- Leaving can fail silently, and the agent then stays in the room as a ghost for ~20 s (until the server's
+  ICE timeout and its 5 s disconnect timer), shown to every frontend as present. The SDK sends its ``Leave``
+  and closes the signal socket at once; when the server is still writing to us at that moment (the answers
+  to our last attribute write, a subscription, a participant update), our socket resets, the server's
+  writer fails and closes the connection, and its reader never reads the ``Leave`` that was already in its
+  buffer (livekit-server 1.13.5 ``rtcservice.go``: the response goroutine closes the conn on a write error).
+  Seen here 1 close in ~50 under CPU load. So the session sends nothing before it leaves
+  (:meth:`transport.agent_state_link.AgentStateLink.quiesce`), and with the server's API credentials
+  (``api_key``/``api_secret``: the runner and the worker pass theirs) the link asks the server afterwards
+  whether our participant is still there and removes it (``ghosts_removed``).
 """
 
 from __future__ import annotations
@@ -22,9 +32,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import aiohttp
 import numpy as np
 import numpy.typing as npt
-from livekit import rtc
+from livekit import api, rtc
 
 from core.clock import Clock, MonotonicClock
 from core.errors import ConfigError, LiveKitError
@@ -71,6 +82,10 @@ class RoomLinkConfig:
     # publish again. Each caller costs an AudioStream, a ring and its share of the mix on the shared loop,
     # and one room must not take a process's capacity from the others. None: no cap.
     max_callers: int | None = 8
+    # The server API's credentials, optional: with them the link makes sure it left (see the module notes).
+    api_key: str = ""
+    api_secret: str = field(default="", repr=False)
+    leave_check_s: float = 1.5  # how long the server may take to apply our leave before we remove ourselves
 
     def __post_init__(self) -> None:
         if self.queue_ms <= 0 or self.queue_ms % 10:
@@ -94,6 +109,7 @@ class RoomStats:
     reconnects: int = 0
     ignored_tracks: int = 0
     callers_refused: int = 0  # joins past max_callers
+    ghosts_removed: int = 0  # closes whose leave the server never applied: removed through its API
 
 
 @dataclass(slots=True)
@@ -180,14 +196,48 @@ class RoomLink:
         # gone, so no caller-audio task outlives close().
         self._closing = True
         await self._end_caller_streams()
+        room, sid = self._room.name, self._room.local_participant.sid if self._room.isconnected() else ""
         try:
             await self._room.disconnect()
         except Exception as exc:  # the agent may stay in the room as a ghost until the server times it out
             log.warning("leaving the room failed: %s", exc)
         await self._end_caller_streams()
+        if sid and self.config.api_key and self.config.api_secret:
+            await self._make_sure_left(room, sid)
         if self._source is not None:
             await self._source.aclose()
             self._source = None
+
+    async def _make_sure_left(self, room: str, sid: str) -> None:
+        """Ask the server whether participant ``sid`` is still in ``room``; if it still is after
+        ``leave_check_s`` (our leave was lost), remove it. Another participant with our identity (a newer
+        agent) is left alone. Never raises: a failure is logged."""
+        lk = api.LiveKitAPI(self.config.url, self.config.api_key, self.config.api_secret,
+                            timeout=aiohttp.ClientTimeout(total=2.0))
+        who = api.RoomParticipantIdentity(room=room, identity=self.identity)
+        deadline = self._clock.now_ns() + int(self.config.leave_check_s * 1e9)
+        try:
+            while True:
+                try:
+                    info = await lk.room.get_participant(who)
+                except api.TwirpError as exc:
+                    if exc.code == api.TwirpErrorCode.NOT_FOUND:
+                        return  # gone: the leave was applied (or the room was)
+                    raise
+                if info.sid != sid:
+                    return
+                if self._clock.now_ns() >= deadline:
+                    break
+                await asyncio.sleep(0.1)
+            with contextlib.suppress(api.TwirpError):  # gone in between is as good
+                await lk.room.remove_participant(who)
+            self._counters.ghosts_removed += 1
+            log.warning("the server still had the agent in room %r %.1f s after it left (its leave was lost): "
+                        "removed it through the server API", room, self.config.leave_check_s)
+        except Exception as exc:
+            log.warning("could not check that the agent left room %r: %s", room, type(exc).__name__)
+        finally:
+            await lk.aclose()
 
     async def _end_caller_streams(self) -> None:
         while any(c.streams for c in self._callers.values()):

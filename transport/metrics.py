@@ -33,6 +33,8 @@ ended (their final values are folded in when they stop), so totals never go back
 ``[session_]engine_reconnects_total``       counter    conversations re-established after a loss
 ``[session_]engine_failed_attempts_total``  counter    connection attempts that failed
 ``[session_]livekit_reconnects_total``      counter    room connection restored by the SDK
+``[session_]livekit_ghosts_removed_total``  counter    leaves the server never applied: the agent removed
+                                                       through the server API (``transport.livekit_room``)
 ``[session_]protocol_errors_total{kind}``   counter    engine messages dropped, by ProtocolError kind
 ``[session_]tool_calls_total{outcome}``     counter    client tool calls: ``local`` / ``forwarded`` (answered),
                                                        ``error`` (every error result, of which ``timeout``,

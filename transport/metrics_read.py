@@ -93,6 +93,7 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("engine_reconnects_total", "Engine conversations re-established after a loss.", ()),
     ("engine_failed_attempts_total", "Engine connection attempts that failed.", ()),
     ("livekit_reconnects_total", "LiveKit room connections restored by the SDK.", ()),
+    ("livekit_ghosts_removed_total", "Leaves the server never applied: the agent removed through its API.", ()),
     ("protocol_errors_total", "Engine messages dropped as malformed, by kind.", ("kind",)),
     ("tool_calls_total", "Client tool calls, by outcome.", ("outcome",)),
     ("chat_messages_total", "Room chat (lk.chat) messages, by outcome.", ("outcome",)),
@@ -133,6 +134,7 @@ def read_session(session: BridgeSession) -> Snapshot:
     c["livekit_frames_total", ("in",)] = room.frames_in
     c["livekit_frames_total", ("out",)] = room.frames_out
     c["livekit_reconnects_total", ()] = room.reconnects
+    c["livekit_ghosts_removed_total", ()] = room.ghosts_removed
     c["interruptions_total", ()] = stats.session.interruptions
     ducker = session.core.ducker
     if ducker is not None:

@@ -82,9 +82,10 @@ class RoomFeatures:
         self.agent_state.caller_frame(samples, recv_ns)
 
     async def stop(self) -> None:
-        """Before leaving the room: no more tool calls or chat."""
+        """Before leaving the room: no more tool calls, chat or agent-state writes (the last one applied)."""
         await self.tool_calls.close()
         await self.chat.close()
+        await self.agent_state.quiesce()
 
     async def close(self) -> None:
         """After leaving the room: the transcript streams and the agent state, each on its budget."""
