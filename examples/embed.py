@@ -75,7 +75,7 @@ async def main(rooms: list[str], run_for: float | None = None) -> None:
     async with engine() as settings:
         sessions = {room: BridgeSession(SessionConfig(
             room=RoomLinkConfig(url, mint_token(key, secret, room=room, identity="agent", agent=True),
-                                identity="agent"),
+                                identity="agent", api_key=key, api_secret=secret),  # the key: a sure leave
             engine=settings, end_when_empty=False), tools=tools) for room in rooms}
         await asyncio.gather(*(s.start() for s in sessions.values()))
         watchers = [asyncio.ensure_future(watch(room, s)) for room, s in sessions.items()]
