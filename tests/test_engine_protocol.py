@@ -326,6 +326,10 @@ def test_user_audio_round_trip() -> None:
     assert parsed == wire.UserAudioChunk(data)
     assert json.loads(p.user_audio(data)) == {"user_audio_chunk": base64.b64encode(data).decode()}
     assert p.counters.sent["user_audio_chunk"] == 2
+    # Built without json.dumps: byte for byte what it writes, for every base64 character (+, / and = too).
+    every = bytes(range(256)) * 3
+    assert p.user_audio(every) == json.dumps({"user_audio_chunk": base64.b64encode(every).decode()},
+                                              separators=(",", ":"))
 
 
 def test_user_audio_rejects_half_samples_for_pcm_only() -> None:

@@ -716,7 +716,10 @@ class EngineProtocol:
         fmt = self.input_format
         if fmt is not None and fmt.encoding == "pcm" and len(data) % 2:
             raise ConfigError(f"{fmt.name} user audio must be whole 16-bit samples, got {len(data)} bytes")
-        return self._dump("user_audio_chunk", {"user_audio_chunk": base64.b64encode(data).decode("ascii")})
+        self.counters.sent["user_audio_chunk"] += 1
+        # What json.dumps would write, built directly: base64's alphabet needs no JSON escaping, and this is
+        # 100 messages a second per session (0.7 µs a chunk against 4.1 µs through json.dumps).
+        return '{"user_audio_chunk":"' + base64.b64encode(data).decode("ascii") + '"}'
 
     def initiation(
         self,
