@@ -24,11 +24,16 @@ pytestmark = pytest.mark.livekit
 AGENT = "agent-leave"
 
 
-def link_in(server: LiveKitServer, room: str, *, credentials: bool) -> RoomLink:
+async def agent_seen_by(server: LiveKitServer, watcher: tuple[str, Caller], *, credentials: bool) -> RoomLink:
+    """The agent's link, joined to the watcher's room, once the watcher sees the agent."""
+    room, caller = watcher
     token = mint_token(TEST_API_KEY, TEST_API_SECRET, room=room, identity=AGENT, agent=True)
     keys = {"api_key": TEST_API_KEY, "api_secret": TEST_API_SECRET} if credentials else {}
-    return RoomLink(RoomLinkConfig(url=server.url, token=token, identity=AGENT, **keys),
+    link = RoomLink(RoomLinkConfig(url=server.url, token=token, identity=AGENT, **keys),
                     on_caller_audio=lambda *_: None)
+    await link.connect()
+    await wait_for(lambda: AGENT in caller.room.remote_participants, timeout=10)
+    return link
 
 
 @contextlib.asynccontextmanager
@@ -58,10 +63,8 @@ async def watcher(livekit_server: LiveKitServer) -> AsyncIterator[tuple[str, Cal
 
 async def test_a_normal_leave_is_confirmed_without_removing_anyone(
         livekit_server: LiveKitServer, watcher: tuple[str, Caller]) -> None:
-    room, caller = watcher
-    link = link_in(livekit_server, room, credentials=True)
-    await link.connect()
-    await wait_for(lambda: AGENT in caller.room.remote_participants, timeout=10)
+    caller = watcher[1]
+    link = await agent_seen_by(livekit_server, watcher, credentials=True)
     await link.close()
     await wait_for(lambda: AGENT not in caller.room.remote_participants, timeout=5)
     assert link.stats.ghosts_removed == 0
@@ -69,10 +72,8 @@ async def test_a_normal_leave_is_confirmed_without_removing_anyone(
 
 async def test_a_lost_leave_is_made_good_through_the_server_api(
         livekit_server: LiveKitServer, watcher: tuple[str, Caller]) -> None:
-    room, caller = watcher
-    link = link_in(livekit_server, room, credentials=True)
-    await link.connect()
-    await wait_for(lambda: AGENT in caller.room.remote_participants, timeout=10)
+    caller = watcher[1]
+    link = await agent_seen_by(livekit_server, watcher, credentials=True)
     async with leave_lost(link):
         await link.close()
         await wait_for(lambda: AGENT not in caller.room.remote_participants, timeout=5)
@@ -82,10 +83,8 @@ async def test_a_lost_leave_is_made_good_through_the_server_api(
 async def test_without_credentials_a_lost_leave_leaves_a_ghost(
         livekit_server: LiveKitServer, watcher: tuple[str, Caller]) -> None:
     # The control: what the check above makes good really happens without it.
-    room, caller = watcher
-    link = link_in(livekit_server, room, credentials=False)
-    await link.connect()
-    await wait_for(lambda: AGENT in caller.room.remote_participants, timeout=10)
+    caller = watcher[1]
+    link = await agent_seen_by(livekit_server, watcher, credentials=False)
     async with leave_lost(link):
         await link.close()
         await asyncio.sleep(2.0)  # longer than the check would have waited
