@@ -41,6 +41,7 @@ from core.clock import Clock, MonotonicClock
 from core.errors import ConfigError, LiveKitError
 from core.formats import ROOM_RATE
 from core.redact import Redactor, redact_url
+from transport.sdk_events import narrow_room_events
 
 __all__ = ["RoomLink", "RoomLinkConfig", "RoomState", "RoomStats"]
 
@@ -180,6 +181,7 @@ class RoomLink:
                                f"{self.config.connect_timeout_s:.0f} s") from exc
         except rtc.ConnectError as exc:
             raise LiveKitError(f"could not join the room at {redact_url(url)}: {_explain(str(exc))}") from None
+        narrow_room_events(self._room)  # this room's listener wakes for its own events only (sdk_events)
         self._source = rtc.AudioSource(VOICE_RATE, 1, queue_size_ms=self.config.queue_ms)
         track = rtc.LocalAudioTrack.create_audio_track(self.config.track_name, self._source)
         options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
