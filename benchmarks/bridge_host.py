@@ -97,7 +97,7 @@ class FfiCounter:
         queue.put = put  # type: ignore[method-assign]
 
 
-WHAT_IF = ("frame20", "frame40", "switch-1ms")
+WHAT_IF = ("frame20", "frame40", "switch-1ms", "sdk-filter")
 
 
 def apply_what_if(names: list[str]) -> dict[str, Any]:
@@ -110,10 +110,15 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
     - ``switch-1ms``: ``sys.setswitchinterval(0.001)``. livekit.rtc runs Python (event parsing, the fan-out to
       every subscription) on the SDK's callback thread; the loop thread gives up the GIL on every FFI call and
       socket operation and may then wait up to the switch interval (5 ms) to get it back.
+    - ``sdk-filter``: every room keeps the SDK's own event filter (``transport.sdk_events`` not applied), the
+      before of that change: each room's listener woken for every event of the process.
     """
     session_kwargs: dict[str, Any] = {}
     if "switch-1ms" in names:
         sys.setswitchinterval(0.001)
+    if "sdk-filter" in names:
+        import transport.livekit_room
+        transport.livekit_room.narrow_room_events = lambda _room: False  # type: ignore[assignment]
     if "frame20" in names:
         from core.downlink import DownlinkConfig
         session_kwargs["downlink"] = DownlinkConfig(frame_ms=20, lead_frames=2)
