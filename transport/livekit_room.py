@@ -198,25 +198,28 @@ class RoomLink:
         # gone, so no caller-audio task outlives close().
         self._closing = True
         await self._end_caller_streams()
-        room, sid = self._room.name, self._room.local_participant.sid if self._room.isconnected() else ""
+        joined = self._room.isconnected()
+        me = self._room.local_participant
+        room, sid, identity = self._room.name, me.sid if joined else "", me.identity if joined else ""
         try:
             await self._room.disconnect()
         except Exception as exc:  # the agent may stay in the room as a ghost until the server times it out
             log.warning("leaving the room failed: %s", exc)
         await self._end_caller_streams()
         if sid and self.config.api_key and self.config.api_secret:
-            await self._make_sure_left(room, sid)
+            await self._make_sure_left(room, identity, sid)
         if self._source is not None:
             await self._source.aclose()
             self._source = None
 
-    async def _make_sure_left(self, room: str, sid: str) -> None:
-        """Ask the server whether participant ``sid`` is still in ``room``; if it still is after
+    async def _make_sure_left(self, room: str, identity: str, sid: str) -> None:
+        """Ask the server whether participant ``sid`` (``identity``: the token's, which a worker's job gets from
+        LiveKit) is still in ``room``; if it still is after
         ``leave_check_s`` (our leave was lost), remove it. Another participant with our identity (a newer
         agent) is left alone. Never raises: a failure is logged."""
         lk = api.LiveKitAPI(self.config.url, self.config.api_key, self.config.api_secret,
                             timeout=aiohttp.ClientTimeout(total=2.0))
-        who = api.RoomParticipantIdentity(room=room, identity=self.identity)
+        who = api.RoomParticipantIdentity(room=room, identity=identity)
         deadline = self._clock.now_ns() + int(self.config.leave_check_s * 1e9)
         try:
             while True:
