@@ -16,6 +16,7 @@ The public surface, one concept per module:
 - :mod:`core.uplink`   callers → mixer → engine rate → encoded chunks
 - :mod:`core.downlink` engine audio → 48 kHz → playout → paced frames
 - :mod:`core.onset`    a caller's speech onset: noise floor, duration, voicing, the played voice's echo
+- :mod:`core.voice_reference` what was played and when, for the onset detectors' echo test
 - :mod:`core.duck`     the voice's gain envelope while a caller talks over it
 - :mod:`core.ducker`   onset detectors + duck for one session, the shell's side of local ducking
 """
@@ -37,7 +38,7 @@ from core.errors import (
 )
 from core.formats import ENGINE_FORMATS, SUPPORTED_RATES, AudioFormat, parse_format
 from core.mixer import MIXER_RATE, SILENCE_DBFS, CallerStats, Mixer
-from core.onset import OnsetConfig, OnsetDetector, VoiceReference
+from core.onset import OnsetConfig, OnsetDetector
 from core.pacer import Pacer
 from core.playout import PlayoutBuffer, PlayoutState
 from core.redact import MASK, Redactor, redact_url
@@ -45,6 +46,7 @@ from core.resample import DEFAULT_QUALITY, Quality, Resampler
 from core.ring import OverflowPolicy, RingBuffer
 from core.timing import StageSummary, StageTimer
 from core.uplink import DEFAULT_CHUNK_MS, Uplink
+from core.voice_reference import VoiceReference
 
 __all__ = [
     "DEFAULT_CHUNK_MS",

@@ -17,8 +17,8 @@ at real time from the first sample it gets; or the source's own ``queued_ns`` wh
 the duck applied from its first sample. The shell clears the native queue and sends that instead. Every sample
 of the reply is still played once: the re-sent ones replace the cleared ones.
 
-What is "played" for echo rejection (:class:`~core.onset.VoiceReference`) is the ducked audio at the time it is
-expected to leave the source, so a ducked voice's echo is expected 18 dB lower too.
+What is "played" for echo rejection (:class:`~core.voice_reference.VoiceReference`) is the ducked audio at the
+time it is expected to leave the source, so a ducked voice's echo is expected 18 dB lower too.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import numpy.typing as npt
 
 from core.clock import SECOND
 from core.duck import Duck, DuckConfig
-from core.onset import OnsetConfig, OnsetDetector, VoiceReference
+from core.onset import OnsetConfig, OnsetDetector
 from core.timing import StageTimer
+from core.voice_reference import VoiceReference
 
 __all__ = ["Ducker", "DuckerConfig"]
 

@@ -16,8 +16,8 @@ nothing reads a clock. Rules, with the measured reasons in ``benchmarks/ducking.
   signal peaks above ``voicing`` (0.5). Clicks, bumps and noise bursts are aperiodic, whatever their length;
   steady hum is periodic but is the floor. A run that stays loud but aperiodic (a word starting with "s" or
   "h") qualifies after ``unvoiced_ms`` (120 ms), longer than any click.
-- **Echo rejection.** The bridge knows what it played and when (:class:`VoiceReference`). Without echo
-  cancellation a caller's microphone hears that voice again, delayed by the media path and the room (50–
+- **Echo rejection.** The bridge knows what it played and when (:class:`core.voice_reference.VoiceReference`).
+  Without echo cancellation a caller's microphone hears that voice again, delayed by the media path and the room (50–
   200 ms) and attenuated (the echo loss, 20 dB or more for a phone held to the ear or a laptop's speakers).
   A block's energy is compared with the played voice's energy at each delay in ``echo_delay_ms``, less
   ``echo_loss_db - echo_margin_db`` (20 − 6 dB); the reference envelope is held with a decay of
@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +51,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 from core.clock import MS
 from core.errors import ConfigError
 
-__all__ = ["OnsetConfig", "OnsetDetector", "VoiceReference"]
+if TYPE_CHECKING:
+    from core.voice_reference import VoiceReference
+
+__all__ = ["OnsetConfig", "OnsetDetector", "block_sum_squares", "dbfs_power", "power_dbfs"]
 
 Int16Array = npt.NDArray[np.int16]
 FloatArray = npt.NDArray[np.float64]
@@ -61,13 +65,15 @@ _DECIMATE_ONES = np.ones(_DECIMATE, dtype=np.float64)
 _NO_SAMPLES: Int16Array = np.zeros(0, dtype=np.int16)
 
 
-def _power(dbfs: float) -> float:
+def dbfs_power(dbfs: float) -> float:
+    """The mean-square power of int16 samples at ``dbfs``."""
     return float(_FULL_SCALE_SQUARED * 10.0 ** (dbfs / 10.0))
 
 
-def _sum_squares(samples: Int16Array, blocks: int, ones: FloatArray) -> list[float]:
-    """Each block's sum of squares (blocks of ``len(ones)`` samples), as a matrix product with ones: exact (whole
-    numbers below 2**53 in float64, in any order) and 1.4 µs cheaper per 10 ms than einsum."""
+def block_sum_squares(samples: Int16Array, blocks: int, ones: FloatArray) -> list[float]:
+    """The sums of squares of the first ``blocks`` blocks of ``len(ones)`` samples (here and in
+    :mod:`core.voice_reference`), as a matrix product with ones: exact (whole numbers below 2**53 in float64,
+    in any order) and 1.4 µs cheaper per 10 ms than einsum."""
     x = samples[: blocks * ones.shape[0]].astype(np.float64)
     sums: list[float] = (np.square(x, out=x).reshape(blocks, -1) @ ones).tolist()
     return sums
@@ -120,86 +126,6 @@ class OnsetConfig:
         return self.rate * self.block_ms // 1000
 
 
-class VoiceReference:
-    """What the bridge played and when: the agent voice's energy per block on the bridge's clock.
-
-    One instance per session, shared by every caller's detector. Blocks are on an absolute grid
-    (``time // block_ns``), so audio written twice for the same time (a re-sent queue) overwrites, never adds.
-    Holds ``history_ms`` (default 400 ms, enough for the longest echo delay plus a window); older blocks read
-    as silence. The stored value is a peak-hold with decay, an upper bound for a reverberant echo.
-    """
-
-    def __init__(self, config: OnsetConfig | None = None, *, history_ms: int = 400) -> None:
-        self.config = config = config or OnsetConfig()
-        config.validate()
-        self._block_ns = config.block_ns
-        self._bs = config.block_samples
-        self._ones = np.ones(self._bs, dtype=np.float64)
-        self._cap = max(8, history_ms // config.block_ms)
-        # A ring of ``cap`` slots kept twice over (slot and slot + cap hold the same block): any window of the
-        # history is then one slice, never a gather around the end.
-        self._energy = np.zeros(2 * self._cap, dtype=np.float64)
-        self._ids = np.full(2 * self._cap, -1, dtype=np.int64)
-        self._offsets = np.arange(self._cap, dtype=np.int64)
-        self._decay = 10.0 ** (-config.echo_tail_db_per_10ms * config.block_ms / 10.0 / 10.0)
-        self.last_voice_block = -1  # the last block with audible voice (above -60 dBFS)
-        self._audible = _power(-60.0)
-        # No block after this one holds an audible (held) energy: what lets audible_at skip the window read
-        # while the agent is silent and a caller talks (a bound: overwriting a block lower leaves it as it is).
-        self._last_audible_held = -1
-
-    def add(self, samples: Int16Array, start_ns: int) -> None:
-        """``samples`` (48 kHz) are heard from ``start_ns`` on."""
-        bs = self._bs
-        n = samples.shape[0] // bs
-        if n == 0:
-            return
-        first = (start_ns + self._block_ns // 2) // self._block_ns
-        prev_id = first - 1
-        slot = prev_id % self._cap
-        held = float(self._energy[slot]) if self._ids[slot] == prev_id else 0.0
-        for k, total in enumerate(_sum_squares(samples, n, self._ones)):
-            block = first + k
-            p = total / bs
-            held = max(p, held * self._decay)
-            slot = block % self._cap
-            self._energy[slot] = self._energy[slot + self._cap] = held
-            self._ids[slot] = self._ids[slot + self._cap] = block
-            if p >= self._audible:
-                self.last_voice_block = block
-            if held >= self._audible:
-                self._last_audible_held = max(self._last_audible_held, block)
-
-    def window(self, first_block: int, n: int) -> FloatArray:
-        """Energies of blocks ``first_block .. first_block + n - 1`` (0 where nothing was played)."""
-        if n <= self._cap:
-            s0 = first_block % self._cap
-            blocks = first_block + self._offsets[:n]
-            return np.where(self._ids[s0:s0 + n] == blocks, self._energy[s0:s0 + n], 0.0)
-        blocks = np.arange(first_block, first_block + n)  # longer than the history: its oldest read as silence
-        slots = blocks % self._cap
-        return np.where(self._ids[slots] == blocks, self._energy[slots], 0.0)
-
-    def audible_at(self, t_ns: int, within_ms: int = 60, ahead_ms: int = 30) -> bool:
-        """Was the voice audible within ``within_ms`` before ``t_ns`` or ``ahead_ms`` after it (a voice just
-        starting is already queued)? False for times older than the history."""
-        first = (t_ns - within_ms * MS) // self._block_ns
-        if self.last_voice_block < 0 or self._last_audible_held < first:
-            return False
-        last = (t_ns + ahead_ms * MS) // self._block_ns
-        return bool((self.window(first, last - first + 1) >= self._audible).any())
-
-    def clear_after(self, now_ns: int, *, silent: bool = False) -> None:
-        """The audio queued after ``now_ns`` was taken back (the queue was cleared): it will not be heard.
-        ``silent``: and nothing replaces it (an interruption), so there is no voice left to duck."""
-        first = (now_ns + self._block_ns - 1) // self._block_ns
-        blocks = self._ids >= first
-        self._energy[blocks] = 0.0
-        self._ids[blocks] = -1
-        self.last_voice_block = -1 if silent else min(self.last_voice_block, first - 1)
-        self._last_audible_held = min(self._last_audible_held, first - 1)
-
-
 class OnsetDetector:
     """One caller's onset detector: :meth:`push` each frame as it arrives; True when speech started."""
 
@@ -213,7 +139,7 @@ class OnsetDetector:
         self._n = n = max(1, config.min_speech_ms // config.block_ms)
         self._unvoiced_blocks = max(self._n, config.unvoiced_ms // config.block_ms)
         self._snr = 10.0 ** (config.snr_db / 10.0)
-        self._min_power = _power(config.min_level_dbfs)
+        self._min_power = dbfs_power(config.min_level_dbfs)
         self._rise = 10.0 ** (config.floor_rise_db_s * config.block_ms / 1000.0 / 10.0)
         # The echo bound starts at the worst case allowed (``echo_loss_db`` less the margin) and learns down.
         self._echo_max = 10.0 ** (-(config.echo_loss_db - config.echo_margin_db) / 10.0)
@@ -222,7 +148,7 @@ class OnsetDetector:
         self._echo_gain = self._echo_max
         self._erl = self._echo_max / self._margin
         self._learn: deque[float] = deque()
-        self._learn_power = _power(-40.0)  # learn only while the voice is clearly playing
+        self._learn_power = dbfs_power(-40.0)  # learn only while the voice is clearly playing
         self._learn_delay = max(1, config.unvoiced_ms // config.block_ms)
         self._erl_decay = 10.0 ** (-config.echo_learn_db_s * config.block_ms / 1000.0 / 10.0)
         lo, hi = config.echo_delay_ms
@@ -307,7 +233,7 @@ class OnsetDetector:
         # Energy over the last 10 ms, hopped by 5: a 5 ms block of a low voice (100 Hz, one glottal pulse per
         # 10 ms) alternates loud and quiet by 8 dB, which would break every run in two.
         powers, prev_raw = self._powers, self._prev_raw
-        for total in _sum_squares(data, n, self._ones):
+        for total in block_sum_squares(data, n, self._ones):
             raw = total / bs
             powers.append(0.5 * (raw + prev_raw))
             prev_raw = raw

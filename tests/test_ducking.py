@@ -10,7 +10,8 @@ from core.clock import MS
 from core.duck import Duck, DuckConfig, DuckState
 from core.ducker import Ducker, DuckerConfig
 from core.errors import ConfigError
-from core.onset import OnsetDetector, VoiceReference
+from core.onset import OnsetDetector
+from core.voice_reference import VoiceReference
 from emulator.signals import speech_like
 
 RATE = 48_000

@@ -216,7 +216,7 @@ class AgentStateLink:
             await self._ready.wait()
             self._ready.clear()
             batch, self._pending = self._pending, {}
-            if not batch or self._quiet:
+            if not batch:  # emptied by quiesce
                 continue
             self.calls += 1
             self._idle.clear()

@@ -213,10 +213,10 @@ class RoomLink:
             self._source = None
 
     async def _make_sure_left(self, room: str, identity: str, sid: str) -> None:
-        """Ask the server whether participant ``sid`` (``identity``: the token's, which a worker's job gets from
-        LiveKit) is still in ``room``; if it still is after
-        ``leave_check_s`` (our leave was lost), remove it. Another participant with our identity (a newer
-        agent) is left alone. Never raises: a failure is logged."""
+        """Ask the server whether participant ``sid`` is still in ``room``; if it still is after ``leave_check_s``
+        (our leave was lost), remove it. ``identity`` is the token's (a worker's job gets it from LiveKit), not
+        the config's. Another participant with our identity (a newer agent) is left alone. Never raises: a
+        failure is logged."""
         lk = api.LiveKitAPI(self.config.url, self.config.api_key, self.config.api_secret,
                             timeout=aiohttp.ClientTimeout(total=2.0))
         who = api.RoomParticipantIdentity(room=room, identity=identity)
