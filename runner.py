@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.downlink import DownlinkConfig
 from core.errors import BridgeError, ConfigError
-from core.formats import ENGINE_FORMATS, parse_format
+from core.formats import CALLER_RATES, ENGINE_FORMATS, parse_format
 from core.redact import Redactor
 from core.uplink import DEFAULT_CHUNK_MS
 from transport.config import EngineSettings, LiveKitTarget, RoomLinkConfig, SessionConfig, from_env
@@ -73,6 +73,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-format", choices=ENGINE_FORMATS, help="agent audio format (as --input-format)")
     p.add_argument("--chunk-ms", type=int, default=DEFAULT_CHUNK_MS,
                    help=f"user_audio_chunk length, a multiple of 5 ms (default {DEFAULT_CHUNK_MS})")
+    p.add_argument("--caller-rate", default="engine", choices=("engine", *map(str, CALLER_RATES)),
+                   help="read callers at the engine's input rate (default: LiveKit's SDK resamples them in native "
+                        "code, nothing is held) or at a fixed rate (48000: the full band, resampled here)")
     p.add_argument("--queue-ms", type=int, default=50, help="AudioSource queue, a multiple of 10 ms (default 50)")
     p.add_argument("--lead-frames", type=int, default=3, help="10 ms frames kept queued ahead (default 3)")
     p.add_argument("--duck-db", type=float, default=18.0,
@@ -200,7 +203,8 @@ def session_config(args: argparse.Namespace, livekit: LiveKitTarget, engine: Eng
                                              api_secret=livekit.api_secret),
                          engine=engine, chunk_ms=args.chunk_ms, downlink=DownlinkConfig(lead_frames=args.lead_frames),
                          start_when=args.start, end_when_empty=not args.stay, linger_s=args.linger,
-                         duck_db=args.duck_db, duck_hold_ms=args.duck_hold_ms)
+                         duck_db=args.duck_db, duck_hold_ms=args.duck_hold_ms,
+                         caller_rate=None if args.caller_rate == "engine" else int(args.caller_rate))
 
 
 async def run_room(args: argparse.Namespace, env: dict[str, str], stop: asyncio.Event,

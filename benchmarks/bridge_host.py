@@ -97,7 +97,7 @@ class FfiCounter:
         queue.put = put  # type: ignore[method-assign]
 
 
-WHAT_IF = ("frame20", "frame40", "switch-1ms", "sdk-filter")
+WHAT_IF = ("frame20", "frame40", "switch-1ms", "sdk-filter", "caller-48k")
 
 
 def apply_what_if(names: list[str]) -> dict[str, Any]:
@@ -112,6 +112,8 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
       socket operation and may then wait up to the switch interval (5 ms) to get it back.
     - ``sdk-filter``: every room keeps the SDK's own event filter (``transport.sdk_events`` not applied), the
       before of that change: each room's listener woken for every event of the process.
+    - ``caller-48k``: callers read at 48 kHz and resampled by the bridge's FIR (``SessionConfig(caller_rate=48000)``),
+      the before of reading them at the engine's rate.
     """
     session_kwargs: dict[str, Any] = {}
     if "switch-1ms" in names:
@@ -119,6 +121,8 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
     if "sdk-filter" in names:
         import transport.livekit_room
         transport.livekit_room.narrow_room_events = lambda _room: False  # type: ignore[assignment]
+    if "caller-48k" in names:
+        session_kwargs["caller_rate"] = 48_000
     if "frame20" in names:
         from core.downlink import DownlinkConfig
         session_kwargs["downlink"] = DownlinkConfig(frame_ms=20, lead_frames=2)

@@ -45,6 +45,7 @@ from core.clock import MS, SECOND
 from core.duck import DuckConfig
 from core.ducker import Ducker, DuckerConfig
 from core.onset import OnsetConfig
+from core.resample import Resampler
 from emulator.vad import EnergyVad
 
 __all__ = ["build_set", "run_set", "simulate"]
@@ -69,11 +70,14 @@ class Result:
 
 
 def simulate(clip: Clip, agent: F64, config: DuckerConfig, engine_delay_ms: float,
-             rng: np.random.Generator) -> Result:
+             rng: np.random.Generator, caller_rate: int = RATE) -> Result:
     n = int(clip.seconds * RATE)
     agent_i16 = np.clip(np.rint(agent[:n]), -32768, 32767).astype(np.int16)
     played = np.zeros(n + RATE, dtype=np.float64)  # what left the bridge, at its play time
     ducker = Ducker(config)
+    # Callers read at the engine's rate: the room's SDK resamples each frame; a streaming resampler stands in.
+    ducker.set_caller_rate(caller_rate)
+    to_caller_rate = Resampler(RATE, caller_rate)
     naive = EnergyVad(RATE, threshold_dbfs=-45, frame_ms=5, min_speech_ms=30, hangover_ms=300)
     naive_times: list[float] = []
     mic = clip.mic
@@ -125,8 +129,9 @@ def simulate(clip: Clip, agent: F64, config: DuckerConfig, engine_delay_ms: floa
                 x += wet[:CALLER_FRAME]
                 prev_rev = wet[CALLER_FRAME:]
             frame = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+            heard = to_caller_rate.push(frame)
             t0 = time.perf_counter_ns()
-            started = ducker.caller_frame("caller", frame, end * SECOND // RATE)
+            started = ducker.caller_frame("caller", heard, end * SECOND // RATE)
             cost.append(time.perf_counter_ns() - t0)
             if started:
                 duck_times.append(end / RATE)
@@ -187,7 +192,7 @@ CLASSES = ("noise", "click", "backchannel", "echo_-10dB", "echo_-20dB", "echo_-3
 
 
 def run_set(clips: list[Clip], config: DuckerConfig, engine_delay_ms: float, *, seed: int = 3,
-            keep_clips: bool = False) -> dict[str, Any]:
+            keep_clips: bool = False, caller_rate: int = RATE) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     agents: dict[float, F64] = {}
     per: dict[str, dict[str, Any]] = {c: {"clips": 0, "clips_ducked": 0, "ducks": 0, "confirmed": 0, "released": 0,
@@ -202,7 +207,8 @@ def run_set(clips: list[Clip], config: DuckerConfig, engine_delay_ms: float, *, 
         agent = agents.setdefault(clip.seconds, agent_voice(clip.seconds))
         # Each clip starts at a different place in the agent's text, so echoes and talk-overs meet different words.
         shift = (i * 7919) % int(RATE * 1.0)
-        res = simulate(clip, np.roll(agent, -shift) if shift else agent, config, engine_delay_ms, rng)
+        res = simulate(clip, np.roll(agent, -shift) if shift else agent, config, engine_delay_ms, rng,
+                       caller_rate)
         p = per[clip.cls]
         p["clips"] += 1
         p["clips_ducked"] += res.ducks > 0
@@ -301,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         delays[f"{delay} ms"] = run_set(clips, default, delay, keep_clips=delay == 600)
         progress(f"engine delay {delay} ms done")
     main_result = delays["600 ms"]
+    # The same set with callers read at the engine's rate (the session's default: the SDK resamples them).
+    by_rate = {rate: run_set(clips, default, 600, caller_rate=rate) for rate in (8000, 16000, 24000)}
+    progress("caller rates 8/16/24 kHz done")
     sweeps: dict[str, list[dict[str, Any]]] = {}
     if not (args.quick or args.no_sweep):
         for knob, values in SWEEPS.items():
@@ -320,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             "assumes": "offline, sans-I/O: the bridge's decision only; 20 ms caller frames, 30 ms pacer lead; "
                        "add the media hops (caller → bridge, bridge → listener) for what a caller feels",
             "by_engine_delay": {k: {kk: vv for kk, vv in v.items() if kk != "raw"} for k, v in delays.items()},
-            "raw": {k: v["raw"] for k, v in delays.items()}, "sweeps": sweeps}
+            "raw": {k: v["raw"] for k, v in delays.items()}, "sweeps": sweeps,
+            "by_caller_rate": {str(rate): {kk: vv for kk, vv in v.items() if kk not in ("raw", "clips")}
+                               for rate, v in by_rate.items()}}
     write_json(out_dir / "ducking.json", data)
     plot(main_result, delays, out_dir / "ducking.png", "Local ducking on the labelled set (espeak-ng speech)")
     print(table(main_result))
@@ -333,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(c['p50'])}/{_fmt(c['p95'])} ms; talk-over ducks released before the interruption: {flaps}")
     c = main_result["cost_us_per_20ms_frame"]
     print(f"ducker CPU per 20 ms caller frame: p50/p95/p99 {c['p50']:.0f}/{c['p95']:.0f}/{c['p99']:.0f} µs")
+    for rate, v in by_rate.items():
+        cl, o, c = v["classes"], v["onset_to_duck_ms"], v["cost_us_per_20ms_frame"]
+        bits = ", ".join(f"{name} {cl[name]['clips_ducked']}/{cl[name]['clips']}" for name in CLASSES
+                         if cl[name]["clips"])
+        print(f"callers at {rate // 1000} kHz (engine delay 600 ms): {bits}; onset→duck p50/p95 "
+              f"{_fmt(o['p50'])}/{_fmt(o['p95'])} ms; CPU per 20 ms frame p50 {c['p50']:.0f} µs")
     for knob, rows in sweeps.items():
         print(f"\nsweep {knob}:")
         for row in rows:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from core.errors import ConfigError
 from core.formats import ROOM_RATE
+from core.resample import Resampler
 
 __all__ = ["BacklogStats", "CallerBacklog", "HeldFrame"]
 
@@ -53,6 +54,8 @@ class CallerBacklog:
     def __init__(self, limit_ms: int = 2000, rate: int = ROOM_RATE) -> None:
         if limit_ms <= 0:
             raise ConfigError(f"the caller backlog needs a positive limit, got {limit_ms} ms")
+        self.limit_ms = limit_ms
+        self.rate = rate
         self.limit_samples = rate * limit_ms // 1000
         self._callers: dict[str, deque[tuple[int, HeldFrame]]] = {}
         self._held: dict[str, int] = {}
@@ -83,6 +86,25 @@ class CallerBacklog:
         """The caller left: their held frames would only be mixed against nobody."""
         self._callers.pop(identity, None)
         self._held.pop(identity, None)
+
+    def resample(self, rate: int) -> None:
+        """Callers are read at ``rate`` from now on: what is held is converted to it, each caller's frames as
+        one stream (the filter's tail goes to its last frame), so the replay is at one rate throughout."""
+        if rate == self.rate:
+            return
+        for queue in self._callers.values():
+            resampler = Resampler(self.rate, rate)
+            items = list(queue)
+            queue.clear()
+            for k, (seq, frame) in enumerate(items):
+                out = resampler.push(frame.samples)
+                if k == len(items) - 1:
+                    tail = resampler.flush()
+                    out = np.concatenate((out, tail)) if tail.size else out
+                queue.append((seq, HeldFrame(frame.identity, out, frame.recv_ns)))
+        self._held = {identity: sum(f.samples.size for _, f in q) for identity, q in self._callers.items()}
+        self.rate = rate
+        self.limit_samples = rate * self.limit_ms // 1000
 
     def drain(self) -> list[HeldFrame]:
         """Every held frame in arrival order; the backlog is empty afterwards."""

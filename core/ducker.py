@@ -24,7 +24,7 @@ time it is expected to leave the source, so a ducked voice's echo is expected 18
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,7 @@ class Ducker:
         self.timer = timer or StageTimer()
         self._rate = config.duck.rate
         self._detectors: dict[str, OnsetDetector] = {}
+        self._caller_onset = config.onset  # the detectors' config: the voice's, at the rate callers are read
         self._history: deque[_Sent] = deque()
         self._history_samples = 0
         self._history_limit = self._rate * config.history_ms // 1000
@@ -87,7 +88,7 @@ class Ducker:
         """A caller's frame reached the bridge at ``now_ns``. True if it started a duck (wake the playout)."""
         detector = self._detectors.get(identity)
         if detector is None:
-            detector = self._detectors[identity] = OnsetDetector(self.reference, self.config.onset)
+            detector = self._detectors[identity] = OnsetDetector(self.reference, self._caller_onset)
         onset = detector.push(samples, now_ns)
         duck = self.duck
         if detector.speaking(now_ns):
@@ -123,6 +124,19 @@ class Ducker:
 
     def caller_left(self, identity: str) -> None:
         self._detectors.pop(identity, None)
+
+    @property
+    def caller_rate(self) -> int:
+        return self._caller_onset.rate
+
+    def set_caller_rate(self, rate: int) -> None:
+        """Callers' frames come at ``rate`` from now on (the voice stays at its own): each caller's detector
+        starts again at that rate with its next frame (its noise floor is learnt again within a few blocks)."""
+        if rate != self._caller_onset.rate:
+            onset = replace(self.config.onset, rate=rate)
+            onset.validate()
+            self._caller_onset = onset
+            self._detectors.clear()
 
     # ------------------------------------------------------------------ the voice
     @property

@@ -15,13 +15,17 @@ import numpy.typing as npt
 from core.codec import pcm16_decode, pcm16_encode, ulaw_decode, ulaw_encode
 from core.errors import ConfigError
 
-__all__ = ["ENGINE_FORMATS", "ROOM_RATE", "SUPPORTED_RATES", "AudioFormat", "parse_format"]
+__all__ = ["CALLER_RATES", "ENGINE_FORMATS", "ROOM_RATE", "SUPPORTED_RATES", "AudioFormat", "caller_rate_for",
+           "parse_format"]
 
 Encoding = Literal["pcm", "ulaw"]
 # The room side of the bridge: callers are read, mixed and the agent voice is played at this rate (LiveKit
 # and WebRTC Opus run at 48 kHz). Defined here once; every 48 kHz in the code is this constant.
 ROOM_RATE = 48_000
 SUPPORTED_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
+# Rates callers can be read at: the room's SDK resamples to these in whole 10 ms frames (WebRTC's resampler,
+# native code), and the onset detector's pitch search decimates them to 8 kHz by a whole factor.
+CALLER_RATES = (8000, 16000, 24000, 48000)
 ENGINE_FORMATS = ("pcm_8000", "pcm_16000", "pcm_22050", "pcm_24000", "pcm_44100", "pcm_48000", "ulaw_8000")
 
 
@@ -54,3 +58,9 @@ def parse_format(name: str) -> AudioFormat:
         raise ConfigError(f"unknown audio format {name!r}; expected one of {', '.join(ENGINE_FORMATS)}")
     encoding, rate = name.split("_")
     return AudioFormat("pcm" if encoding == "pcm" else "ulaw", int(rate))
+
+
+def caller_rate_for(fmt: AudioFormat) -> int:
+    """The rate to read callers at for an engine that takes ``fmt``: its own when the SDK delivers it (no
+    resampling in the bridge at all), else the room's 48 kHz (the 44.1 kHz family is resampled here)."""
+    return fmt.rate if fmt.rate in CALLER_RATES else ROOM_RATE

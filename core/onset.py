@@ -2,8 +2,10 @@
 
 The detector answers one question fast and cheaply: did *this caller* start talking, as opposed to steady
 noise, a click, or the agent's own voice coming back through the caller's speakers? It works on 5 ms blocks of
-the caller's 48 kHz audio (``block_ms``); every call takes ``now_ns`` (when the frame reached the bridge), and
-nothing reads a clock. Rules, with the measured reasons in ``benchmarks/ducking.py``:
+the caller's audio at the rate it is read (``rate``: 48 kHz, or the engine's 8/16/24 kHz when the SDK resamples
+the caller for us; energies are mean powers, so one voice reference at 48 kHz serves every rate); every call
+takes ``now_ns`` (when the frame reached the bridge), and nothing reads a clock. Rules, with the measured
+reasons in ``benchmarks/ducking.py``:
 
 - **Adaptive noise floor.** A block is loud when its energy is ``snr_db`` (10 dB) above the caller's floor and
   above ``min_level_dbfs``. The floor falls to a quieter block at once (a tenth of the way per block, so a
@@ -59,9 +61,8 @@ __all__ = ["OnsetConfig", "OnsetDetector", "block_sum_squares", "dbfs_power", "p
 Int16Array = npt.NDArray[np.int16]
 FloatArray = npt.NDArray[np.float64]
 _FULL_SCALE_SQUARED = 32768.0 * 32768.0
-_DECIMATE = 6  # 48 kHz -> 8 kHz for the pitch search
+_PITCH_RATE = 8000  # the pitch search runs on the signal decimated to 8 kHz (by 6 at 48 kHz, 2 at 16 kHz)
 _PITCH_HZ = (70.0, 400.0)
-_DECIMATE_ONES = np.ones(_DECIMATE, dtype=np.float64)
 _NO_SAMPLES: Int16Array = np.zeros(0, dtype=np.int16)
 
 
@@ -107,8 +108,9 @@ class OnsetConfig:
     def validate(self) -> None:
         if self.rate % 1000 or self.rate * self.block_ms % 1000 or self.block_ms <= 0:
             raise ConfigError(f"a {self.block_ms} ms block must be a whole number of samples at {self.rate} Hz")
-        if self.rate * self.block_ms // 1000 % _DECIMATE:
-            raise ConfigError(f"a block must be a multiple of {_DECIMATE} samples")
+        if self.rate % _PITCH_RATE:
+            raise ConfigError(f"onset detection needs a multiple of {_PITCH_RATE} Hz (8, 16, 24 or 48 kHz), "
+                              f"got {self.rate}")
         if self.min_speech_ms < self.block_ms or self.unvoiced_ms < self.min_speech_ms:
             raise ConfigError("need block_ms <= min_speech_ms <= unvoiced_ms")
         if self.voicing_window_ms < self.block_ms:
@@ -164,9 +166,11 @@ class OnsetDetector:
         self._sums = np.zeros(self._bound.shape[0], dtype=np.float64)
         # Rolling state: the last n block energies (then this frame's, during push), the samples for voicing.
         self._powers = [0.0] * n
-        self._voicing_samples = config.voicing_window_ms * config.rate // 1000 // _DECIMATE * _DECIMATE
+        self._decimate = dec = config.rate // _PITCH_RATE
+        self._decimate_ones = np.ones(dec, dtype=np.float64)
+        self._voicing_samples = config.voicing_window_ms * config.rate // 1000 // dec * dec
         self._samples = np.zeros(self._voicing_samples, dtype=np.int16)
-        dec_rate = config.rate / _DECIMATE
+        dec_rate = config.rate / dec
         self._lags = (int(dec_rate / _PITCH_HZ[1]), math.ceil(dec_rate / _PITCH_HZ[0]))
         self._lag_range = np.arange(1, self._lags[1] + 2)
         # This frame's echo test, prepared once for its blocks (see _prepare_echo).
@@ -358,9 +362,10 @@ class OnsetDetector:
         lags too, but falls monotonically there: no valley, no peak."""
         end = (k + 1) * self._bs + self._voicing_samples
         window = self._samples[end - self._voicing_samples:end].astype(np.float64)
-        # Decimated by a mean of each 6 samples: a matrix product with ones is 3x faster than sum(axis=1),
-        # and as exact (sums of six int16 are whole numbers in float64, in any order).
-        dec = window.reshape(-1, _DECIMATE) @ _DECIMATE_ONES / _DECIMATE
+        # Decimated by a mean of each ``rate / 8000`` samples (6 at 48 kHz): a matrix product with ones is 3x
+        # faster than sum(axis=1), and as exact (sums of int16 are whole numbers in float64, in any order).
+        # At 8 kHz it is the signal itself; at 16/24 kHz the SDK's resampler has already band-limited it.
+        dec = window.reshape(-1, self._decimate) @ self._decimate_ones / self._decimate
         x = dec[1:] - dec[:-1]  # = np.diff(dec), without its Python wrapper
         lo, hi = self._lags
         m = x.shape[0]

@@ -1,4 +1,10 @@
-"""Callers to engine: mix at 48 kHz, resample to the engine's input rate, encode, one chunk at a time.
+"""Callers to engine: mix at the callers' rate, resample to the engine's input rate, encode, one chunk at a time.
+
+Callers are read at the engine's own rate whenever it is one the room's SDK delivers (8, 16, 24 or 48 kHz: the
+SDK resamples each caller in native code, in whole 10 ms frames, off the interpreter lock): the resampler here is
+then the identity and holds nothing, and the mixer handles a third of the samples at 16 kHz. Otherwise (the
+44.1 kHz family, or a session configured to read callers at 48 kHz) they are mixed at the rate they come and
+resampled here, as below.
 
 The uplink holds nothing it does not have to. Three things could hold a caller's voice here, and each is
 bounded to a few milliseconds:
@@ -8,8 +14,9 @@ bounded to a few milliseconds:
   ~250 ms per ``user_audio_chunk``, the web client sends 25 ms, the vendor's LiveKit guide 10 ms; 20, 25 or
   250 ms stay possible (any positive multiple of 5 ms). The cost is 100 messages a second per session (about
   0.45 kB each at pcm_16000), measured in ``benchmarks``.
-- **The resampler.** 48 kHz to the engine's rate through ``core.resample.Resampler``, which takes our own
-  linear-phase FIRs for every uplink pair: 0.46–2.54 ms of group delay, no block hold (soxr held 11–43 ms).
+- **The resampler** (only when the callers' rate is not the engine's). 48 kHz to the engine's rate through
+  ``core.resample.Resampler``, which takes our own linear-phase FIRs for every uplink pair: 0.46–2.54 ms of
+  group delay, no block hold (soxr held 11–43 ms).
 - **The chunk grid.** The FIR is time-aligned (output sample ``k`` sits at input time ``k``), so its first
   chunk is one group delay short and every later chunk ends that much before its frame did. A receiver that
   works in frames of the stream it receives (a VAD's 10/20/30 ms frames counted from the first sample, as the
@@ -55,24 +62,29 @@ Int16Array = npt.NDArray[np.int16]
 
 
 class Uplink:
-    """``write`` callers' 48 kHz frames; take engine-format chunks with :meth:`next_chunk`."""
+    """``write`` callers' frames at ``in_rate`` (48 kHz unless given); take engine-format chunks with
+    :meth:`next_chunk`."""
 
-    def __init__(self, fmt: AudioFormat, *, chunk_ms: int = DEFAULT_CHUNK_MS, slack_ms: int = 50,
-                 inactive_ms: int = 100, mixer: Mixer | None = None, timer: StageTimer | None = None) -> None:
+    def __init__(self, fmt: AudioFormat, *, in_rate: int = MIXER_RATE, chunk_ms: int = DEFAULT_CHUNK_MS,
+                 slack_ms: int = 50, inactive_ms: int = 100, mixer: Mixer | None = None,
+                 timer: StageTimer | None = None) -> None:
         if chunk_ms <= 0 or chunk_ms % 5:
             raise ConfigError(f"chunk length must be a positive multiple of 5 ms, got {chunk_ms}")
         if slack_ms < 0 or inactive_ms <= 0:
             raise ConfigError("slack_ms must be >= 0 and inactive_ms > 0")
         self.format = fmt
         self.chunk_ms = chunk_ms
-        self.mixer = mixer or Mixer()
-        self._chunk_in = MIXER_RATE * chunk_ms // 1000
-        self._ahead = self._chunk_in + MIXER_RATE * slack_ms // 1000
+        if mixer is not None and mixer.rate != in_rate:
+            raise ConfigError(f"the mixer runs at {mixer.rate} Hz but callers come at {in_rate} Hz")
+        self.in_rate = in_rate
+        self.mixer = mixer or Mixer(rate=in_rate)
+        self._chunk_in = in_rate * chunk_ms // 1000
+        self._ahead = self._chunk_in + in_rate * slack_ms // 1000
         self._inactive_ns = inactive_ms * 1_000_000
         self._last_write_ns: dict[str, int] = {}
         # When each caller's backlog last reached a whole chunk (None: it has less than a chunk waiting).
         self._complete_ns: dict[str, int | None] = {}
-        self._resampler = Resampler(MIXER_RATE, fmt.rate)
+        self._resampler = Resampler(in_rate, fmt.rate)
         self._pad_first = not self._resampler.is_identity  # see "The chunk grid" above
         self._ns_per_out_sample = 1_000_000_000 / fmt.rate
         self.timer = timer or StageTimer()

@@ -333,3 +333,68 @@ def test_several_callers_each_with_its_own_detector() -> None:
     assert 1_500 * MS < duck_at[0][1] <= 1_600 * MS
     ducker.caller_left("ann")
     assert ducker.stats()["started"] == 1
+
+
+# ---------------------------------------------------------------------- callers read at the engine's rate
+def at_rate(samples: Int16Array, rate: int) -> Int16Array:
+    """What the room's SDK hands over when callers are read at ``rate`` (a band-limited resampler)."""
+    from core.resample import Resampler
+
+    return samples if rate == RATE else Resampler(RATE, rate).push(samples)
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000])
+def test_the_detector_decides_as_at_48_khz_on_callers_read_at_the_engine_rate(rate: int) -> None:
+    from dataclasses import replace
+
+    from core.onset import OnsetConfig
+
+    config = replace(OnsetConfig(), rate=rate)
+    size = rate // 50  # 20 ms frames
+
+    def run(mic48: Int16Array, played: Int16Array | None = None) -> list[int]:
+        ref = VoiceReference()  # the voice stays at 48 kHz
+        det = OnsetDetector(ref, config)
+        mic = at_rate(mic48, rate)
+        fired = []
+        for k, i in enumerate(range(0, mic.size - size + 1, size)):
+            if played is not None:
+                ref.add(played[k * 960:(k + 1) * 960], k * 20 * MS)
+            if det.push(mic[i:i + size], (k + 1) * 20 * MS) is not None:
+                fired.append((k + 1) * 20 * MS)
+        return fired
+
+    # Voiced speech after quiet: within 50 ms of its onset.
+    voice = speech_like(RATE, 1000, -20.0, seed=3)
+    onset_ns = (RATE + np.flatnonzero(np.abs(voice) > 300)[0]) * 1_000_000_000 // RATE
+    fired = run(np.concatenate((noise(RATE, -65), voice)))
+    assert fired and 0 < fired[0] - onset_ns <= 50 * MS
+    # Steady noise and 40 ms bursts never.
+    assert run(noise(3 * RATE, -45)) == []
+    sig = noise(3 * RATE, -65).astype(np.float64)
+    sig[RATE:RATE + RATE // 25] += noise(RATE // 25, -10, seed=40)
+    assert run(np.clip(sig, -32768, 32767).astype(np.int16)) == []
+    # The played voice's echo 20 dB down is explained; a caller talking over it at 1.5 s is not.
+    played = speech_like(RATE, 3000, -12.0, seed=5)
+    delay = RATE * 120 // 1000
+    mic = noise(played.size, -65).astype(np.float64)
+    mic[delay:] += played[:-delay] * 10 ** (-20 / 20)
+    assert run(np.clip(mic, -32768, 32767).astype(np.int16), played) == []
+    talk = speech_like(RATE, 800, -20.0, seed=9)
+    mic[RATE * 3 // 2:RATE * 3 // 2 + talk.size] += talk
+    fired = run(np.clip(mic, -32768, 32767).astype(np.int16), played)
+    assert fired and 1500 * MS <= fired[0] <= 1600 * MS
+
+
+def test_the_ducker_restarts_its_detectors_at_a_new_caller_rate_and_refuses_one_it_cannot_decimate() -> None:
+    ducker = Ducker()
+    assert ducker.caller_rate == RATE
+    ducker.caller_frame("alice", noise(960, -65), 20 * MS)
+    ducker.set_caller_rate(16_000)
+    assert ducker.caller_rate == 16_000
+    voice = at_rate(np.concatenate((noise(RATE, -65), speech_like(RATE, 1000, -20.0, seed=3))), 16_000)
+    for k, i in enumerate(range(0, voice.size - 319, 320)):
+        ducker.caller_frame("alice", voice[i:i + 320], (k + 2) * 20 * MS)
+    assert ducker.onsets == 1  # the 16 kHz frames were read as 16 kHz: one onset, at the speech
+    with pytest.raises(ConfigError):
+        ducker.set_caller_rate(22_050)

@@ -25,7 +25,16 @@ from transport.events import (
     SessionStateChanged,
     UserTranscript,
 )
-from transport.session_core import Action, ClearVoice, End, SendAudio, SessionCore, StartEngine, WakePlayout
+from transport.session_core import (
+    Action,
+    ClearVoice,
+    End,
+    ReadCallersAt,
+    SendAudio,
+    SessionCore,
+    StartEngine,
+    WakePlayout,
+)
 
 FMT_IN, FMT_OUT = parse_format("pcm_16000"), parse_format("pcm_24000")
 FRAME = ROOM_RATE // 50  # 20 ms caller frames
@@ -35,7 +44,7 @@ T0 = 1_000 * SECOND  # an arbitrary monotonic origin
 def make_core(*, immediately: bool = False, end_when_empty: bool = True, linger_s: float = 10.0) -> SessionCore:
     return SessionCore(start_immediately=immediately, end_when_empty=end_when_empty,
                        linger_ns=int(linger_s * SECOND),
-                       make_uplink=lambda fmt: Uplink(fmt, chunk_ms=20),
+                       make_uplink=lambda fmt, rate: Uplink(fmt, in_rate=rate, chunk_ms=20),
                        make_downlink=Downlink)
 
 
@@ -286,3 +295,67 @@ def test_an_interruption_of_an_older_event_leaves_the_newer_reply_and_its_queue(
     assert core.downlink is not None and core.downlink.playout.depth_samples > 0
     barge = core.engine_event(ep.Interruption(8), T0 + 3 * MS)
     assert of(barge, ClearVoice) and not core.downlink.playout.depth_samples
+
+
+# ---------------------------------------------------------------------- callers at the engine's rate
+def engine_rate_core(rate: int) -> SessionCore:
+    return SessionCore(start_immediately=False, end_when_empty=True, linger_ns=10 * SECOND,
+                       make_uplink=lambda fmt, r: Uplink(fmt, in_rate=r, chunk_ms=10), make_downlink=Downlink,
+                       caller_rate=rate, follow_engine_rate=True)
+
+
+def test_callers_read_at_the_engine_rate_go_out_sample_for_sample() -> None:
+    """16 kHz callers into a pcm_16000 conversation: nothing is resampled, held or asked of the room."""
+    core = engine_rate_core(16_000)
+    core.begin(T0)
+    core.caller_joined("alice", T0)
+    core.room_joined(T0)
+    core.engine_state(StateChange(ConnectionState.CONNECTED, T0, 0, "conv-1"), T0)
+    actions = list(core.engine_event(metadata(), T0))
+    assert not of(actions, ReadCallersAt)
+    assert core.uplink is not None and core.uplink.in_rate == 16_000 and core.uplink.resampler.is_identity
+    voice = tone(440.0, 0.2, rate=16_000)
+    out = bytearray()
+    for k, i in enumerate(range(0, voice.size, 160)):
+        sends = of(core.caller_audio("alice", voice[i:i + 160], T0 + (k + 1) * 10 * MS), SendAudio)
+        assert len(sends) == 1  # each 10 ms frame completes its chunk at once
+        out += sends[0].payload
+    assert np.array_equal(FMT_IN.decode(bytes(out)), voice)
+    assert core.uplink.last_held_ns == 0
+
+
+@pytest.mark.parametrize(("fmt", "rate"), [("pcm_24000", 24_000), ("ulaw_8000", 8_000), ("pcm_44100", 48_000),
+                                           ("pcm_48000", 48_000)])
+def test_a_conversation_at_another_rate_switches_the_callers_and_converts_what_was_held(fmt: str, rate: int) -> None:
+    core = engine_rate_core(16_000)
+    core.begin(T0)
+    core.room_joined(T0)
+    core.caller_joined("alice", T0)
+    voice = tone(440.0, 1.0, rate=16_000)
+    t = T0
+    for i in range(0, voice.size, 320):  # held at 16 kHz while the engine connects
+        t += 20 * MS
+        core.caller_audio("alice", voice[i:i + 320], t)
+    actions = list(core.engine_event(metadata(fmt_in=parse_format(fmt)), t + MS))
+    # The room is told first, before any audio of the conversation goes out.
+    assert isinstance(actions[0], ReadCallersAt) and actions[0].rate == rate
+    assert core.caller_rate == rate and core.uplink is not None and core.uplink.in_rate == rate
+    engine_fmt = parse_format(fmt)
+    pcm = engine_fmt.decode(sent_audio(actions))
+    # The held second arrives whole (less a filter's delay), at the conversation's rate, still 440 Hz.
+    assert engine_fmt.rate * 0.97 <= pcm.size <= engine_fmt.rate * 1.01
+    assert abs(dominant_hz(pcm, engine_fmt.rate) - 440.0) < 5
+    # Frames at the new rate go straight through.
+    live = tone(440.0, 0.1, rate=rate)
+    step = rate // 100
+    sent = [a for k, i in enumerate(range(0, live.size, step))
+            for a in of(core.caller_audio("alice", live[i:i + step], t + (k + 2) * 10 * MS), SendAudio)]
+    assert len(sent) >= 9
+
+
+def test_a_fixed_caller_rate_is_never_switched() -> None:
+    core = SessionCore(start_immediately=False, end_when_empty=True, linger_ns=10 * SECOND,
+                       make_uplink=lambda fmt, r: Uplink(fmt, in_rate=r, chunk_ms=10), make_downlink=Downlink)
+    actions = running(core)
+    assert not of(actions, ReadCallersAt) and core.caller_rate == ROOM_RATE
+    assert core.uplink is not None and core.uplink.in_rate == ROOM_RATE and not core.uplink.resampler.is_identity

@@ -131,7 +131,8 @@ def test_a_talk_over_ducks_the_voice_before_any_audio_goes_to_the_engine() -> No
     from emulator.signals import speech_like
 
     core = SessionCore(start_immediately=False, end_when_empty=True, linger_ns=10 * SECOND,
-                       make_uplink=lambda fmt: Uplink(fmt, chunk_ms=20), make_downlink=Downlink, ducker=Ducker())
+                       make_uplink=lambda fmt, rate: Uplink(fmt, in_rate=rate, chunk_ms=20), make_downlink=Downlink,
+                       ducker=Ducker())
     running(core, T0)
     assert core.ducker is not None
     voice = tone(220.0, 2.0, amplitude=0.37)

@@ -25,7 +25,7 @@ from typing import Literal
 
 from core.downlink import DownlinkConfig
 from core.errors import ConfigError
-from core.formats import parse_format
+from core.formats import CALLER_RATES, caller_rate_for, parse_format
 from core.uplink import DEFAULT_CHUNK_MS
 from transport.engine_client import InitiationData
 from transport.init_options import StartOptions, validate_dynamic_variables, validate_overrides
@@ -96,6 +96,18 @@ class SessionConfig:
     # Continuity across engine reconnects (transport/continuity.py): characters of the call's transcript kept
     # and handed to a new conversation as a contextual_update (0 = off: no handover, no greeting suppression).
     continuity_chars: int = 4000
+    # The rate callers are read at. None: the engine's input rate whenever the room's SDK delivers it (8, 16,
+    # 24, 48 kHz; it resamples in native code, whole 10 ms frames, no hold), else 48 kHz resampled here (the
+    # 44.1 kHz family); it starts at ``engine.fallback_input_format``'s and follows each conversation's. An int
+    # (one of core.formats.CALLER_RATES) fixes it: 48000 reads the full band and resamples in the bridge.
+    caller_rate: int | None = None
+
+    @property
+    def initial_caller_rate(self) -> int:
+        """The rate callers are read at before any conversation said which it takes."""
+        if self.caller_rate is not None:
+            return self.caller_rate
+        return caller_rate_for(parse_format(self.engine.fallback_input_format))
 
     def __post_init__(self) -> None:
         down, room = self.downlink, self.room
@@ -108,6 +120,9 @@ class SessionConfig:
             raise ConfigError(f"start_when must be 'first_caller' or 'immediately', got {self.start_when!r}")
         if self.linger_s < 0 or self.events_queue < 1 or self.backlog_ms <= 0:
             raise ConfigError("linger_s must be ≥ 0, events_queue ≥ 1 and backlog_ms > 0")
+        if self.caller_rate is not None and self.caller_rate not in CALLER_RATES:
+            raise ConfigError(f"caller_rate must be None (follow the engine) or one of {CALLER_RATES}, "
+                              f"got {self.caller_rate}")
         if self.continuity_chars < 0:
             raise ConfigError(f"continuity_chars must be ≥ 0, got {self.continuity_chars}")
         if not 0 <= self.duck_db <= 60 or self.duck_hold_ms < 0:

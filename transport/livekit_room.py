@@ -5,8 +5,11 @@ What it owns and why:
 - Every handler is registered before ``connect`` so no early ``track_subscribed`` is missed.
 - Callers are remote participants that are not agents (participant kind) and not on the ignore list
   (identity prefixes), so neither this bridge's own track nor another bridge's voice reaches the engine.
-- Each caller's track is read by an ``AudioStream`` at 48 kHz mono; every frame goes to ``on_caller_audio``
-  with its arrival time. That callback must not block: the session writes the samples into a ring buffer.
+- Each caller's track is read by an ``AudioStream``, mono, at the link's caller rate (48 kHz unless set: the
+  session reads at the engine's input rate, and the SDK resamples in native code, off the interpreter lock, in
+  whole 10 ms frames); every frame goes to ``on_caller_audio`` with its arrival time. That callback must not
+  block: the session writes the samples into a ring buffer. :meth:`RoomLink.set_caller_rate` re-opens every
+  caller's stream at a new rate; no frame of the old rate is delivered after it returns.
 - The agent's voice goes out through an ``AudioSource`` whose native queue is kept short (``queue_ms``,
   a multiple of 10 ms). The native source sends 10 ms from its queue every 10 ms and completes a capture at
   once while the queue holds at most ``queue_ms`` (livekit rust-sdks ``AudioTrackSource::InternalSource``);
@@ -117,6 +120,7 @@ class RoomStats:
 class _Caller:
     identity: str
     streams: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    tracks: dict[str, rtc.Track] = field(default_factory=dict)  # by publication sid, to re-open its stream
 
 
 class RoomLink:
@@ -126,7 +130,7 @@ class RoomLink:
                  on_caller_joined: Callable[[str], None] = lambda _id: None,
                  on_caller_left: Callable[[str], None] = lambda _id: None,
                  on_state: Callable[[RoomState], None] = lambda _state: None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, caller_rate: int = ROOM_RATE) -> None:
         sdk_log = logging.getLogger("livekit")
         if _SDK_LOG_SCRUBBER not in sdk_log.filters:
             sdk_log.addFilter(_SDK_LOG_SCRUBBER)
@@ -138,6 +142,8 @@ class RoomLink:
         self._on_left = on_caller_left
         self._on_state = on_state
         self._callers: dict[str, _Caller] = {}
+        self._caller_rate = caller_rate
+        self._retired: set[asyncio.Task[None]] = set()  # readers of re-opened streams, closing their stream
         self._closing = False
         self._room = rtc.Room()
         self._source: rtc.AudioSource | None = None
@@ -169,6 +175,25 @@ class RoomLink:
     @property
     def callers(self) -> list[str]:
         return list(self._callers)
+
+    @property
+    def caller_rate(self) -> int:
+        return self._caller_rate
+
+    def set_caller_rate(self, rate: int) -> None:
+        """Read callers at ``rate`` from now on: every open stream is re-opened at it (a caller loses at most
+        the few milliseconds the old stream's native queue held). The cancelled readers deliver nothing more:
+        each is suspended at its next frame and is cancelled there."""
+        if rate == self._caller_rate:
+            return
+        log.info("reading callers at %d Hz (was %d)", rate, self._caller_rate)
+        self._caller_rate = rate
+        for caller in self._callers.values():
+            for sid, task in list(caller.streams.items()):
+                task.cancel()
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+                self._open_stream(caller, sid, caller.tracks[sid])
 
     async def connect(self) -> None:
         url = self.config.url
@@ -245,8 +270,8 @@ class RoomLink:
             await lk.aclose()
 
     async def _end_caller_streams(self) -> None:
-        while any(c.streams for c in self._callers.values()):
-            tasks = [t for c in self._callers.values() for t in c.streams.values()]
+        while self._retired or any(c.streams for c in self._callers.values()):
+            tasks = [t for c in self._callers.values() for t in c.streams.values()] + list(self._retired)
             for caller in self._callers.values():
                 caller.streams.clear()
             for task in tasks:
@@ -326,17 +351,23 @@ class RoomLink:
         if caller is None:  # past max_callers
             self._counters.ignored_tracks += 1
             return
-        stream = rtc.AudioStream(track, sample_rate=VOICE_RATE, num_channels=1,
+        self._open_stream(caller, publication.sid, track)
+
+    def _open_stream(self, caller: _Caller, sid: str, track: rtc.Track) -> None:
+        stream = rtc.AudioStream(track, sample_rate=self._caller_rate, num_channels=1,
                                  frame_size_ms=self.config.caller_frame_ms)
-        task = asyncio.get_running_loop().create_task(self._read_caller(participant.identity, stream),
-                                                      name=f"caller-audio:{participant.identity}")
+        task = asyncio.get_running_loop().create_task(self._read_caller(caller.identity, stream),
+                                                      name=f"caller-audio:{caller.identity}")
         task.add_done_callback(_log_crash)
-        caller.streams[publication.sid] = task
+        caller.streams[sid] = task
+        caller.tracks[sid] = track
 
     def _track_unsubscribed(self, _track: rtc.Track, publication: rtc.RemoteTrackPublication,
                             participant: rtc.RemoteParticipant) -> None:
         caller = self._callers.get(participant.identity)
         task = caller.streams.pop(publication.sid, None) if caller else None
+        if caller is not None:
+            caller.tracks.pop(publication.sid, None)
         if task is not None:
             task.cancel()
 

@@ -10,7 +10,7 @@ event fan-out and teardown budgets (:mod:`transport.session_plumbing`).
 
 Data flow (see ``docs/ARCHITECTURE.md``)::
 
-    callers' AudioStreams ─► core.caller_audio ─► Uplink (mixer → FIR → encode) ─► EngineClient.send_audio
+    callers' AudioStreams (at the engine's rate) ─► core.caller_audio ─► Uplink (mixer → encode) ─► EngineClient
     EngineClient reader ─► core.engine_event ─► Downlink (gate → decode → soxr → playout) ─► Player ─► AudioSource
 
 Rules the code here keeps:
@@ -53,7 +53,16 @@ from transport.livekit_room import RoomLink, RoomState
 from transport.log_context import LogContext, bound, new_session_id
 from transport.observe import SessionHooks, SessionStats, metrics_dict, session_stats
 from transport.room_features import RoomFeatures
-from transport.session_core import Action, ClearVoice, End, SendAudio, SessionCore, StartEngine, WakePlayout
+from transport.session_core import (
+    Action,
+    ClearVoice,
+    End,
+    ReadCallersAt,
+    SendAudio,
+    SessionCore,
+    StartEngine,
+    WakePlayout,
+)
 from transport.session_playout import Player
 from transport.session_plumbing import ENGINE_CLOSE_S, ROOM_CLOSE_S, EventFanout, TaskSet, within
 from transport.tools import ClientTools, ToolCalls
@@ -83,10 +92,12 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
             linger_ns=int(config.linger_s * SECOND), make_uplink=self._make_uplink,
             make_downlink=self._make_downlink, backlog_ms=config.backlog_ms,
             ducker=Ducker(DuckerConfig(duck=DuckConfig(depth_db=config.duck_db, hold_ms=config.duck_hold_ms)),
-                          timer=self.timer) if config.duck_db > 0 else None)
+                          timer=self.timer) if config.duck_db > 0 else None,
+            caller_rate=config.initial_caller_rate, follow_engine_rate=config.caller_rate is None)
         self.room = RoomLink(
             config.room, on_caller_audio=self._on_caller_audio, on_caller_joined=self._on_caller_joined,
-            on_caller_left=self._on_caller_left, on_state=self._on_room_state, clock=self.clock)
+            on_caller_left=self._on_caller_left, on_state=self._on_room_state, clock=self.clock,
+            caller_rate=config.initial_caller_rate)
         self.engine: EngineClient | None = None
         # Client tools, lk.chat → user_message, lk.agent.state and captions: transport/room_features.py
         self.features = RoomFeatures(self.room, self.clock, tools=tools, chat=chat, tool_result=self._tool_result,
@@ -207,6 +218,8 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
                 self.player.wake()
                 if self.hooks.voice_cleared is not None:
                     self.hooks.voice_cleared(self._now())
+            elif isinstance(action, ReadCallersAt):
+                self.room.set_caller_rate(action.rate)
             elif isinstance(action, StartEngine):
                 self._tasks.spawn(self._start_engine_safely(), "engine-start")
             elif isinstance(action, End):
@@ -251,8 +264,8 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
         self._fanout.publish(event)
 
     # ------------------------------------------------------------------ engine side
-    def _make_uplink(self, fmt: AudioFormat) -> Uplink:
-        return Uplink(fmt, chunk_ms=self.config.chunk_ms, timer=self.timer)
+    def _make_uplink(self, fmt: AudioFormat, caller_rate: int) -> Uplink:
+        return Uplink(fmt, in_rate=caller_rate, chunk_ms=self.config.chunk_ms, timer=self.timer)
 
     def _make_downlink(self, fmt: AudioFormat) -> Downlink:
         return Downlink(fmt, self.config.downlink)

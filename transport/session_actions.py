@@ -1,7 +1,8 @@
 """What :class:`~transport.session_core.SessionCore` asks its shell to do, and its counters.
 
 Every input of the core returns a list of these, in order; the shell (:mod:`transport.session`) carries them
-out: :class:`StartEngine`, :class:`SendAudio`, :class:`ClearVoice`, :class:`WakePlayout`, :class:`End`, and the
+out: :class:`StartEngine`, :class:`SendAudio`, :class:`ClearVoice`, :class:`WakePlayout`, :class:`ReadCallersAt`,
+:class:`End`, and the
 public :mod:`~transport.events` themselves, which it publishes. Plain frozen data, no behaviour.
 """
 
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from core.backlog import BacklogStats
 from transport.events import SessionEvent
 
-__all__ = ["Action", "ClearVoice", "CoreCounters", "CoreStats", "End", "SendAudio", "StartEngine", "WakePlayout"]
+__all__ = ["Action", "ClearVoice", "CoreCounters", "CoreStats", "End", "ReadCallersAt", "SendAudio", "StartEngine",
+           "WakePlayout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,14 @@ class WakePlayout:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadCallersAt:
+    """Read every caller's track at ``rate`` from now on (the conversation takes that rate): before the next
+    caller frame, since every frame after this one is taken to be at that rate."""
+
+    rate: int
+
+
+@dataclass(frozen=True, slots=True)
 class End:
     """End the session: ``error`` None is a normal end."""
 
@@ -47,7 +57,7 @@ class End:
     error: BaseException | None = None
 
 
-Action = StartEngine | SendAudio | ClearVoice | WakePlayout | End | SessionEvent
+Action = StartEngine | SendAudio | ClearVoice | WakePlayout | ReadCallersAt | End | SessionEvent
 START, CLEAR, WAKE = StartEngine(), ClearVoice(), WakePlayout()
 NOTHING: tuple[Action, ...] = ()
 WAKE_ONLY: tuple[Action, ...] = (WAKE,)

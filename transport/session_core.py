@@ -16,7 +16,15 @@ Lifecycle (:data:`TRANSITIONS`; any other move is a bug and raises ``AssertionEr
 Inputs: :meth:`begin`, :meth:`room_joined`, :meth:`caller_joined`, :meth:`caller_left`, :meth:`caller_audio`,
 :meth:`engine_started`, :meth:`engine_event`, :meth:`engine_state`, :meth:`timer`, :meth:`stop`,
 :meth:`stopped`. Actions: :class:`StartEngine`, :class:`SendAudio`, :class:`ClearVoice`, :class:`WakePlayout`,
-:class:`End`, and the public :mod:`~transport.events` themselves (the shell publishes those).
+:class:`ReadCallersAt`, :class:`End`, and the public :mod:`~transport.events` themselves (the shell publishes
+those).
+
+The callers' rate: frames come at :attr:`SessionCore.caller_rate`. With ``follow_engine_rate`` it is the rate
+of the engine's input format whenever the room's SDK can deliver it (:func:`core.formats.caller_rate_for`), so
+the SDK resamples each caller in native code and the uplink only mixes and encodes; it starts at the rate of
+the format the engine is expected to take and, when a conversation announces another, the core asks the shell
+to read at the new rate (:class:`ReadCallersAt`, before any audio of that conversation), converts what the
+backlog holds and restarts the onset detectors at that rate.
 
 Deadlines (all in :meth:`next_wakeup_ns`):
 
@@ -45,7 +53,7 @@ from core.backlog import CallerBacklog
 from core.downlink import Downlink
 from core.ducker import Ducker
 from core.errors import BridgeError, LiveKitError
-from core.formats import ROOM_RATE, AudioFormat
+from core.formats import ROOM_RATE, AudioFormat, caller_rate_for
 from core.uplink import Uplink
 from transport import engine_protocol as ep
 from transport.engine_client import ConnectionState, StateChange
@@ -74,6 +82,7 @@ from transport.session_actions import (
     CoreCounters,
     CoreStats,
     End,
+    ReadCallersAt,
     SendAudio,
     StartEngine,
     WakePlayout,
@@ -87,6 +96,7 @@ __all__ = [  # the action types live in transport.session_actions; re-exported h
     "ClearVoice",
     "CoreStats",
     "End",
+    "ReadCallersAt",
     "SendAudio",
     "SessionCore",
     "StartEngine",
@@ -107,18 +117,25 @@ TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
 
 
 class SessionCore:
-    """One room ⇄ one conversation, as decisions. ``make_uplink``/``make_downlink`` build the pipelines for
-    the formats a conversation announces (the shell binds chunk size, clock and stage timer)."""
+    """One room ⇄ one conversation, as decisions. ``make_uplink(format, caller_rate)``/``make_downlink``
+    build the pipelines for the formats a conversation announces (the shell binds chunk size, clock and stage
+    timer). Callers' frames come at ``caller_rate``; with ``follow_engine_rate`` it follows the engine's input
+    format (see the module notes)."""
 
     def __init__(self, *, start_immediately: bool, end_when_empty: bool, linger_ns: int,
-                 make_uplink: Callable[[AudioFormat], Uplink], make_downlink: Callable[[AudioFormat], Downlink],
-                 backlog_ms: int = 2000, keepalive_ns: int = KEEPALIVE_NS, ducker: Ducker | None = None) -> None:
+                 make_uplink: Callable[[AudioFormat, int], Uplink], make_downlink: Callable[[AudioFormat], Downlink],
+                 backlog_ms: int = 2000, keepalive_ns: int = KEEPALIVE_NS, ducker: Ducker | None = None,
+                 caller_rate: int = ROOM_RATE, follow_engine_rate: bool = False) -> None:
         self.state = SessionState.CREATED
         self.callers: list[str] = []
         self.downlink: Downlink | None = None
         self.counters = CoreCounters()
-        self.audio = UplinkPath(self.counters, backlog_ms=backlog_ms, keepalive_ns=keepalive_ns)
+        self.caller_rate = caller_rate
+        self._follow_engine_rate = follow_engine_rate
+        self.audio = UplinkPath(self.counters, backlog_ms=backlog_ms, keepalive_ns=keepalive_ns, rate=caller_rate)
         self.ducker = ducker  # local ducking (core/ducker.py); the shell applies its gain to the voice
+        if ducker is not None:
+            ducker.set_caller_rate(caller_rate)
         self._start_immediately = start_immediately
         self._end_when_empty = end_when_empty
         self._linger_ns = linger_ns
@@ -222,7 +239,8 @@ class SessionCore:
         return self.callers[0] if len(self.callers) == 1 else ""
 
     def caller_audio(self, identity: str, samples: Int16Array, recv_ns: int) -> Sequence[Action]:
-        """One caller frame (48 kHz). Chunks the uplink completes go out; held while no conversation is open.
+        """One caller frame (at :attr:`caller_rate`). Chunks the uplink completes go out; held while no
+        conversation is open.
 
         A talk-over onset ducks the voice first: the duck must not wait for the engine."""
         if self.ducker is not None:
@@ -291,12 +309,20 @@ class SessionCore:
 
     def _conversation(self, metadata: ep.ConversationMetadata, now_ns: int) -> list[Action]:
         """(Re)build both directions for the formats this conversation announced; replay held audio."""
+        actions: list[Action] = []
+        fmt = metadata.input_format
+        if self._follow_engine_rate and caller_rate_for(fmt) != self.caller_rate:
+            rate = self.caller_rate = caller_rate_for(fmt)
+            actions.append(ReadCallersAt(rate))
+            self.audio.backlog.resample(rate)
+            if self.ducker is not None:
+                self.ducker.set_caller_rate(rate)
         up, down = self.uplink, self.downlink
-        if up is None or up.format != metadata.input_format:
-            up = self._make_uplink(metadata.input_format)
+        if up is None or up.format != fmt or up.in_rate != self.caller_rate:
+            up = self._make_uplink(fmt, self.caller_rate)
         if down is None or down.format != metadata.output_format:
             self.downlink = self._make_downlink(metadata.output_format)
-        return self.audio.opened(up, self.callers, now_ns)
+        return [*actions, *self.audio.opened(up, self.callers, now_ns)]
 
     def engine_state(self, change: StateChange, now_ns: int) -> list[Action]:
         actions: list[Action] = []

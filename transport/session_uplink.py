@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from core.backlog import CallerBacklog
 from core.clock import MS
-from core.formats import AudioFormat
+from core.formats import ROOM_RATE, AudioFormat
 from core.uplink import Uplink
 from transport.session_actions import NOTHING, Action, CoreCounters, SendAudio
 
@@ -35,9 +35,10 @@ Int16Array = npt.NDArray[np.int16]
 class UplinkPath:
     """Callers' frames to :class:`SendAudio` actions: into the uplink while a conversation is open, else held."""
 
-    def __init__(self, counters: CoreCounters, *, backlog_ms: int = 2000, keepalive_ns: int = KEEPALIVE_NS) -> None:
+    def __init__(self, counters: CoreCounters, *, backlog_ms: int = 2000, keepalive_ns: int = KEEPALIVE_NS,
+                 rate: int = ROOM_RATE) -> None:
         self.uplink: Uplink | None = None
-        self.backlog = CallerBacklog(backlog_ms)
+        self.backlog = CallerBacklog(backlog_ms, rate)  # at the rate callers are read, converted when it changes
         self.open = False  # a conversation's metadata arrived and it has not been lost since
         self._counters = counters
         self._keepalive_ns = keepalive_ns
@@ -53,7 +54,8 @@ class UplinkPath:
         self.backlog.forget(identity)
 
     def frame(self, identity: str, samples: Int16Array, recv_ns: int, *, hold: bool) -> Sequence[Action]:
-        """One caller frame (48 kHz); the chunks it completes. Held (when ``hold``) while no conversation is open."""
+        """One caller frame (at the callers' rate); the chunks it completes. Held (when ``hold``) while no
+        conversation is open."""
         up = self.uplink
         if up is None or not self.open:
             if hold:
