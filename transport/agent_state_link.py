@@ -131,8 +131,8 @@ class AgentStateLink:
         since the last look (the loop captures them into the AudioSource before it next awaits; padding and
         the silence after an interruption are not voice), and whether the reply has ended (idle)."""
         playout = down.playout
-        if down is not self._down:
-            self._down, self._played = down, playout.samples_out
+        if down is not self._down:  # a new conversation's downlink: everything it handed out so far counts
+            self._down, self._played = down, 0
         played = playout.samples_out - self._played
         if played:
             self._played = playout.samples_out

@@ -212,7 +212,7 @@ class BridgeSession(ConversationControls):  # contextual_update, user_message, u
             if isinstance(action, SendAudio):
                 self._send_audio(action)
             elif isinstance(action, WakePlayout):
-                self.player.wake()
+                self.player.play_now()  # an idle player's first frame is captured from this callback
             elif isinstance(action, ClearVoice):
                 self.room.clear_voice()
                 self.player.wake()

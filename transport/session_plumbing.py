@@ -5,6 +5,9 @@ events to subscribers, and the teardown budgets.
 - :class:`EventFanout`: one bounded queue per subscriber; a slow subscriber loses its *oldest* events, so a
   consumer that falls behind still sees how things ended.
 - :func:`within`: one teardown step on its own budget, shielded from a cancel of the caller, never raising.
+- :func:`eager_task`: a coroutine's first step run now, in the caller's callback, and the rest in a task
+  (Python 3.12's ``eager_start``, for 3.11 too): what the first step does (an FFI request) is not left waiting
+  for a loop turn.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from typing import Any, TypeVar
 
 from transport.events import SessionEvent
 
-__all__ = ["ENGINE_CLOSE_S", "ROOM_CLOSE_S", "TRANSCRIPTS_CLOSE_S", "EventFanout", "TaskSet", "within"]
+__all__ = ["ENGINE_CLOSE_S", "ROOM_CLOSE_S", "TRANSCRIPTS_CLOSE_S", "EventFanout", "TaskSet", "eager_task", "within"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +123,58 @@ async def within(step: Awaitable[None], budget_s: float, what: str) -> None:
 def _swallow(task: asyncio.Future[None]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def eager_task(coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Future[T]:
+    """Run ``coro`` up to its first suspension now, inside the caller's step; a task finishes it.
+
+    ``loop.create_task`` only schedules a coroutine: its first line runs on a later loop turn, after the loop
+    has polled for I/O (and, with the SDK's callback thread waiting for the GIL, after that thread's Python
+    too: 0.3–0.7 ms measured here). Python 3.12 starts a task eagerly on request; on 3.11 the first step is
+    taken here and the coroutine is handed, suspended, to a task that drives the rest: its await, result,
+    exception and cancellation behave as in any task. A coroutine that finishes in its first step gives a
+    future that is already done."""
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coro, loop=loop, name=name, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    try:
+        first = coro.send(None)
+    except StopIteration as stop:
+        done: asyncio.Future[T] = loop.create_future()
+        done.set_result(stop.value)
+        return done
+    except BaseException as exc:
+        failed: asyncio.Future[T] = loop.create_future()
+        failed.set_exception(exc)
+        return failed
+    return loop.create_task(_finish(_Started(coro, first)), name=name)
+
+
+class _Started(Awaitable[T]):
+    """A coroutine suspended after its first step, with what that step yielded; awaiting it drives the rest."""
+
+    def __init__(self, coro: Coroutine[Any, Any, T], yielded: Any) -> None:
+        self._coro, self._yielded = coro, yielded
+
+    def __await__(self) -> Generator[Any, None, T]:
+        coro, yielded = self._coro, self._yielded
+        while True:
+            try:
+                yield yielded  # the task waits on it (a future, or None for a bare yield) as it would for coro
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation and anything thrown in reach the coroutine
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    yielded = coro.send(None)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+
+
+async def _finish(started: _Started[T]) -> T:
+    return await started

@@ -1,0 +1,88 @@
+"""The player: a reply's first frame is handed to the AudioSource from the callback that brought it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import numpy.typing as npt
+
+from core.clock import MonotonicClock
+from core.downlink import Downlink
+from core.formats import parse_format
+from core.signals import tone
+from core.timing import StageTimer
+from core.uplink import Uplink
+from transport import engine_protocol as ep
+from transport.observe import SessionHooks
+from transport.session_core import SessionCore, WakePlayout
+from transport.session_playout import Player
+
+
+class Source:
+    """A room's voice side: records when each capture's request was issued and how many overlap."""
+
+    def __init__(self) -> None:
+        self.issued: list[int] = []  # sizes, in the order the captures were requested
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def send_voice(self, samples: npt.NDArray[np.int16]) -> None:
+        self.issued.append(samples.size)  # the request, before the first await, as the SDK's capture_frame
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0.001)  # the native side's confirmation
+        finally:
+            self.in_flight -= 1
+
+    def clear_voice(self) -> None:
+        pass
+
+
+class State:
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def voice(self, _down: Downlink, _now: int) -> None:
+        self.looks += 1
+
+
+async def test_the_first_frame_is_captured_in_the_callback_and_the_player_carries_on() -> None:
+    core = SessionCore(start_immediately=True, end_when_empty=False, linger_ns=0,
+                       make_uplink=lambda fmt, rate: Uplink(fmt, in_rate=rate), make_downlink=Downlink)
+    fmt_out = parse_format("pcm_24000")
+    core.engine_event(ep.ConversationMetadata("c", parse_format("pcm_16000"), fmt_out), 0)
+    source, state, timer = Source(), State(), StageTimer()
+    player = Player(core, source, clock=MonotonicClock(), timer=timer, hooks=SessionHooks(),  # type: ignore[arg-type]
+                    agent_state=state)  # type: ignore[arg-type]
+    task = asyncio.get_running_loop().create_task(player.run())
+    for _ in range(3):
+        await asyncio.sleep(0)  # the player finds nothing due and waits
+    assert source.issued == []
+    reply = tone(440.0, 0.3, rate=24_000)
+    actions = core.engine_event(ep.AgentAudio(reply.tobytes(), 1), MonotonicClock().now_ns())
+    assert any(isinstance(a, WakePlayout) for a in actions)
+    looks = state.looks
+    player.play_now()
+    # Before this callback returned, the capture of the pacer's lead (30 ms at 48 kHz) was requested.
+    assert source.issued == [1440]
+    assert state.looks == looks  # the agent state hears of it when the player next looks
+    player.play_now()  # more audio while that capture is in flight: only a wake, never a second capture
+    await asyncio.sleep(0.35)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # The reply played on, frame by frame after the lead, never two captures at once.
+    assert sum(source.issued) >= 0.25 * 48_000 and source.issued[1:3] == [480, 480]
+    assert source.most_in_flight == 1 and state.looks > looks + 10
+    assert timer.summary()["downlink.capture"].count == len(source.issued)
+
+
+async def test_a_busy_player_is_only_woken() -> None:
+    core = SessionCore(start_immediately=True, end_when_empty=False, linger_ns=0,
+                       make_uplink=lambda fmt, rate: Uplink(fmt, in_rate=rate), make_downlink=Downlink)
+    source, state = Source(), State()
+    player = Player(core, source, clock=MonotonicClock(), timer=StageTimer(), hooks=SessionHooks(),  # type: ignore[arg-type]
+                    agent_state=state)  # type: ignore[arg-type]
+    player.play_now()  # not running, no downlink: nothing is captured
+    assert source.issued == []
