@@ -171,16 +171,23 @@ def echo_run(mic: Int16Array, played: Int16Array) -> list[int]:
     return fired
 
 
-def test_the_played_voice_echoed_20_db_down_is_explained_but_a_talk_over_is_not() -> None:
+def echo_scene() -> tuple[Int16Array, Int16Array, Int16Array]:
+    """The agent's voice (3 s); the caller's microphone hearing it back 120 ms later and 20 dB down; the same
+    with the caller talking over it from 1.5 s."""
     played = speech_like(RATE, 3000, -12.0, seed=5)
     delay = RATE * 120 // 1000
     mic = noise(played.size, -65).astype(np.float64)
     mic[delay:] += played[:-delay] * 10 ** (-20 / 20)
-    assert echo_run(np.clip(mic, -32768, 32767).astype(np.int16), played) == []
-    # The same echo, and the caller talking over it at 1.5 s.
+    echo_only = np.clip(mic, -32768, 32767).astype(np.int16)
     talk = speech_like(RATE, 800, -20.0, seed=9)
     mic[RATE * 3 // 2:RATE * 3 // 2 + talk.size] += talk
-    fired = echo_run(np.clip(mic, -32768, 32767).astype(np.int16), played)
+    return played, echo_only, np.clip(mic, -32768, 32767).astype(np.int16)
+
+
+def test_the_played_voice_echoed_20_db_down_is_explained_but_a_talk_over_is_not() -> None:
+    played, echo_only, talk_over = echo_scene()
+    assert echo_run(echo_only, played) == []
+    fired = echo_run(talk_over, played)
     assert fired and 1500 * MS <= fired[0] <= 1600 * MS
 
 
@@ -375,14 +382,9 @@ def test_the_detector_decides_as_at_48_khz_on_callers_read_at_the_engine_rate(ra
     sig[RATE:RATE + RATE // 25] += noise(RATE // 25, -10, seed=40)
     assert run(np.clip(sig, -32768, 32767).astype(np.int16)) == []
     # The played voice's echo 20 dB down is explained; a caller talking over it at 1.5 s is not.
-    played = speech_like(RATE, 3000, -12.0, seed=5)
-    delay = RATE * 120 // 1000
-    mic = noise(played.size, -65).astype(np.float64)
-    mic[delay:] += played[:-delay] * 10 ** (-20 / 20)
-    assert run(np.clip(mic, -32768, 32767).astype(np.int16), played) == []
-    talk = speech_like(RATE, 800, -20.0, seed=9)
-    mic[RATE * 3 // 2:RATE * 3 // 2 + talk.size] += talk
-    fired = run(np.clip(mic, -32768, 32767).astype(np.int16), played)
+    played, echo_only, talk_over = echo_scene()
+    assert run(echo_only, played) == []
+    fired = run(talk_over, played)
     assert fired and 1500 * MS <= fired[0] <= 1600 * MS
 
 
