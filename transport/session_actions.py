@@ -2,8 +2,8 @@
 
 Every input of the core returns a list of these, in order; the shell (:mod:`transport.session`) carries them
 out: :class:`StartEngine`, :class:`SendAudio`, :class:`ClearVoice`, :class:`WakePlayout`, :class:`ReadCallersAt`,
-:class:`End`, and the
-public :mod:`~transport.events` themselves, which it publishes. Plain frozen data, no behaviour.
+:class:`End`, and the public :mod:`~transport.events` themselves, which it publishes. Plain frozen data, no
+behaviour.
 """
 
 from __future__ import annotations
