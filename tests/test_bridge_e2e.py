@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.formats import parse_format
+from core.formats import caller_rate_for, parse_format
 from core.signals import dominant_hz, rms_dbfs, voiced_s
 from emulator import Emulator, EmulatorConfig
 from scripts.caller import RATE, Caller, Heard, tone
@@ -266,6 +266,9 @@ async def test_formats_end_to_end(livekit_server: LiveKitServer, bridge: Bridge,
 
     assert session.uplink is not None and session.uplink.format.name == input_format
     assert session.downlink is not None and session.downlink.format.name == output_format
+    # Callers read at the conversation's rate (the session started at pcm_16000's and switched if need be).
+    assert session.room.caller_rate == caller_rate_for(parse_format(input_format))
+    assert session.uplink.in_rate == session.room.caller_rate
     rate = parse_format(input_format).rate
     got = conversation.received_audio()
     loud = np.flatnonzero(np.abs(got.astype(np.int32)) > LOUD)
