@@ -163,7 +163,15 @@ async def test_malformed_messages_mid_reply_are_dropped_and_counted(livekit_serv
         assert engine.protocol.counters.unknown_events == 3
         heard = loud_between(rig, "alice", reply.start_ns or 0, time.monotonic_ns())
         down = rig.session.downlink
-        assert heard > 1.8, f"only {heard:.2f} s of the 2 s reply was heard ({down and down.stats()})"
+        assert down is not None
+        # Every chunk of the reply reached the AudioSource, none lost with the bad messages between them.
+        stats = down.stats()
+        assert stats.chunks_in == reply.chunks_sent and stats.samples_out >= 2 * RATE - 480, stats
+        # And the caller heard it. Both sides count samples above LOUD (of a sine, ~94 % of its length), so
+        # compare with what the engine sent; the margin is a loaded machine's WebRTC path concealing a packet
+        # (the absolute 1.8 s this replaced sat 3 % under the usual 1.85–1.87 s and failed once at 1.79).
+        spoken = loud_seconds(reply.samples, reply.rate)
+        assert heard > 0.85 * spoken, f"only {heard:.2f} s of the reply's {spoken:.2f} s loud was heard ({stats})"
         assert engine.counters.connects == 1 and rig.session.state is SessionState.RUNNING
         after = await turn(rig, "alice", conversation, 380.0)
         assert_echo(after, 380.0)
