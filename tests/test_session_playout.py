@@ -86,7 +86,7 @@ async def test_the_first_frame_is_captured_in_the_callback_and_the_player_carrie
     assert timer.summary()["downlink.capture"].count == len(source.issued)
 
 
-async def test_a_busy_player_is_only_woken() -> None:
+async def test_a_player_with_no_conversation_yet_captures_nothing() -> None:
     core = SessionCore(start_immediately=True, end_when_empty=False, linger_ns=0,
                        make_uplink=lambda fmt, rate: Uplink(fmt, in_rate=rate), make_downlink=Downlink)
     source, state = Source(), State()

@@ -34,6 +34,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import aiohttp
 import numpy as np
@@ -116,11 +117,15 @@ class RoomStats:
     ghosts_removed: int = 0  # closes whose leave the server never applied: removed through its API
 
 
+class _Stream(NamedTuple):
+    track: rtc.Track  # kept to re-open the stream at another rate
+    reader: asyncio.Task[None]
+
+
 @dataclass(slots=True)
 class _Caller:
     identity: str
-    streams: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    tracks: dict[str, rtc.Track] = field(default_factory=dict)  # by publication sid, to re-open its stream
+    streams: dict[str, _Stream] = field(default_factory=dict)  # by publication sid
 
 
 class RoomLink:
@@ -143,7 +148,7 @@ class RoomLink:
         self._on_state = on_state
         self._callers: dict[str, _Caller] = {}
         self._caller_rate = caller_rate
-        self._retired: set[asyncio.Task[None]] = set()  # readers of re-opened streams, closing their stream
+        self._retired: set[asyncio.Task[None]] = set()  # cancelled readers, still closing their stream
         self._closing = False
         self._room = rtc.Room()
         self._source: rtc.AudioSource | None = None
@@ -189,11 +194,9 @@ class RoomLink:
         log.info("reading callers at %d Hz (was %d)", rate, self._caller_rate)
         self._caller_rate = rate
         for caller in self._callers.values():
-            for sid, task in list(caller.streams.items()):
-                task.cancel()
-                self._retired.add(task)
-                task.add_done_callback(self._retired.discard)
-                self._open_stream(caller, sid, caller.tracks[sid])
+            for sid, stream in list(caller.streams.items()):
+                self._retire(stream.reader)
+                self._open_stream(caller, sid, stream.track)
 
     async def connect(self) -> None:
         url = self.config.url
@@ -269,13 +272,20 @@ class RoomLink:
         finally:
             await lk.aclose()
 
+    def _retire(self, reader: asyncio.Task[None]) -> None:
+        """Cancel a caller's reader; :meth:`close` awaits it (it closes its native stream on the way out)."""
+        reader.cancel()
+        self._retired.add(reader)
+        reader.add_done_callback(self._retired.discard)
+
     async def _end_caller_streams(self) -> None:
         while self._retired or any(c.streams for c in self._callers.values()):
-            tasks = [t for c in self._callers.values() for t in c.streams.values()] + list(self._retired)
             for caller in self._callers.values():
+                for stream in caller.streams.values():
+                    self._retire(stream.reader)
                 caller.streams.clear()
-            for task in tasks:
-                task.cancel()
+            tasks = list(self._retired)
+            self._retired.clear()
             for task in tasks:
                 # A crashed reader was logged by its done callback; it must not stop the agent leaving.
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -333,8 +343,8 @@ class RoomLink:
         caller = self._callers.pop(participant.identity, None)
         if caller is None:
             return
-        for task in caller.streams.values():
-            task.cancel()
+        for stream in caller.streams.values():
+            self._retire(stream.reader)
         log.info("caller %s left", participant.identity)
         self._on_left(participant.identity)
 
@@ -359,17 +369,14 @@ class RoomLink:
         task = asyncio.get_running_loop().create_task(self._read_caller(caller.identity, stream),
                                                       name=f"caller-audio:{caller.identity}")
         task.add_done_callback(_log_crash)
-        caller.streams[sid] = task
-        caller.tracks[sid] = track
+        caller.streams[sid] = _Stream(track, task)
 
     def _track_unsubscribed(self, _track: rtc.Track, publication: rtc.RemoteTrackPublication,
                             participant: rtc.RemoteParticipant) -> None:
         caller = self._callers.get(participant.identity)
-        task = caller.streams.pop(publication.sid, None) if caller else None
-        if caller is not None:
-            caller.tracks.pop(publication.sid, None)
-        if task is not None:
-            task.cancel()
+        stream = caller.streams.pop(publication.sid, None) if caller else None
+        if stream is not None:
+            self._retire(stream.reader)
 
     async def _read_caller(self, identity: str, stream: rtc.AudioStream) -> None:
         stats, on_audio, clock = self._counters, self._on_audio, self._clock

@@ -311,8 +311,9 @@ class SessionCore:
         """(Re)build both directions for the formats this conversation announced; replay held audio."""
         actions: list[Action] = []
         fmt = metadata.input_format
-        if self._follow_engine_rate and caller_rate_for(fmt) != self.caller_rate:
-            rate = self.caller_rate = caller_rate_for(fmt)
+        rate = caller_rate_for(fmt) if self._follow_engine_rate else self.caller_rate
+        if rate != self.caller_rate:
+            self.caller_rate = rate
             actions.append(ReadCallersAt(rate))
             self.audio.backlog.resample(rate)
             if self.ducker is not None:
