@@ -77,7 +77,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="read callers at the engine's input rate (default: LiveKit's SDK resamples them in native "
                         "code, nothing is held) or at a fixed rate (48000: the full band, resampled here)")
     p.add_argument("--queue-ms", type=int, default=50, help="AudioSource queue, a multiple of 10 ms (default 50)")
-    p.add_argument("--lead-frames", type=int, default=3, help="10 ms frames kept queued ahead (default 3)")
+    p.add_argument("--voice-frame-ms", type=int, default=20, choices=(10, 20, 40),
+                   help="the agent voice's capture frame (default 20: half the SDK calls of 10 ms)")
+    p.add_argument("--lead-frames", type=int, default=2, help="voice frames kept queued ahead (default 2)")
     p.add_argument("--duck-db", type=float, default=18.0,
                    help="duck the agent's voice this much when a caller talks over it, until the engine "
                         "decides (default 18 dB; 0 = off)")
@@ -201,7 +203,8 @@ def session_config(args: argparse.Namespace, livekit: LiveKitTarget, engine: Eng
     return SessionConfig(room=RoomLinkConfig(url or livekit.url, token, identity=args.identity,
                                              queue_ms=args.queue_ms, api_key=livekit.api_key,
                                              api_secret=livekit.api_secret),
-                         engine=engine, chunk_ms=args.chunk_ms, downlink=DownlinkConfig(lead_frames=args.lead_frames),
+                         engine=engine, chunk_ms=args.chunk_ms,
+                         downlink=DownlinkConfig(frame_ms=args.voice_frame_ms, lead_frames=args.lead_frames),
                          start_when=args.start, end_when_empty=not args.stay, linger_s=args.linger,
                          duck_db=args.duck_db, duck_hold_ms=args.duck_hold_ms,
                          caller_rate=None if args.caller_rate == "engine" else int(args.caller_rate))

@@ -52,17 +52,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", help="scaling N values, comma-separated (e.g. 1,10,50)")
     parser.add_argument("--window", type=float, help="scaling measurement window per step, seconds")
     parser.add_argument("--frame-study-n", type=int,
-                        help="scaling: N at which ours and the null floor run again with 20/40 ms voice frames "
+                        help="scaling: N at which ours and the null floor run again with 10/40 ms voice frames "
                              "(0: off)")
     parser.add_argument("--break-lag-ms", type=float,
                         help="scaling: event-loop lag p99 that marks a step broken and ends the curve (default 100); "
                              "raise it on a machine other jobs saturate, and say so")
     parser.add_argument("--no-floor", action="store_true", help="scaling: skip the null-bridge floor")
+    parser.add_argument("--no-naive", action="store_true", help="scaling: skip the naive-bridge reference")
     parser.add_argument("--processes", type=int,
                         help="scaling: bridge processes per step, the rooms dealt over them (default 1)")
     parser.add_argument("--what-if", action="append", default=[], metavar="NAME",
                         help="scaling only: measure a change to the bridge before it is made "
-                             "(frame20, frame40, switch-1ms; see benchmarks.bridge_host)")
+                             "(frame10, frame40, switch-1ms; see benchmarks.bridge_host)")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--replot", action="store_true",
                         help="measure nothing: redraw the plots and print the table from the JSON in --out")
@@ -97,6 +98,8 @@ def configs(opts: argparse.Namespace) -> tuple[interrupt.InterruptConfig, latenc
         s_cfg = replace(s_cfg, break_lag_p99_ms=opts.break_lag_ms)
     if opts.no_floor:
         s_cfg = replace(s_cfg, floor=False)
+    if opts.no_naive:
+        s_cfg = replace(s_cfg, naive=False)
     if opts.processes is not None:
         s_cfg = replace(s_cfg, processes=opts.processes)
     return i_cfg, l_cfg, s_cfg

@@ -13,6 +13,10 @@
   subscriptions it scanned for each (``livekit.rtc``'s ``FfiQueue.put`` loops over every subscriber).
 - ``stop``.
 
+``BRIDGE_HOST_PROFILE=DIR`` profiles the loop thread over each measurement window (cProfile on that thread's
+CPU clock; one ``window-<n>.prof`` per window, for ``python -m pstats``). The profiler's own cost inflates
+small, frequent calls: read shares, not absolute times.
+
 ``--what-if NAME`` measures a change to the bridge before it is made (see :func:`apply_what_if`).
 
 Before any session exists, ``rss_idle_mb`` is taken with the SDK's native library loaded, so the per-session
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import faulthandler
 import logging
 import os
@@ -97,14 +102,15 @@ class FfiCounter:
         queue.put = put  # type: ignore[method-assign]
 
 
-WHAT_IF = ("frame20", "frame40", "switch-1ms", "sdk-filter", "caller-48k")
+WHAT_IF = ("frame10", "frame40", "switch-1ms", "sdk-filter", "caller-48k")
 
 
 def apply_what_if(names: list[str]) -> dict[str, Any]:
     """Changes measured on request only (``python -m benchmarks --only scaling --what-if NAME``), to put a number
     on a fix before anyone makes it. Delete an entry once the change is in the code (or rejected).
 
-    - ``frame20``: ``DownlinkConfig(frame_ms=20, lead_frames=2)``, half the captures (FFI calls) per second.
+    - ``frame10``: ``DownlinkConfig(frame_ms=10, lead_frames=3)``, the voice frames before 20 ms became the
+      default: twice the captures (FFI calls) per second.
     - ``frame40``: ``DownlinkConfig(frame_ms=40, lead_frames=1)``: a quarter of the captures. The native
       queue then holds one to two frames (40-80 ms) right after a capture instead of 30-40 ms.
     - ``switch-1ms``: ``sys.setswitchinterval(0.001)``. livekit.rtc runs Python (event parsing, the fan-out to
@@ -123,9 +129,9 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
         transport.livekit_room.narrow_room_events = lambda _room: False  # type: ignore[assignment]
     if "caller-48k" in names:
         session_kwargs["caller_rate"] = 48_000
-    if "frame20" in names:
+    if "frame10" in names:
         from core.downlink import DownlinkConfig
-        session_kwargs["downlink"] = DownlinkConfig(frame_ms=20, lead_frames=2)
+        session_kwargs["downlink"] = DownlinkConfig(frame_ms=10, lead_frames=3)
     if "frame40" in names:
         from core.downlink import DownlinkConfig
         session_kwargs["downlink"] = DownlinkConfig(frame_ms=40, lead_frames=1)
@@ -143,6 +149,9 @@ class Host:
         self._mark: dict[str, Any] = {}
         self.ffi = FfiCounter()  # touching FfiClient.instance loads the native library
         self.rss_idle = rss_mb()
+        self._profile_dir = os.environ.get("BRIDGE_HOST_PROFILE")
+        self._profiler: cProfile.Profile | None = None
+        self._windows = 0
 
     async def start(self, cmd: dict[str, Any]) -> dict[str, Any]:
         engine = EngineSettings(api_key=cmd["engine"]["api_key"], agent_id=cmd["engine"]["agent_id"],
@@ -175,7 +184,7 @@ class Host:
             self.lags.append(lag_s * 1000)
 
     def _counters(self) -> dict[str, int]:
-        c = {"underruns": 0, "underrun_samples": 0, "reanchors": 0, "lag_frames": 0, "frames_out": 0,
+        c = {"underruns": 0, "underrun_samples": 0, "reanchors": 0, "lag_frames": 0, "lag_ms": 0, "frames_out": 0,
              "chunks_sent": 0, "chunks_dropped": 0, "audio_events": 0, "interruptions": 0, "refused_samples": 0}
         for s in self.sessions:
             stats = s.stats(stages=False)
@@ -186,6 +195,7 @@ class Host:
                 c["refused_samples"] += down.refused_samples
                 c["reanchors"] += down.reanchors
                 c["lag_frames"] += down.lag_frames
+                c["lag_ms"] += down.lag_frames * s.config.downlink.frame_ms
             c["frames_out"] += stats.room.frames_out
             c["chunks_sent"] += stats.session.chunks_sent
             c["chunks_dropped"] += stats.session.chunks_dropped
@@ -199,10 +209,19 @@ class Host:
                       "sched": main_thread_sched(),
                       "counters": self._counters(), "ffi_events": self.ffi.events, "ffi_scanned": self.ffi.scanned}
         self.measuring = True
+        if self._profile_dir:  # called on the loop thread: the profiler hooks that thread only
+            self._profiler = cProfile.Profile(time.thread_time)
+            self._profiler.enable()
         return {}
 
     def measure_stop(self) -> dict[str, Any]:
         self.measuring = False
+        if self._profiler is not None and self._profile_dir:
+            self._profiler.disable()
+            self._windows += 1
+            Path(self._profile_dir).mkdir(parents=True, exist_ok=True)
+            self._profiler.dump_stats(str(Path(self._profile_dir) / f"window-{self._windows}.prof"))
+            self._profiler = None
         mark = self._mark
         now = time.monotonic_ns()
         wall = (now - mark["wall"]) / 1e9
@@ -238,8 +257,8 @@ class Host:
         return {}
 
 
-async def serve(what_if: list[str]) -> None:
-    host = Host(apply_what_if(what_if))
+async def serve_host(host: Host) -> None:
+    """Answer the driver's JSON-line commands for ``host`` (this module's, or a reference's) until ``stop``."""
 
     async def handle(cmd: dict[str, Any]) -> dict[str, Any]:
         op = cmd.get("op")
@@ -254,6 +273,10 @@ async def serve(what_if: list[str]) -> None:
         raise ValueError(f"unknown op {op!r}")
 
     await serve_json_lines(handle, ready={"event": "ready", "rss_idle_mb": host.rss_idle})
+
+
+async def serve(what_if: list[str]) -> None:
+    await serve_host(Host(apply_what_if(what_if)))
 
 
 def main() -> None:

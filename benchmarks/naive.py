@@ -65,6 +65,7 @@ class NaiveBridge:
         self.caller_frames: list[tuple[int, int]] = []  # (ns the frame arrived, peak)
         self.holds_ns: list[int] = []  # frame arrived → its user_audio_chunk handed to the socket (send returned)
         self.chunks_sent = 0
+        self.conversation_id: str | None = None  # read from the metadata for the benchmarks' joins only
         self.room.on("track_subscribed", self._on_track)
 
     async def start(self) -> None:
@@ -116,6 +117,8 @@ class NaiveBridge:
                 self.interruptions.append({"event_id": event_id, "loop_ns": now})
                 source.clear_queue()
                 self.clears.append(time.monotonic_ns())
+            elif kind == "conversation_initiation_metadata":
+                self.conversation_id = data.get("conversation_initiation_metadata_event", {}).get("conversation_id")
             elif kind == "ping":
                 event = data.get("ping_event", {})
                 await self.ws.send(json.dumps({"type": "pong", "event_id": event.get("event_id")}))

@@ -1,10 +1,12 @@
 """The floor of the scaling benchmark: N rooms that do only what any agent must, with none of our logic.
 
-``python -m benchmarks.null_host [--capture-ms 10|20|40]``, the same JSON-lines commands as
-:mod:`benchmarks.bridge_host` (``start``, ``measure_start``, ``measure_stop``, ``stop``), the same probes
-(CPU by thread, RSS, event-loop lag, FFI events). Per room it joins as the agent, subscribes to every caller
-track through an ``AudioStream`` (48 kHz mono, 20 ms frames: what our bridge asks for) and reads every frame,
-and publishes a 48 kHz tone through an ``AudioSource`` (``queue_size_ms`` 50, as ours), paced on an
+``python -m benchmarks.null_host [--capture-ms 10|20|40] [--caller-rate HZ] [--caller-frame-ms MS]``, the
+same JSON-lines commands as :mod:`benchmarks.bridge_host` (``start``, ``measure_start``, ``measure_stop``,
+``stop``), the same probes (CPU by thread, RSS, event-loop lag, FFI events). Per room it joins as the agent,
+subscribes to every caller track through an ``AudioStream`` and reads every frame — at the rate and frame
+length our bridge asks for (by default what a session on a ``pcm_16000`` conversation reads: 16 kHz mono,
+10 ms frames; the scaling benchmark passes the session's own settings) — and publishes a 48 kHz tone
+through an ``AudioSource`` (``queue_size_ms`` 50, as ours), paced on an
 anchored schedule: one ``--capture-ms`` frame per period, ``lead`` frames ahead. No engine, no resampling,
 no mixing, no playout buffer, no pacer state machine: what is left is the SDK and WebRTC, which is the cost
 our bridge cannot go below in one process.
@@ -16,16 +18,14 @@ import argparse
 import asyncio
 import contextlib
 import faulthandler
-import json
 import logging
 import signal
 import sys
-import time
 from typing import Any
 
 from livekit import rtc
 
-from benchmarks.bridge_host import AGENT, Host
+from benchmarks.bridge_host import AGENT, Host, serve_host
 from benchmarks.common import run_loop
 from scripts.caller import tone
 from transport.livekit_token import mint_token
@@ -35,8 +35,9 @@ RATE = 48_000
 
 
 class NullRoom:
-    def __init__(self, capture_ms: int, lead_ms: int) -> None:
+    def __init__(self, capture_ms: int, lead_ms: int, caller_rate: int, caller_frame_ms: int) -> None:
         self.capture_ms, self.lead_ms = capture_ms, lead_ms
+        self.caller_rate, self.caller_frame_ms = caller_rate, caller_frame_ms
         self.room = rtc.Room()
         self.source = rtc.AudioSource(RATE, 1, queue_size_ms=50)
         self.frames_in = 0
@@ -55,7 +56,8 @@ class NullRoom:
 
     def _on_track(self, track: rtc.Track, _pub: rtc.RemoteTrackPublication, _who: rtc.RemoteParticipant) -> None:
         if track.kind == rtc.TrackKind.KIND_AUDIO:
-            self._spawn(self._read(rtc.AudioStream(track, sample_rate=RATE, num_channels=1, frame_size_ms=20)))
+            self._spawn(self._read(rtc.AudioStream(track, sample_rate=self.caller_rate, num_channels=1,
+                                                   frame_size_ms=self.caller_frame_ms)))
 
     async def _read(self, stream: rtc.AudioStream) -> None:
         try:
@@ -98,9 +100,10 @@ class NullRoom:
 
 
 class NullHost(Host):
-    def __init__(self, capture_ms: int) -> None:
+    def __init__(self, capture_ms: int, caller_rate: int, caller_frame_ms: int) -> None:
         super().__init__()
         self.capture_ms = capture_ms
+        self.caller_rate, self.caller_frame_ms = caller_rate, caller_frame_ms
         self.rooms: list[NullRoom] = []
 
     async def start(self, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +112,7 @@ class NullHost(Host):
 
         async def one(name: str) -> None:
             token = mint_token(cmd["api_key"], cmd["api_secret"], room=name, identity=AGENT, agent=True)
-            room = NullRoom(self.capture_ms, lead_ms)
+            room = NullRoom(self.capture_ms, lead_ms, self.caller_rate, self.caller_frame_ms)
             async with gate:
                 try:
                     async with asyncio.timeout(60):
@@ -125,7 +128,7 @@ class NullHost(Host):
         return {"started": len(self.rooms), "failed": self.failed, "rss_idle_mb": self.rss_idle}
 
     def _counters(self) -> dict[str, int]:
-        c = dict.fromkeys(("underruns", "underrun_samples", "reanchors", "lag_frames", "frames_out",
+        c = dict.fromkeys(("underruns", "underrun_samples", "reanchors", "lag_frames", "lag_ms", "frames_out",
                            "chunks_sent", "chunks_dropped", "audio_events", "interruptions", "refused_samples",
                            "frames_in"), 0)
         for room in getattr(self, "rooms", ()):
@@ -146,47 +149,19 @@ class NullHost(Host):
         return {}
 
 
-async def serve(capture_ms: int) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    host = NullHost(capture_ms)
-    out = sys.stdout
-
-    def answer(msg: dict[str, Any]) -> None:
-        out.write(json.dumps(msg) + "\n")
-        out.flush()
-
-    answer({"event": "ready", "rss_idle_mb": host.rss_idle, "t": time.monotonic()})
-    while line := await reader.readline():
-        cmd = json.loads(line)
-        op, ident = cmd.get("op"), cmd.get("id")
-        try:
-            if op == "start":
-                result = await host.start(cmd)
-            elif op == "measure_start":
-                result = host.measure_start()
-            elif op == "measure_stop":
-                result = host.measure_stop()
-            elif op == "stop":
-                result = await host.stop()
-                answer({"id": ident, "ok": True, **result})
-                break
-            else:
-                raise ValueError(f"unknown op {op!r}")
-            answer({"id": ident, "ok": True, **result})
-        except Exception as exc:
-            log.exception("command %s failed", op)
-            answer({"id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+async def serve(capture_ms: int, caller_rate: int, caller_frame_ms: int) -> None:
+    await serve_host(NullHost(capture_ms, caller_rate, caller_frame_ms))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--capture-ms", type=int, choices=(10, 20, 40), default=10)
+    parser.add_argument("--caller-rate", type=int, default=16_000, help="the callers' AudioStream rate, Hz")
+    parser.add_argument("--caller-frame-ms", type=int, default=10, help="the callers' AudioStream frame length")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="null_host %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    run_loop(serve(args.capture_ms))
+    run_loop(serve(args.capture_ms, args.caller_rate, args.caller_frame_ms))
 
 
 if __name__ == "__main__":

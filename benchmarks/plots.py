@@ -12,6 +12,7 @@ from benchmarks.common import summarize
 __all__ = ["plot_all"]
 
 OURS, BASE = "#1f77b4", "#d62728"
+NAIVE = "#2ca02c"  # the naive bridge, where it is a third line beside ours and the null floor
 
 
 def pyplot() -> Any:
@@ -171,10 +172,14 @@ def plot_floor(scaling: dict[str, Any], path: Path, machine: str) -> None:
         return
     n = [s["n"] for s in steps]
     floor = [s["floor"] for s in steps]
+    naive = [s.get("naive") or {} for s in steps]
+    has_naive = any(naive)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     ax = axes[0][0]
     ax.plot(n, [s.get("cpu_cores") for s in steps], "o-", color=OURS, label="ours (bridge process)")
     ax.plot(n, [f.get("cpu_cores") for f in floor], "s--", color=BASE, label="null bridge (SDK + WebRTC only)")
+    if has_naive:
+        ax.plot(n, [f.get("cpu_cores") for f in naive], "v-.", color=NAIVE, label="naive bridge (same conversation)")
     ax.plot(n, [s.get("machine_busy", 0) * s.get("machine_cores", 1) for s in steps], "^:", color="gray",
             label="whole machine during ours (every process, other jobs too)")
     ax.axhline(steps[0].get("machine_cores", 2), color="k", linewidth=0.8)
@@ -184,6 +189,8 @@ def plot_floor(scaling: dict[str, Any], path: Path, machine: str) -> None:
     ax = axes[0][1]
     ax.plot(n, [s.get("cpu_ms_per_session_second") for s in steps], "o-", color=OURS, label="ours")
     ax.plot(n, [f.get("cpu_ms_per_session_second") for f in floor], "s--", color=BASE, label="null bridge")
+    if has_naive:
+        ax.plot(n, [f.get("cpu_ms_per_session_second") for f in naive], "v-.", color=NAIVE, label="naive bridge")
     ax2 = ax.twinx()
     ax2.plot(n, [f.get("cpu_ratio") for f in floor], "d:", color="#9467bd", label="ours / null (CPU)")
     ax2.axhline(1.15, color="#9467bd", linewidth=0.8, linestyle=":")
@@ -211,8 +218,9 @@ def plot_floor(scaling: dict[str, Any], path: Path, machine: str) -> None:
     if base:
         ours10 = base.get("ours")
         if ours10 is not None:
-            bars.append(("ours 10 ms", ours10.get("cpu_cores") or 0.0, OURS))
-            bars.append(("null 10 ms", ours10["floor"].get("cpu_cores") or 0.0, BASE))
+            ms = ours10.get("capture_ms", 10)
+            bars.append((f"ours {ms} ms", ours10.get("cpu_cores") or 0.0, OURS))
+            bars.append((f"null {ms} ms", ours10["floor"].get("cpu_cores") or 0.0, BASE))
     for s in study:
         bars.append((f"{s['kind']} {s['capture_ms']} ms", s.get("cpu_cores") or 0.0,
                      OURS if s["kind"] == "ours" else BASE))

@@ -20,10 +20,15 @@ event-loop lag, interruption-to-silence at the bridge output (the emulator's sen
 ``interruption`` → the session's flush, joined on conversation id and event id), and, to show where the
 machine is the limit, the CPU of the other processes and of the whole machine over the same window.
 
-The floor: at each N, right after ours, :mod:`benchmarks.null_host` (join, read every caller frame, publish a
-paced tone; none of our logic) runs with fresh callers and the same probes; ``step["floor"]`` holds its
-figures and the ratios ours ÷ floor. Then, at ``frame_study_n``, ours with 20/40 ms voice frames (what-ifs
-``frame20``/``frame40``) and the floor with the same capture lengths (``frame_study``).
+Two references at each N, right after ours, each with fresh callers and the same probes:
+:mod:`benchmarks.null_host`, the *floor* (join, read every caller frame at the rate and frame length ours
+reads, publish a paced tone; no engine, none of our logic), in ``step["floor"]``; and
+:mod:`benchmarks.naive_host`, the *naive bridge* (the same conversation with the emulator, each frame sent
+and each chunk played the simplest way), in ``step["naive"]``; each with the ratios ours ÷ it. The floor
+is what no bridge goes below; the naive bridge is what the conversation itself costs, done simply.
+Both run with ours' voice frame (``DownlinkConfig().frame_ms``, 20 ms). Then, at ``frame_study_n``, ours
+with 10/40 ms voice frames (what-ifs ``frame10``/``frame40``) and the floor with the same capture lengths
+(``frame_study``).
 
 A step is *broken* when sessions fail to start, a session ends, or the bridge's event-loop lag p99
 exceeds ``break_lag_p99_ms`` (audio can no longer be paced: a 30 ms lead rides out 20 ms); the next N is
@@ -48,12 +53,14 @@ import numpy as np
 
 from benchmarks.common import Progress, summarize
 from benchmarks.procs import JsonLinesProcess
+from core.downlink import DownlinkConfig
 from scripts.livekit_server import LiveKitServer
 from transport.livekit_token import mint_token
 
 __all__ = ["ScalingConfig", "run"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+VOICE_FRAME_MS = DownlinkConfig().frame_ms  # ours' voice frame by default, and so the references'
 
 
 @dataclass(frozen=True)
@@ -68,11 +75,16 @@ class ScalingConfig:
     time_budget_s: float = 540.0
     seed: int = 8
     what_if: tuple[str, ...] = ()  # see benchmarks.bridge_host.apply_what_if
-    # The null-bridge floor (benchmarks.null_host) at every N, right after ours, with fresh callers.
+    # The null-bridge floor (benchmarks.null_host) at every N, right after ours, with fresh callers. It reads
+    # the callers as a session on a pcm_16000 conversation does (16 kHz, 10 ms frames: RoomLinkConfig).
     floor: bool = True
-    # At this N, ours and the floor again with longer voice capture frames (ours: what-if frame20 / frame40).
+    floor_caller_rate: int = 16_000
+    floor_caller_frame_ms: int = 10
+    # The naive bridge (benchmarks.naive_host) at every N too: the engine conversation done simply.
+    naive: bool = True
+    # At this N, ours and the floor again with other voice capture frames (ours: what-if frame10 / frame40).
     frame_study_n: int | None = 5
-    frame_study_ms: tuple[int, ...] = (20, 40)
+    frame_study_ms: tuple[int, ...] = (10, 40)
     # Bridge processes per step (ours and the floor alike): the N rooms are dealt over them round-robin, as
     # LiveKit's dispatcher spreads rooms over ``runner.py --worker --processes P``. CPU, RSS, sessions and
     # counters are summed over the processes; the loop lag is every process's samples together, with each
@@ -98,9 +110,10 @@ def _machine_busy() -> tuple[float, float]:
 
 
 async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Progress,
-                log_dir: Path | None, *, kind: str = "ours", capture_ms: int = 10,
+                log_dir: Path | None, *, kind: str = "ours", capture_ms: int = VOICE_FRAME_MS,
                 what_if: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """One N: ``kind`` "ours" (benchmarks.bridge_host) or "null" (benchmarks.null_host, the floor)."""
+    """One N: ``kind`` "ours" (benchmarks.bridge_host), "null" (benchmarks.null_host, the floor) or "naive"
+    (benchmarks.naive_host)."""
     tag = uuid.uuid4().hex[:6]
     t_setup = time.monotonic()
     what_if = cfg.what_if if what_if is None else what_if
@@ -111,7 +124,12 @@ async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Pro
     processes = max(1, min(cfg.processes, n))
     if kind == "null":
         bridges = [JsonLinesProcess("benchmarks.null_host", "--capture-ms", str(capture_ms),
+                                    "--caller-rate", str(cfg.floor_caller_rate),
+                                    "--caller-frame-ms", str(cfg.floor_caller_frame_ms),
                                     log_path=log_dir / "null_host.log" if log_dir else None)
+                   for _ in range(processes)]
+    elif kind == "naive":
+        bridges = [JsonLinesProcess("benchmarks.naive_host", log_path=log_dir / "naive_host.log" if log_dir else None)
                    for _ in range(processes)]
     else:
         bridges = [JsonLinesProcess("benchmarks.bridge_host", *(a for w in what_if for a in ("--what-if", w)),
@@ -126,8 +144,9 @@ async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Pro
         bridge_ready = [await b.next_event(60) for b in bridges]
         result["rss_idle_mb"] = sum(r["rss_idle_mb"] for r in bridge_ready)
         rooms = [f"scale-{tag}-{i}" for i in range(n)]
-        progress(f"N={n}: starting {n} {'null-bridge rooms' if kind == 'null' else 'bridge sessions'}"
-                 f" ({capture_ms if kind == 'null' else '+'.join(what_if) or 10} ms capture)"
+        what = {"null": "null-bridge rooms", "naive": "naive bridges"}.get(kind, "bridge sessions")
+        progress(f"N={n}: starting {n} {what}"
+                 f" ({'+'.join(what_if) if what_if else capture_ms} ms capture)"
                  + (f" in {processes} processes" if processes > 1 else ""))
         engine = {"api_base": ready["rest"], "api_key": ready["api_key"], "agent_id": ready["agent_id"]}
         starts = await asyncio.gather(*(
@@ -257,11 +276,11 @@ def _digest(measured: dict[str, Any], report: dict[str, Any], n: int) -> dict[st
         "underruns_per_session_minute": counters["underruns"] / sessions / minutes,
         "underrun_ms": counters["underrun_samples"] / 48.0,
         # The pacer re-anchors when the AudioSource ran dry while we had audio for it (the loop was late by
-        # more than the 30 ms lead): the listener heard a gap of lag_frames × 10 ms that PlayoutBuffer's
+        # more than the lead): the listener heard a gap of lag_frames × the frame length that PlayoutBuffer's
         # underrun counter (its own buffer empty mid-reply) does not see.
         "pacer_reanchors": counters["reanchors"],
-        "pacer_lag_ms": counters["lag_frames"] * 10,
-        "source_starved_ms_per_session_minute": counters["lag_frames"] * 10 / sessions / minutes,
+        "pacer_lag_ms": counters["lag_ms"],
+        "source_starved_ms_per_session_minute": counters["lag_ms"] / sessions / minutes,
         "counters": counters,
         "interruption_bridge_ms": summarize(bridge_ms),
         "interruption_flush_ms": summarize(flush_ms),
@@ -289,8 +308,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def _versus_floor(ours: dict[str, Any], null: dict[str, Any]) -> dict[str, Any]:
-    """Ours beside the floor at the same N: CPU, RSS, loop lag, and the ratios."""
+def _versus(ours: dict[str, Any], null: dict[str, Any]) -> dict[str, Any]:
+    """Ours beside a reference (the floor, the naive bridge) at the same N: CPU, RSS, loop lag, the ratios."""
     return {
         "cpu_cores": null.get("cpu_cores"),
         "cpu_ms_per_session_second": null.get("cpu_ms_per_session_second"),
@@ -326,8 +345,14 @@ async def run(server: LiveKitServer, cfg: ScalingConfig, progress: Progress, *,
         await asyncio.sleep(2.0)  # let the server close the step's rooms
         if cfg.floor:
             null = await _step(server, n, cfg, progress, log_dir, kind="null")
-            step["floor"] = _versus_floor(step, null)
+            step["floor"] = _versus(step, null)
             progress(f"N={n} null floor: {_brief(null)}; ours/floor CPU {step['floor']['cpu_ratio'] or 0:.2f}x")
+            await asyncio.sleep(2.0)
+        if cfg.naive:
+            naive = await _step(server, n, cfg, progress, log_dir, kind="naive")
+            step["naive"] = _versus(step, naive)
+            step["naive"]["interruption_bridge_ms"] = naive.get("interruption_bridge_ms")
+            progress(f"N={n} naive bridge: {_brief(naive)}; ours/naive CPU {step['naive']['cpu_ratio'] or 0:.2f}x")
             await asyncio.sleep(2.0)
     frame_study: list[dict[str, Any]] = []
     if cfg.frame_study_n:

@@ -1,4 +1,4 @@
-"""Engine to room: decode, resample to 48 kHz, buffer, and hand out paced 10 ms frames.
+"""Engine to room: decode, resample to 48 kHz, buffer, and hand out paced frames (20 ms by default).
 
 The engine sends a reply in bursts far faster than real time; the :class:`~core.playout.PlayoutBuffer` holds
 it and the :class:`~core.pacer.Pacer` decides when the next frames are due, keeping only ``lead_frames`` in
@@ -34,10 +34,14 @@ Int16Array = npt.NDArray[np.int16]
 
 @dataclass(frozen=True, slots=True)
 class DownlinkConfig:
-    frame_ms: int = 10
-    # Frames kept in the AudioSource queue ahead of playout: 3 × 10 ms rides out an event-loop wakeup up to
-    # 20 ms late without a gap. It costs nothing on an interruption: the session clears that queue too.
-    lead_frames: int = 3
+    # The voice's capture frame. Every frame that crosses the SDK boundary costs the process far more than its
+    # samples do (an FFI request, its callback, a loop wake-up: ~0.1 ms of CPU; benchmarks/README.md): 20 ms
+    # frames make half the captures of 10 ms ones, measured 8-9 % of a process's CPU at 5 rooms.
+    frame_ms: int = 20
+    # Frames kept in the AudioSource queue ahead of playout: 2 × 20 ms rides out an event-loop wakeup up to
+    # 20 ms late without a gap (as 3 × 10 ms did). It costs nothing on an interruption (the session clears
+    # that queue too) nor on a duck (the ducker re-sends what the queue holds, ducked: core/ducker.py).
+    lead_frames: int = 2
     start_ms: int = 20
     capacity_ms: int = 30_000
     idle_after_ms: int = 200

@@ -1,4 +1,4 @@
-"""The agent's voice between the engine (bursty, faster than real time) and the pacer (one frame per 10 ms).
+"""The agent's voice between the engine (bursty, faster than real time) and the pacer (one frame per period).
 
 Rules of this module:
 
@@ -10,10 +10,10 @@ Rules of this module:
   coherent prefix of the reply, which is cut short. Once a push overflows, every push is refused until the
   stream goes idle or is flushed, so a later chunk is never spliced on after a hole (``refused_samples``,
   ``overflow_events``).
-- ``pop_frame`` hands out exactly ``frame_ms`` of audio (10 ms: LiveKit's frame size) or nothing. It returns
-  nothing (an empty array: "not yet") while idle and until ``start_ms`` of audio is buffered (20 ms default;
-  the engine's first chunk is normally larger, so this costs no latency, and it keeps a tiny first chunk
-  from playing as a stutter). ``mark_end_of_stream`` starts playback of a shorter tail at once.
+- ``pop_frame`` hands out exactly ``frame_ms`` of audio (a whole number of LiveKit's 10 ms frames) or
+  nothing. It returns nothing (an empty array: "not yet") while idle and until ``start_ms`` of audio is
+  buffered (20 ms default; the engine's first chunk is normally larger, so this costs no latency, and it
+  keeps a tiny first chunk from playing as a stutter). ``mark_end_of_stream`` starts playback of a shorter tail at once.
 - While playing, a pop that finds the buffer short pads the frame with silence and the stream is
   ``STARVED``: the pacer keeps getting silence frames, so the sink never sees a hole. What the silence was
   is decided afterwards, because at the moment the buffer runs dry a late engine and a finished reply look

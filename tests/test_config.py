@@ -47,9 +47,11 @@ def test_repr_shows_no_secret(config: object) -> None:
 def test_the_queue_must_hold_the_pacer_s_lead() -> None:
     room = RoomLinkConfig("wss://lk.example", "t", queue_ms=30)
     engine = EngineSettings(url="wss://e.example")
-    SessionConfig(room=room, engine=engine, downlink=DownlinkConfig(lead_frames=3))  # 3 × 10 ms fits in 30 ms
+    SessionConfig(room=room, engine=engine, downlink=DownlinkConfig(frame_ms=10, lead_frames=3))  # 30 ms fits
     with pytest.raises(ConfigError, match="must hold the pacer's lead"):
-        SessionConfig(room=room, engine=engine, downlink=DownlinkConfig(lead_frames=4))
+        SessionConfig(room=room, engine=engine, downlink=DownlinkConfig(frame_ms=10, lead_frames=4))
+    with pytest.raises(ConfigError, match="must hold the pacer's lead"):
+        SessionConfig(room=room, engine=engine, downlink=DownlinkConfig(frame_ms=20, lead_frames=2))
 
 
 @pytest.mark.parametrize("settings", [{}, {"api_key": "k"}, {"agent_id": "a"}, {"url": ""}])

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from core.clock import MonotonicClock
-from core.downlink import Downlink
+from core.downlink import Downlink, DownlinkConfig
 from core.formats import parse_format
 from core.signals import tone
 from core.timing import StageTimer
@@ -65,8 +65,11 @@ async def test_the_first_frame_is_captured_in_the_callback_and_the_player_carrie
     assert any(isinstance(a, WakePlayout) for a in actions)
     looks = state.looks
     player.play_now()
-    # Before this callback returned, the capture of the pacer's lead (30 ms at 48 kHz) was requested.
-    assert source.issued == [1440]
+    # Before this callback returned, the capture of the pacer's lead (2 × 20 ms at 48 kHz) was requested.
+    config = DownlinkConfig()
+    frame = 48 * config.frame_ms
+    lead = config.lead_frames * frame
+    assert source.issued == [lead]
     assert state.looks == looks  # the agent state hears of it when the player next looks
     player.play_now()  # more audio while that capture is in flight: only a wake, never a second capture
     def played() -> bool:  # the whole reply requested, and every capture's confirmation awaited and timed
@@ -78,10 +81,10 @@ async def test_the_first_frame_is_captured_in_the_callback_and_the_player_carrie
             await asyncio.sleep(0.01)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    # The reply played on after the lead in whole 10 ms frames (two at once when the player woke late, never
-    # more than the lead), every sample once, never two captures at once.
+    # The reply played on after the lead in whole frames (two at once when the player woke late, never more
+    # than the lead), every sample once, never two captures at once.
     assert sum(source.issued) == reply.size * 2
-    assert all(n % 480 == 0 and n <= 1440 for n in source.issued[1:]), source.issued
+    assert all(n % frame == 0 and n <= lead for n in source.issued[1:]), source.issued
     assert source.most_in_flight == 1 and state.looks > looks + 10
     assert timer.summary()["downlink.capture"].count == len(source.issued)
 

@@ -156,17 +156,20 @@ def drain(down: Downlink, start_ns: int, until_ns: int, step_ns: int = 10 * MS) 
     return out
 
 
-def test_a_burst_is_played_at_real_time_with_a_bounded_lead() -> None:
-    down = Downlink(parse_format("pcm_24000"), DownlinkConfig(lead_frames=3))
+@pytest.mark.parametrize(("frame_ms", "lead"), [(10, 3), (20, 2), (40, 1)])
+def test_a_burst_is_played_at_real_time_with_a_bounded_lead(frame_ms: int, lead: int) -> None:
+    down = Downlink(parse_format("pcm_24000"), DownlinkConfig(frame_ms=frame_ms, lead_frames=lead))
     down.push(burst("pcm_24000", 2.0), 0)  # two seconds arrive at once
     sent = drain(down, 0, 3_000 * MS)
     total = sum(s.size for _, s in sent)
     assert abs(total - 2 * RATE) < 0.05 * RATE  # all of it, once (tail flushed at the end)
-    # Never more than the lead ahead of real time.
+    # Whole frames, never more than the lead ahead of real time.
+    frame = RATE * frame_ms // 1000
     played = 0
     for now, samples in sent:
+        assert samples.size % frame == 0
         played += samples.size
-        assert played <= (now // (10 * MS) + 3) * 480 + 480
+        assert played <= (now // (frame_ms * MS) + lead) * frame + frame
     assert down.playout.underruns == 0
 
 

@@ -5,7 +5,7 @@ A :class:`SessionConfig` nests the options of the parts it wires instead of copy
     SessionConfig(
         room=RoomLinkConfig(url, token, identity="agent"),        # the LiveKit side (transport.livekit_room)
         engine=EngineSettings(api_key=key, agent_id=engine_id),   # the Speech Engine side
-        downlink=DownlinkConfig(lead_frames=3),                   # the agent voice's buffer and pacing (core)
+        downlink=DownlinkConfig(frame_ms=20, lead_frames=2),      # the agent voice's buffer and pacing (core)
         start_when="first_caller", linger_s=10.0)                 # the session's own choices
 
 Every impossible combination is a :class:`~core.errors.ConfigError` raised by the constructor, not a failure

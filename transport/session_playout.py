@@ -1,8 +1,8 @@
 """The player task of a :class:`~transport.session.BridgeSession`: the only code that awaits the AudioSource.
 
 It sleeps until the pacer's next deadline or until it is woken (audio arrived, an interruption cleared the
-voice, a duck began), hands ``Downlink.due(now_ns)`` the time, and writes 10 ms frames to the room. It never
-holds more than the pacer's lead in the native queue.
+voice, a duck began), hands ``Downlink.due(now_ns)`` the time, and writes frames (``DownlinkConfig.frame_ms``)
+to the room. It never holds more than the pacer's lead in the native queue.
 
 The first frames of a reply do not wait for the player to wake: when audio arrives while it is idle,
 :meth:`Player.play_now` takes what is due in the socket reader's callback and starts the capture there
@@ -79,7 +79,7 @@ class Player:
         return samples, t0
 
     async def run(self) -> None:
-        """The only writer of the agent's voice: pacer deadlines in, 10 ms frames out."""
+        """The only writer of the agent's voice: pacer deadlines in, paced frames out."""
         try:
             await self._run()
         finally:
