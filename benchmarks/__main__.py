@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "raise it on a machine other jobs saturate, and say so")
     parser.add_argument("--no-floor", action="store_true", help="scaling: skip the null-bridge floor")
     parser.add_argument("--no-naive", action="store_true", help="scaling: skip the naive-bridge reference")
+    parser.add_argument("--no-conversation-floor", action="store_true",
+                        help="scaling: skip the floor with an engine conversation")
     parser.add_argument("--processes", type=int,
                         help="scaling: bridge processes per step, the rooms dealt over them (default 1)")
     parser.add_argument("--what-if", action="append", default=[], metavar="NAME",
@@ -100,6 +102,8 @@ def configs(opts: argparse.Namespace) -> tuple[interrupt.InterruptConfig, latenc
         s_cfg = replace(s_cfg, floor=False)
     if opts.no_naive:
         s_cfg = replace(s_cfg, naive=False)
+    if opts.no_conversation_floor:
+        s_cfg = replace(s_cfg, conversation_floor=False)
     if opts.processes is not None:
         s_cfg = replace(s_cfg, processes=opts.processes)
     return i_cfg, l_cfg, s_cfg

@@ -14,7 +14,7 @@
 - ``stop``.
 
 ``BRIDGE_HOST_PROFILE=DIR`` profiles the loop thread over each measurement window (cProfile on that thread's
-CPU clock; one ``window-<n>.prof`` per window, for ``python -m pstats``). The profiler's own cost inflates
+CPU clock; one ``<host>-<pid>-window-<n>.prof`` per window, for ``python -m pstats``). The profiler's own cost inflates
 small, frequent calls: read shares, not absolute times.
 
 ``--what-if NAME`` measures a change to the bridge before it is made (see :func:`apply_what_if`).
@@ -43,6 +43,7 @@ from benchmarks.procs import serve_json_lines
 from transport.config import RoomLinkConfig
 from transport.livekit_token import mint_token
 from transport.loop_lag import LoopLagProbe
+from transport.sdk_events import router
 from transport.session import BridgeSession, EngineSettings, SessionConfig
 
 log = logging.getLogger("benchmarks.bridge_host")
@@ -85,24 +86,36 @@ def main_thread_sched() -> tuple[int, int]:
 
 
 class FfiCounter:
-    """Counts ``FfiQueue.put`` calls and the subscriptions each one scans (a wrapper, ~0.3 µs a call)."""
+    """Counts ``FfiQueue.put`` calls and the subscriptions each one scans (a wrapper, ~0.3 µs a call); once
+    the sessions install :mod:`transport.sdk_events`' router (which replaces ``put``), the router's own counts:
+    events, and the subscriptions it offered each one to (filters asked, queues fed)."""
 
     def __init__(self) -> None:
-        self.events = 0
-        self.scanned = 0
+        self._events = 0
+        self._scanned = 0
         from livekit.rtc._ffi_client import FfiClient
         queue = FfiClient.instance.queue
         original = queue.put
 
         def put(item: Any) -> None:
-            self.events += 1
-            self.scanned += len(queue._subscribers)
+            self._events += 1
+            self._scanned += len(queue._subscribers)
             original(item)
 
         queue.put = put  # type: ignore[method-assign]
 
+    @property
+    def events(self) -> int:
+        routed = router()
+        return self._events + (routed.events if routed is not None else 0)
 
-WHAT_IF = ("frame10", "frame40", "switch-1ms", "sdk-filter", "caller-48k")
+    @property
+    def scanned(self) -> int:
+        routed = router()
+        return self._scanned + (routed.offered if routed is not None else 0)
+
+
+WHAT_IF = ("frame10", "frame40", "switch-1ms", "sdk-filter", "sdk-queue", "caller-48k", "no-duck")
 
 
 def apply_what_if(names: list[str]) -> dict[str, Any]:
@@ -118,6 +131,10 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
       socket operation and may then wait up to the switch interval (5 ms) to get it back.
     - ``sdk-filter``: every room keeps the SDK's own event filter (``transport.sdk_events`` not applied), the
       before of that change: each room's listener woken for every event of the process.
+    - ``sdk-queue``: the SDK's own event queue (``transport.sdk_events.install_router`` not applied), the
+      before of routing events by handle: every stream's and capture's filter asked about every event.
+    - ``no-duck``: no local ducking (``SessionConfig(duck_db=0)``): what the onset detectors, the voice
+      reference and the duck envelope cost.
     - ``caller-48k``: callers read at 48 kHz and resampled by the bridge's FIR (``SessionConfig(caller_rate=48000)``),
       the before of reading them at the engine's rate.
     """
@@ -127,8 +144,13 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
     if "sdk-filter" in names:
         import transport.livekit_room
         transport.livekit_room.narrow_room_events = lambda _room: False  # type: ignore[assignment]
+    if "sdk-queue" in names:
+        import transport.livekit_room
+        transport.livekit_room.install_router = lambda: False  # type: ignore[assignment]
     if "caller-48k" in names:
         session_kwargs["caller_rate"] = 48_000
+    if "no-duck" in names:
+        session_kwargs["duck_db"] = 0.0
     if "frame10" in names:
         from core.downlink import DownlinkConfig
         session_kwargs["downlink"] = DownlinkConfig(frame_ms=10, lead_frames=3)
@@ -220,7 +242,8 @@ class Host:
             self._profiler.disable()
             self._windows += 1
             Path(self._profile_dir).mkdir(parents=True, exist_ok=True)
-            self._profiler.dump_stats(str(Path(self._profile_dir) / f"window-{self._windows}.prof"))
+            name = f"{Path(sys.argv[0]).stem}-{os.getpid()}-window-{self._windows}.prof"
+            self._profiler.dump_stats(str(Path(self._profile_dir) / name))
             self._profiler = None
         mark = self._mark
         now = time.monotonic_ns()

@@ -10,25 +10,36 @@ through an ``AudioSource`` (``queue_size_ms`` 50, as ours), paced on an
 anchored schedule: one ``--capture-ms`` frame per period, ``lead`` frames ahead. No engine, no resampling,
 no mixing, no playout buffer, no pacer state machine: what is left is the SDK and WebRTC, which is the cost
 our bridge cannot go below in one process.
+
+``--conversation`` adds what any bridge must do for the engine and nothing more: each room holds a
+conversation with the engine (a signed URL per room, no per-message compression: as ours), sends every caller frame as a
+``user_audio_chunk`` the moment it is read, reads every message (``json.loads``; each ``audio`` chunk
+base64-decoded into samples, then dropped) and answers pings. The voice stays the paced tone. That is the
+floor of a bridge that talks to the Speech Engine: ours minus it is our own logic.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import faulthandler
+import json
 import logging
 import signal
 import sys
 from typing import Any
 
+import numpy as np
+import websockets
 from livekit import rtc
 
 from benchmarks.bridge_host import AGENT, Host, serve_host
 from benchmarks.common import run_loop
 from scripts.caller import tone
 from transport.livekit_token import mint_token
+from transport.signed_url import fetch_signed_url
 
 log = logging.getLogger("benchmarks.null_host")
 RATE = 48_000
@@ -43,6 +54,9 @@ class NullRoom:
         self.frames_in = 0
         self.frames_out = 0
         self.late = 0
+        self.ws: Any = None  # the engine conversation, with --conversation
+        self.chunks_sent = 0
+        self.audio_events = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.room.on("track_subscribed", self._on_track)
         frame = RATE * capture_ms // 1000
@@ -61,17 +75,38 @@ class NullRoom:
 
     async def _read(self, stream: rtc.AudioStream) -> None:
         try:
-            async for _event in stream:
+            async for event in stream:
                 self.frames_in += 1
+                if self.ws is not None:
+                    chunk = base64.b64encode(bytes(event.frame.data)).decode()
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await self.ws.send(json.dumps({"user_audio_chunk": chunk}))
+                        self.chunks_sent += 1
         finally:
             await stream.aclose()
 
-    async def start(self, url: str, token: str) -> None:
+    async def start(self, url: str, token: str, engine_url: str | None = None) -> None:
         await self.room.connect(url, token)
         track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self.source)
         await self.room.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+        if engine_url is not None:
+            self.ws = await websockets.connect(engine_url, compression=None)  # as ours: no deflate per message
+            await self.ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
+            self._spawn(self._listen())
         self._spawn(self._speak())
+
+    async def _listen(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in self.ws:
+                data = json.loads(message)
+                kind = data.get("type")
+                if kind == "audio":
+                    np.frombuffer(base64.b64decode(data["audio_event"]["audio_base_64"]), dtype=np.int16)
+                    self.audio_events += 1
+                elif kind == "ping":
+                    event_id = data.get("ping_event", {}).get("event_id")
+                    await self.ws.send(json.dumps({"type": "pong", "event_id": event_id}))
 
     async def _speak(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,15 +129,19 @@ class NullRoom:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.ws is not None:
+            with contextlib.suppress(Exception):
+                await self.ws.close()
         with contextlib.suppress(Exception):
             await self.room.disconnect()
         await self.source.aclose()
 
 
 class NullHost(Host):
-    def __init__(self, capture_ms: int, caller_rate: int, caller_frame_ms: int) -> None:
+    def __init__(self, capture_ms: int, caller_rate: int, caller_frame_ms: int, conversation: bool = False) -> None:
         super().__init__()
         self.capture_ms = capture_ms
+        self.conversation = conversation
         self.caller_rate, self.caller_frame_ms = caller_rate, caller_frame_ms
         self.rooms: list[NullRoom] = []
 
@@ -116,7 +155,12 @@ class NullHost(Host):
             async with gate:
                 try:
                     async with asyncio.timeout(60):
-                        await room.start(cmd["livekit_url"], token)
+                        engine_url = None
+                        if self.conversation:
+                            engine = cmd["engine"]
+                            engine_url = await fetch_signed_url(engine["api_key"], engine["agent_id"],
+                                                                base_url=engine["api_base"])
+                        await room.start(cmd["livekit_url"], token, engine_url)
                 except Exception as exc:
                     self.failed[name] = f"{type(exc).__name__}: {exc}"
                     await room.stop()
@@ -135,6 +179,8 @@ class NullHost(Host):
             c["frames_out"] += room.frames_out
             c["frames_in"] += room.frames_in
             c["reanchors"] += room.late
+            c["chunks_sent"] += room.chunks_sent
+            c["audio_events"] += room.audio_events
         return c
 
     def measure_stop(self) -> dict[str, Any]:
@@ -149,8 +195,8 @@ class NullHost(Host):
         return {}
 
 
-async def serve(capture_ms: int, caller_rate: int, caller_frame_ms: int) -> None:
-    await serve_host(NullHost(capture_ms, caller_rate, caller_frame_ms))
+async def serve(capture_ms: int, caller_rate: int, caller_frame_ms: int, conversation: bool) -> None:
+    await serve_host(NullHost(capture_ms, caller_rate, caller_frame_ms, conversation))
 
 
 def main() -> None:
@@ -158,10 +204,12 @@ def main() -> None:
     parser.add_argument("--capture-ms", type=int, choices=(10, 20, 40), default=10)
     parser.add_argument("--caller-rate", type=int, default=16_000, help="the callers' AudioStream rate, Hz")
     parser.add_argument("--caller-frame-ms", type=int, default=10, help="the callers' AudioStream frame length")
+    parser.add_argument("--conversation", action="store_true",
+                        help="also hold an engine conversation per room (send every caller frame, read everything)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="null_host %(levelname)s %(message)s")
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    run_loop(serve(args.capture_ms, args.caller_rate, args.caller_frame_ms))
+    run_loop(serve(args.capture_ms, args.caller_rate, args.caller_frame_ms, args.conversation))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ __all__ = ["plot_all"]
 
 OURS, BASE = "#1f77b4", "#d62728"
 NAIVE = "#2ca02c"  # the naive bridge, where it is a third line beside ours and the null floor
+CONV = "#ff7f0e"  # the null floor with an engine conversation
 
 
 def pyplot() -> Any:
@@ -174,10 +175,14 @@ def plot_floor(scaling: dict[str, Any], path: Path, machine: str) -> None:
     floor = [s["floor"] for s in steps]
     naive = [s.get("naive") or {} for s in steps]
     has_naive = any(naive)
+    conv = [s.get("conversation_floor") or {} for s in steps]
+    has_conv = any(conv)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     ax = axes[0][0]
     ax.plot(n, [s.get("cpu_cores") for s in steps], "o-", color=OURS, label="ours (bridge process)")
     ax.plot(n, [f.get("cpu_cores") for f in floor], "s--", color=BASE, label="null bridge (SDK + WebRTC only)")
+    if has_conv:
+        ax.plot(n, [f.get("cpu_cores") for f in conv], "P--", color=CONV, label="null bridge + engine conversation")
     if has_naive:
         ax.plot(n, [f.get("cpu_cores") for f in naive], "v-.", color=NAIVE, label="naive bridge (same conversation)")
     ax.plot(n, [s.get("machine_busy", 0) * s.get("machine_cores", 1) for s in steps], "^:", color="gray",
@@ -189,10 +194,14 @@ def plot_floor(scaling: dict[str, Any], path: Path, machine: str) -> None:
     ax = axes[0][1]
     ax.plot(n, [s.get("cpu_ms_per_session_second") for s in steps], "o-", color=OURS, label="ours")
     ax.plot(n, [f.get("cpu_ms_per_session_second") for f in floor], "s--", color=BASE, label="null bridge")
+    if has_conv:
+        ax.plot(n, [f.get("cpu_ms_per_session_second") for f in conv], "P--", color=CONV, label="null + conversation")
     if has_naive:
         ax.plot(n, [f.get("cpu_ms_per_session_second") for f in naive], "v-.", color=NAIVE, label="naive bridge")
     ax2 = ax.twinx()
     ax2.plot(n, [f.get("cpu_ratio") for f in floor], "d:", color="#9467bd", label="ours / null (CPU)")
+    if has_conv:
+        ax2.plot(n, [f.get("cpu_ratio") for f in conv], "x:", color=CONV, label="ours / null + conversation")
     ax2.axhline(1.15, color="#9467bd", linewidth=0.8, linestyle=":")
     ax2.set_ylabel("ratio")
     ax.set_ylabel("ms CPU per session-second")

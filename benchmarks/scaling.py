@@ -20,12 +20,16 @@ event-loop lag, interruption-to-silence at the bridge output (the emulator's sen
 ``interruption`` → the session's flush, joined on conversation id and event id), and, to show where the
 machine is the limit, the CPU of the other processes and of the whole machine over the same window.
 
-Two references at each N, right after ours, each with fresh callers and the same probes:
-:mod:`benchmarks.null_host`, the *floor* (join, read every caller frame at the rate and frame length ours
-reads, publish a paced tone; no engine, none of our logic), in ``step["floor"]``; and
-:mod:`benchmarks.naive_host`, the *naive bridge* (the same conversation with the emulator, each frame sent
-and each chunk played the simplest way), in ``step["naive"]``; each with the ratios ours ÷ it. The floor
-is what no bridge goes below; the naive bridge is what the conversation itself costs, done simply.
+Three references at each N, right after ours, each with fresh callers and the same probes, each with the
+ratios ours ÷ it:
+
+- ``step["floor"]``, :mod:`benchmarks.null_host`: join, read every caller frame at the rate and frame
+  length ours reads, publish a paced tone; no engine, none of our logic. What no agent goes below.
+- ``step["conversation_floor"]``, ``null_host --conversation``: the same, plus an engine conversation per
+  room (every caller frame sent as a ``user_audio_chunk``, every message read and its audio decoded). What
+  no *bridge* goes below; ours minus it is our own logic, it minus the floor is the conversation's cost.
+- ``step["naive"]``, :mod:`benchmarks.naive_host`: the naive bridge (each caller frame sent, each engine
+  chunk captured whole as it arrives): cheaper in captures, a second late on barge-in.
 Both run with ours' voice frame (``DownlinkConfig().frame_ms``, 20 ms). Then, at ``frame_study_n``, ours
 with 10/40 ms voice frames (what-ifs ``frame10``/``frame40``) and the floor with the same capture lengths
 (``frame_study``).
@@ -80,6 +84,8 @@ class ScalingConfig:
     floor: bool = True
     floor_caller_rate: int = 16_000
     floor_caller_frame_ms: int = 10
+    # The floor again with an engine conversation per room (null_host --conversation).
+    conversation_floor: bool = True
     # The naive bridge (benchmarks.naive_host) at every N too: the engine conversation done simply.
     naive: bool = True
     # At this N, ours and the floor again with other voice capture frames (ours: what-if frame10 / frame40).
@@ -112,8 +118,8 @@ def _machine_busy() -> tuple[float, float]:
 async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Progress,
                 log_dir: Path | None, *, kind: str = "ours", capture_ms: int = VOICE_FRAME_MS,
                 what_if: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """One N: ``kind`` "ours" (benchmarks.bridge_host), "null" (benchmarks.null_host, the floor) or "naive"
-    (benchmarks.naive_host)."""
+    """One N: ``kind`` "ours" (benchmarks.bridge_host), "null" (benchmarks.null_host, the floor),
+    "conversation" (null_host --conversation) or "naive" (benchmarks.naive_host)."""
     tag = uuid.uuid4().hex[:6]
     t_setup = time.monotonic()
     what_if = cfg.what_if if what_if is None else what_if
@@ -122,10 +128,11 @@ async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Pro
     emu = JsonLinesProcess("benchmarks.emulator_host", "--seed", str(cfg.seed + n),
                            log_path=log_dir / "emulator_host.log" if log_dir else None)
     processes = max(1, min(cfg.processes, n))
-    if kind == "null":
+    if kind in ("null", "conversation"):
         bridges = [JsonLinesProcess("benchmarks.null_host", "--capture-ms", str(capture_ms),
                                     "--caller-rate", str(cfg.floor_caller_rate),
                                     "--caller-frame-ms", str(cfg.floor_caller_frame_ms),
+                                    *(("--conversation",) if kind == "conversation" else ()),
                                     log_path=log_dir / "null_host.log" if log_dir else None)
                    for _ in range(processes)]
     elif kind == "naive":
@@ -144,7 +151,8 @@ async def _step(server: LiveKitServer, n: int, cfg: ScalingConfig, progress: Pro
         bridge_ready = [await b.next_event(60) for b in bridges]
         result["rss_idle_mb"] = sum(r["rss_idle_mb"] for r in bridge_ready)
         rooms = [f"scale-{tag}-{i}" for i in range(n)]
-        what = {"null": "null-bridge rooms", "naive": "naive bridges"}.get(kind, "bridge sessions")
+        what = {"null": "null-bridge rooms", "conversation": "null-bridge rooms with a conversation",
+                "naive": "naive bridges"}.get(kind, "bridge sessions")
         progress(f"N={n}: starting {n} {what}"
                  f" ({'+'.join(what_if) if what_if else capture_ms} ms capture)"
                  + (f" in {processes} processes" if processes > 1 else ""))
@@ -347,6 +355,12 @@ async def run(server: LiveKitServer, cfg: ScalingConfig, progress: Progress, *,
             null = await _step(server, n, cfg, progress, log_dir, kind="null")
             step["floor"] = _versus(step, null)
             progress(f"N={n} null floor: {_brief(null)}; ours/floor CPU {step['floor']['cpu_ratio'] or 0:.2f}x")
+            await asyncio.sleep(2.0)
+        if cfg.conversation_floor:
+            conv = await _step(server, n, cfg, progress, log_dir, kind="conversation")
+            step["conversation_floor"] = _versus(step, conv)
+            progress(f"N={n} floor with a conversation: {_brief(conv)}; ours/it CPU "
+                     f"{step['conversation_floor']['cpu_ratio'] or 0:.2f}x")
             await asyncio.sleep(2.0)
         if cfg.naive:
             naive = await _step(server, n, cfg, progress, log_dir, kind="naive")

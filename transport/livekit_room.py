@@ -45,7 +45,7 @@ from core.clock import Clock, MonotonicClock
 from core.errors import ConfigError, LiveKitError
 from core.formats import ROOM_RATE
 from core.redact import Redactor, redact_url
-from transport.sdk_events import narrow_room_events
+from transport.sdk_events import install_router, narrow_room_events
 
 __all__ = ["RoomLink", "RoomLinkConfig", "RoomState", "RoomStats"]
 
@@ -201,6 +201,7 @@ class RoomLink:
     async def connect(self) -> None:
         url = self.config.url
         self._on_state(RoomState.CONNECTING)
+        install_router()  # the process's SDK events routed by handle (sdk_events), once
         try:
             async with asyncio.timeout(self.config.connect_timeout_s):
                 await self._room.connect(url, self.config.token, rtc.RoomOptions(auto_subscribe=True))
