@@ -35,6 +35,7 @@ import numpy.typing as npt
 import soxr
 
 from core.clock import MS
+from core.ducker import Ducker
 from core.formats import AudioFormat, caller_rate_for, parse_format
 from core.mixer import Mixer
 from core.pacer import Pacer
@@ -280,6 +281,44 @@ def uplink_class_cpu(seconds: int, repeats: int) -> dict[str, dict[str, float]]:
     return out
 
 
+class DuckerClass:
+    """The session's ``core.ducker.Ducker`` while the agent speaks: one caller's 10 ms frames at ``caller_rate``
+    (quiet noise at -60 dBFS, as the scaling benchmark's callers, or speech talking over the agent) and the
+    voice's 20 ms frames at 48 kHz, as the session hands them over."""
+
+    def __init__(self, caller_rate: int, seconds: int, *, talking: bool) -> None:
+        self.ducker = Ducker()
+        self.ducker.set_caller_rate(caller_rate)
+        if talking:
+            caller = speechlike(caller_rate, seconds, seed=5)
+        else:
+            noise = np.random.default_rng(5).standard_normal(caller_rate * seconds) * 32768 * 10 ** (-60 / 20)
+            caller = noise.astype(np.int16)
+        self.caller = caller.reshape(-1, caller_rate // 100)
+        self.voice = speechlike(48_000, seconds, seed=6).reshape(-1, 960)
+
+    def run(self, stages: dict[str, int] | None = None) -> None:
+        ducker, voice = self.ducker, self.voice
+        for i, frame in enumerate(self.caller):
+            now = i * 10 * MS
+            ducker.caller_frame("a", frame, now)
+            if i % 2 == 0:
+                ducker.voice_frame(voice[i // 2], now)
+                ducker.rewind(now)
+
+
+def ducker_cpu(seconds: int, repeats: int) -> dict[str, float]:
+    """CPU ms per second of audio of the ducker (callers at 8/16/24 kHz; quiet, and talking over the agent)."""
+    out: dict[str, float] = {}
+    for rate in (8000, 16000, 24000):
+        for talking in (False, True):
+            def make(rate: int = rate, talking: bool = talking) -> DuckerClass:
+                return DuckerClass(rate, seconds, talking=talking)
+            cpu, _ = best_of(make, seconds, repeats)
+            out[f"{rate // 1000}k_{'talking' if talking else 'quiet'}"] = round(cpu, 3)
+    return out
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
@@ -379,6 +418,13 @@ def main() -> None:
           "20 ms chunks; read at 48 kHz, 10 ms chunks")
     for name, row in whole.items():
         print(f"  {name:10} {row['chunk_10ms']:6.3f} / {row['chunk_20ms']:6.3f}; {row['chunk_10ms_read_48k']:6.3f}")
+
+    ducking = ducker_cpu(seconds, repeats)
+    results["ducker_cpu_ms_per_s"] = ducking
+    print("\ncore.ducker.Ducker while the agent speaks (20 ms voice frames), 1 caller in 10 ms frames, CPU ms per "
+          "second of audio: caller quiet (-60 dBFS) / talking over the agent")
+    for rate in (8, 16, 24):
+        print(f"  {rate:2} kHz     {ducking[f'{rate}k_quiet']:6.3f} / {ducking[f'{rate}k_talking']:6.3f}")
 
     hold = uplink_hold(seconds)
     results["uplink_hold_ms"] = hold

@@ -9,8 +9,8 @@ The shell's side of it, in full (all calls synchronous, none awaits)::
     engine interruption:    ducker.interruption(now)       # after the flush and the queue clear
     caller left:            ducker.caller_left(identity)
 
-Why re-send the queue. The pacer keeps up to ``lead`` frames (30 ms) in the AudioSource at unity gain; a duck
-applied only to frames leaving the pacer would be heard that much later. The frames are still in hand here
+Why re-send the queue. The pacer keeps up to ``lead`` frames (40 ms by default) in the AudioSource at unity
+gain; a duck applied only to frames leaving the pacer would be heard that much later. The frames are still in hand here
 (``history_ms``, 100 ms, more than the AudioSource queue can hold): :meth:`rewind` returns what the queue is
 believed to hold (what was sent and has not yet played, on the same model the pacer uses: the source plays
 at real time from the first sample it gets; or the source's own ``queued_ns`` when the shell passes it) with

@@ -26,7 +26,7 @@ The same machine ties the agent's text to what was heard (:class:`Caption`) and 
   fraction of the reply's **received** audio that was **played** (48 kHz samples handed to the AudioSource),
   mapped to the same fraction of the received text and moved back to a word boundary. It is an estimate: it
   assumes the words are spread evenly over the audio, the text received so far matches the audio received so
-  far (the engine sends each phrase's text with its audio), and it counts the AudioSource's lead (30 ms,
+  far (the engine sends each phrase's text with its audio), and it counts the AudioSource's lead (40 ms,
   cleared by the interruption) as played. The engine's own ``agent_response_correction`` is not used: it says
   what the engine *sent*, not what the room heard.
 - **Turn figures.** ``reply_ms``: from the caller's last voiced frame before the end of the turn (a 10 ms frame
