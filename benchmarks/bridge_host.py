@@ -35,8 +35,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from benchmarks.common import run_loop
 from benchmarks.procs import serve_json_lines
@@ -160,6 +161,23 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
     return session_kwargs
 
 
+COUNTERS = ("underruns", "underrun_samples", "reanchors", "lag_frames", "lag_ms", "frames_out", "chunks_sent",
+            "chunks_dropped", "audio_events", "interruptions", "refused_samples")
+
+
+def zero_counters(*extra: str) -> dict[str, int]:
+    """Every host's counters (and ``extra`` ones of its own) at zero, for ``_counters`` to add to."""
+    return dict.fromkeys((*COUNTERS, *extra), 0)
+
+
+class _Agent(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> Any: ...
+
+
+A = TypeVar("A", bound=_Agent)
+
+
 class Host:
     def __init__(self, session_kwargs: dict[str, Any] | None = None) -> None:
         self.session_kwargs = session_kwargs or {}
@@ -178,36 +196,49 @@ class Host:
     async def start(self, cmd: dict[str, Any]) -> dict[str, Any]:
         engine = EngineSettings(api_key=cmd["engine"]["api_key"], agent_id=cmd["engine"]["agent_id"],
                                 api_base=cmd["engine"]["api_base"])
+
+        async def make(_room: str, token: str) -> BridgeSession:
+            return BridgeSession(SessionConfig(room=RoomLinkConfig(cmd["livekit_url"], token, identity=AGENT),
+                                               engine=engine, start_when="immediately", end_when_empty=False,
+                                               **self.session_kwargs))
+
+        self.sessions = await self.start_rooms(cmd, make)
+        return {"started": len(self.sessions), "failed": self.failed, "rss_idle_mb": self.rss_idle,
+                "rss_mb": rss_mb()}
+
+    async def start_rooms(self, cmd: dict[str, Any], make: Callable[[str, str], Awaitable[A]]) -> list[A]:
+        """One agent per room of ``cmd``: ``make(room, token)`` builds it, then it is started (at most
+        ``cmd["concurrency"]`` at once, 60 s each); one that fails is stopped and its error kept in ``failed``.
+        Then the loop-lag probe starts. Returns the agents that started."""
         gate = asyncio.Semaphore(int(cmd.get("concurrency", 8)))
+        started: list[A] = []
 
         async def one(room: str) -> None:
             token = mint_token(cmd["api_key"], cmd["api_secret"], room=room, identity=AGENT, agent=True)
-            session = BridgeSession(SessionConfig(room=RoomLinkConfig(cmd["livekit_url"], token, identity=AGENT),
-                                                  engine=engine, start_when="immediately", end_when_empty=False,
-                                                  **self.session_kwargs))
+            agent: A | None = None
             async with gate:
                 try:
                     async with asyncio.timeout(60):
-                        await session.start()
+                        agent = await make(room, token)
+                        await agent.start()
                 except Exception as exc:
                     self.failed[room] = f"{type(exc).__name__}: {exc}"
-                    with contextlib.suppress(Exception):
-                        await session.stop()
+                    if agent is not None:
+                        with contextlib.suppress(Exception):
+                            await agent.stop()
                     return
-            self.sessions.append(session)
+            started.append(agent)
 
         await asyncio.gather(*(one(room) for room in cmd["rooms"]))
         self._probe.start()
-        return {"started": len(self.sessions), "failed": self.failed, "rss_idle_mb": self.rss_idle,
-                "rss_mb": rss_mb()}
+        return started
 
     def _on_lag(self, lag_s: float) -> None:
         if self.measuring:
             self.lags.append(lag_s * 1000)
 
     def _counters(self) -> dict[str, int]:
-        c = {"underruns": 0, "underrun_samples": 0, "reanchors": 0, "lag_frames": 0, "lag_ms": 0, "frames_out": 0,
-             "chunks_sent": 0, "chunks_dropped": 0, "audio_events": 0, "interruptions": 0, "refused_samples": 0}
+        c = zero_counters()
         for s in self.sessions:
             stats = s.stats(stages=False)
             down = stats.downlink

@@ -18,10 +18,9 @@ import signal
 import sys
 from typing import Any
 
-from benchmarks.bridge_host import AGENT, Host, serve_host
+from benchmarks.bridge_host import Host, serve_host, zero_counters
 from benchmarks.common import run_loop
 from benchmarks.naive import NaiveBridge
-from transport.livekit_token import mint_token
 from transport.signed_url import fetch_signed_url
 
 log = logging.getLogger("benchmarks.naive_host")
@@ -33,30 +32,17 @@ class NaiveHost(Host):
         self.bridges: list[NaiveBridge] = []
 
     async def start(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        gate = asyncio.Semaphore(int(cmd.get("concurrency", 8)))
         engine = cmd["engine"]
 
-        async def one(name: str) -> None:
-            token = mint_token(cmd["api_key"], cmd["api_secret"], room=name, identity=AGENT, agent=True)
-            async with gate:
-                url = await fetch_signed_url(engine["api_key"], engine["agent_id"], base_url=engine["api_base"])
-                bridge = NaiveBridge(cmd["livekit_url"], token, url)
-                try:
-                    async with asyncio.timeout(60):
-                        await bridge.start()
-                except Exception as exc:
-                    self.failed[name] = f"{type(exc).__name__}: {exc}"
-                    await bridge.stop()
-                    return
-            self.bridges.append(bridge)
+        async def make(_room: str, token: str) -> NaiveBridge:
+            url = await fetch_signed_url(engine["api_key"], engine["agent_id"], base_url=engine["api_base"])
+            return NaiveBridge(cmd["livekit_url"], token, url)
 
-        await asyncio.gather(*(one(name) for name in cmd["rooms"]))
-        self._probe.start()
+        self.bridges = await self.start_rooms(cmd, make)
         return {"started": len(self.bridges), "failed": self.failed, "rss_idle_mb": self.rss_idle}
 
     def _counters(self) -> dict[str, int]:
-        c = dict.fromkeys(("underruns", "underrun_samples", "reanchors", "lag_frames", "lag_ms", "frames_out",
-                           "chunks_sent", "chunks_dropped", "audio_events", "interruptions", "refused_samples"), 0)
+        c = zero_counters()
         for bridge in getattr(self, "bridges", ()):
             c["frames_out"] += len(bridge.captures)
             c["chunks_sent"] += bridge.chunks_sent

@@ -35,10 +35,9 @@ import numpy as np
 import websockets
 from livekit import rtc
 
-from benchmarks.bridge_host import AGENT, Host, serve_host
+from benchmarks.bridge_host import Host, serve_host, zero_counters
 from benchmarks.common import run_loop
 from scripts.caller import tone
-from transport.livekit_token import mint_token
 from transport.signed_url import fetch_signed_url
 
 log = logging.getLogger("benchmarks.null_host")
@@ -46,7 +45,9 @@ RATE = 48_000
 
 
 class NullRoom:
-    def __init__(self, capture_ms: int, lead_ms: int, caller_rate: int, caller_frame_ms: int) -> None:
+    def __init__(self, url: str, token: str, engine_url: str | None, *, capture_ms: int, lead_ms: int,
+                 caller_rate: int, caller_frame_ms: int) -> None:
+        self.url, self.token, self.engine_url = url, token, engine_url
         self.capture_ms, self.lead_ms = capture_ms, lead_ms
         self.caller_rate, self.caller_frame_ms = caller_rate, caller_frame_ms
         self.room = rtc.Room()
@@ -85,13 +86,13 @@ class NullRoom:
         finally:
             await stream.aclose()
 
-    async def start(self, url: str, token: str, engine_url: str | None = None) -> None:
-        await self.room.connect(url, token)
+    async def start(self) -> None:
+        await self.room.connect(self.url, self.token)
         track = rtc.LocalAudioTrack.create_audio_track("agent-voice", self.source)
         await self.room.local_participant.publish_track(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
-        if engine_url is not None:
-            self.ws = await websockets.connect(engine_url, compression=None)  # as ours: no deflate per message
+        if self.engine_url is not None:
+            self.ws = await websockets.connect(self.engine_url, compression=None)  # as ours: no deflate per message
             await self.ws.send(json.dumps({"type": "conversation_initiation_client_data"}))
             self._spawn(self._listen())
         self._spawn(self._speak())
@@ -146,35 +147,21 @@ class NullHost(Host):
         self.rooms: list[NullRoom] = []
 
     async def start(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        gate = asyncio.Semaphore(int(cmd.get("concurrency", 8)))
-        lead_ms = max(30, self.capture_ms)  # ours: 3 frames of 10 ms, or one long frame
+        lead_ms = max(30, self.capture_ms)  # ours: 2 frames of 20 ms (40 ms), 3 of 10; or one long frame
 
-        async def one(name: str) -> None:
-            token = mint_token(cmd["api_key"], cmd["api_secret"], room=name, identity=AGENT, agent=True)
-            room = NullRoom(self.capture_ms, lead_ms, self.caller_rate, self.caller_frame_ms)
-            async with gate:
-                try:
-                    async with asyncio.timeout(60):
-                        engine_url = None
-                        if self.conversation:
-                            engine = cmd["engine"]
-                            engine_url = await fetch_signed_url(engine["api_key"], engine["agent_id"],
-                                                                base_url=engine["api_base"])
-                        await room.start(cmd["livekit_url"], token, engine_url)
-                except Exception as exc:
-                    self.failed[name] = f"{type(exc).__name__}: {exc}"
-                    await room.stop()
-                    return
-            self.rooms.append(room)
+        async def make(_room: str, token: str) -> NullRoom:
+            engine_url = None
+            if self.conversation:
+                engine = cmd["engine"]
+                engine_url = await fetch_signed_url(engine["api_key"], engine["agent_id"], base_url=engine["api_base"])
+            return NullRoom(cmd["livekit_url"], token, engine_url, capture_ms=self.capture_ms, lead_ms=lead_ms,
+                            caller_rate=self.caller_rate, caller_frame_ms=self.caller_frame_ms)
 
-        await asyncio.gather(*(one(name) for name in cmd["rooms"]))
-        self._probe.start()
+        self.rooms = await self.start_rooms(cmd, make)
         return {"started": len(self.rooms), "failed": self.failed, "rss_idle_mb": self.rss_idle}
 
     def _counters(self) -> dict[str, int]:
-        c = dict.fromkeys(("underruns", "underrun_samples", "reanchors", "lag_frames", "lag_ms", "frames_out",
-                           "chunks_sent", "chunks_dropped", "audio_events", "interruptions", "refused_samples",
-                           "frames_in"), 0)
+        c = zero_counters("frames_in")
         for room in getattr(self, "rooms", ()):
             c["frames_out"] += room.frames_out
             c["frames_in"] += room.frames_in
