@@ -119,6 +119,11 @@ class FfiCounter:
 WHAT_IF = ("frame10", "frame40", "switch-1ms", "sdk-filter", "sdk-queue", "caller-48k", "no-duck")
 
 
+# The voice's frames ahead for each frame length: 10 ms × 3 (before 20 ms became the default), 20 × 2 (the
+# default, DownlinkConfig), 40 × 1. Ours with --what-if frame10/frame40, and the floor at the same length.
+VOICE_LEAD_FRAMES = {10: 3, 20: 2, 40: 1}
+
+
 def apply_what_if(names: list[str]) -> dict[str, Any]:
     """Changes measured on request only (``python -m benchmarks --only scaling --what-if NAME``), to put a number
     on a fix before anyone makes it. Delete an entry once the change is in the code (or rejected).
@@ -152,12 +157,10 @@ def apply_what_if(names: list[str]) -> dict[str, Any]:
         session_kwargs["caller_rate"] = 48_000
     if "no-duck" in names:
         session_kwargs["duck_db"] = 0.0
-    if "frame10" in names:
-        from core.downlink import DownlinkConfig
-        session_kwargs["downlink"] = DownlinkConfig(frame_ms=10, lead_frames=3)
-    if "frame40" in names:
-        from core.downlink import DownlinkConfig
-        session_kwargs["downlink"] = DownlinkConfig(frame_ms=40, lead_frames=1)
+    for ms in (10, 40):
+        if f"frame{ms}" in names:
+            from core.downlink import DownlinkConfig
+            session_kwargs["downlink"] = DownlinkConfig(frame_ms=ms, lead_frames=VOICE_LEAD_FRAMES[ms])
     return session_kwargs
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import websockets
 from livekit import rtc
 
-from benchmarks.bridge_host import Host, serve_host, zero_counters
+from benchmarks.bridge_host import VOICE_LEAD_FRAMES, Host, serve_host, zero_counters
 from benchmarks.common import run_loop
 from scripts.caller import tone
 from transport.signed_url import fetch_signed_url
@@ -147,7 +147,7 @@ class NullHost(Host):
         self.rooms: list[NullRoom] = []
 
     async def start(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        lead_ms = max(30, self.capture_ms)  # ours: 2 frames of 20 ms (40 ms), 3 of 10; or one long frame
+        lead_ms = self.capture_ms * VOICE_LEAD_FRAMES[self.capture_ms]  # as ours at that frame length
 
         async def make(_room: str, token: str) -> NullRoom:
             engine_url = None

@@ -30,12 +30,12 @@ ratios ours ÷ it:
   no *bridge* goes below; ours minus it is our own logic, it minus the floor is the conversation's cost.
 - ``step["naive"]``, :mod:`benchmarks.naive_host`: the naive bridge (each caller frame sent, each engine
   chunk captured whole as it arrives): cheaper in captures, a second late on barge-in.
-Both run with ours' voice frame (``DownlinkConfig().frame_ms``, 20 ms). Then, at ``frame_study_n``, ours
+All three run with ours' voice frame (``DownlinkConfig().frame_ms``, 20 ms). Then, at ``frame_study_n``, ours
 with 10/40 ms voice frames (what-ifs ``frame10``/``frame40``) and the floor with the same capture lengths
 (``frame_study``).
 
 A step is *broken* when sessions fail to start, a session ends, or the bridge's event-loop lag p99
-exceeds ``break_lag_p99_ms`` (audio can no longer be paced: a 30 ms lead rides out 20 ms); the next N is
+exceeds ``break_lag_p99_ms`` (audio can no longer be paced: the 40 ms lead rides out 20 ms); the next N is
 not tried after a broken step. "Underruns" are counted twice over: ``underruns`` is the playout buffer
 running dry mid-reply (the engine's audio came too late), ``pacer_lag_ms`` the AudioSource running dry
 while the buffer had audio (the loop came too late); both are gaps the listener hears.
@@ -316,21 +316,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def _versus(ours: dict[str, Any], null: dict[str, Any]) -> dict[str, Any]:
-    """Ours beside a reference (the floor, the naive bridge) at the same N: CPU, RSS, loop lag, the ratios."""
+def _versus(ours: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """Ours beside a reference (a floor, the naive bridge) at the same N: CPU, RSS, loop lag, the ratios."""
     return {
-        "cpu_cores": null.get("cpu_cores"),
-        "cpu_ms_per_session_second": null.get("cpu_ms_per_session_second"),
-        "rss_mb": null.get("rss_mb"),
-        "rss_per_session_mb": null.get("rss_per_session_mb"),
-        "loop_lag_ms": null.get("loop_lag_ms"),
-        "machine_busy": null.get("machine_busy"),
-        "thread_cores": null.get("thread_cores"),
-        "ffi_events_per_s": null.get("ffi_events_per_s"),
-        "broken": null.get("broken"), "why": null.get("why"),
-        "cpu_ratio": _ratio(ours.get("cpu_cores"), null.get("cpu_cores")),
-        "rss_ratio": _ratio(ours.get("rss_mb"), null.get("rss_mb")),
-        "lag_p99_ratio": _ratio(ours.get("loop_lag_ms", {}).get("p99"), null.get("loop_lag_ms", {}).get("p99")),
+        "cpu_cores": ref.get("cpu_cores"),
+        "cpu_ms_per_session_second": ref.get("cpu_ms_per_session_second"),
+        "rss_mb": ref.get("rss_mb"),
+        "rss_per_session_mb": ref.get("rss_per_session_mb"),
+        "loop_lag_ms": ref.get("loop_lag_ms"),
+        "machine_busy": ref.get("machine_busy"),
+        "thread_cores": ref.get("thread_cores"),
+        "ffi_events_per_s": ref.get("ffi_events_per_s"),
+        "broken": ref.get("broken"), "why": ref.get("why"),
+        "interruption_bridge_ms": ref.get("interruption_bridge_ms"),
+        "cpu_ratio": _ratio(ours.get("cpu_cores"), ref.get("cpu_cores")),
+        "rss_ratio": _ratio(ours.get("rss_mb"), ref.get("rss_mb")),
+        "lag_p99_ratio": _ratio(ours.get("loop_lag_ms", {}).get("p99"), ref.get("loop_lag_ms", {}).get("p99")),
     }
 
 
@@ -351,23 +352,15 @@ async def run(server: LiveKitServer, cfg: ScalingConfig, progress: Progress, *,
         steps.append(step)
         progress(f"N={n} ours: {_brief(step)}")
         await asyncio.sleep(2.0)  # let the server close the step's rooms
-        if cfg.floor:
-            null = await _step(server, n, cfg, progress, log_dir, kind="null")
-            step["floor"] = _versus(step, null)
-            progress(f"N={n} null floor: {_brief(null)}; ours/floor CPU {step['floor']['cpu_ratio'] or 0:.2f}x")
-            await asyncio.sleep(2.0)
-        if cfg.conversation_floor:
-            conv = await _step(server, n, cfg, progress, log_dir, kind="conversation")
-            step["conversation_floor"] = _versus(step, conv)
-            progress(f"N={n} floor with a conversation: {_brief(conv)}; ours/it CPU "
-                     f"{step['conversation_floor']['cpu_ratio'] or 0:.2f}x")
-            await asyncio.sleep(2.0)
-        if cfg.naive:
-            naive = await _step(server, n, cfg, progress, log_dir, kind="naive")
-            step["naive"] = _versus(step, naive)
-            step["naive"]["interruption_bridge_ms"] = naive.get("interruption_bridge_ms")
-            progress(f"N={n} naive bridge: {_brief(naive)}; ours/naive CPU {step['naive']['cpu_ratio'] or 0:.2f}x")
-            await asyncio.sleep(2.0)
+        for enabled, kind, key, label in ((cfg.floor, "null", "floor", "null floor"),
+                                          (cfg.conversation_floor, "conversation", "conversation_floor",
+                                           "floor with a conversation"),
+                                          (cfg.naive, "naive", "naive", "naive bridge")):
+            if enabled:
+                ref = await _step(server, n, cfg, progress, log_dir, kind=kind)
+                step[key] = _versus(step, ref)
+                progress(f"N={n} {label}: {_brief(ref)}; ours/it CPU {step[key]['cpu_ratio'] or 0:.2f}x")
+                await asyncio.sleep(2.0)
     frame_study: list[dict[str, Any]] = []
     if cfg.frame_study_n:
         n = cfg.frame_study_n

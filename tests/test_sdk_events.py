@@ -68,11 +68,12 @@ async def test_two_rooms_in_one_process_each_hear_their_own_caller(livekit_serve
     for link in links:
         await link.connect()  # its voice track was published after the narrowing: the callback came through
     try:
-        from livekit.rtc._ffi_client import FfiClient
-
-        filters = {id(q): f for q, _loop, f in FfiClient.instance.queue._subscribers}
+        routed = router()  # the rooms' connect installed it: it holds every subscription of the process
+        assert routed is not None
+        keep = routed.filter_of(links[0].room._ffi_queue)
+        assert keep is not None
         other = event(room_event__room_handle=links[1].room._ffi_handle.handle)
-        assert not filters[id(links[0].room._ffi_queue)](other)  # room 0 no longer sees room 1's events
+        assert not keep(other)  # room 0 no longer sees room 1's events
         async with contextlib.AsyncExitStack() as stack:
             for i, r in enumerate(rooms):
                 caller = await stack.enter_async_context(
@@ -83,10 +84,9 @@ async def test_two_rooms_in_one_process_each_hear_their_own_caller(livekit_serve
             assert links[0].callers == ["caller-0"] and links[1].callers == ["caller-1"]
             # The SDK's stream and capture filters were recognised: each caller frame and each capture callback
             # goes to its own subscription only (the SDK would ask every subscription's filter).
-            routed = router()
-            assert routed is not None and routed.keyed_subscriptions() >= 2
+            assert routed.keyed_subscriptions() >= 2
             events, offered = routed.events, routed.offered
-            subscriptions = len(FfiClient.instance.queue._subscribers)
+            subscriptions = routed.subscriptions()
             await asyncio.sleep(1.0)
             per_event = (routed.offered - offered) / max(1, routed.events - events)
             assert routed.events - events > 100 and per_event < 0.5 * subscriptions, (per_event, subscriptions)
@@ -147,7 +147,7 @@ def test_the_router_hands_hot_events_to_their_own_subscription_only() -> None:
     queues = [routed.subscribe(loop, s.filter) for s in streams]
     room = routed.subscribe(loop, lambda e: e.WhichOneof("message") != "audio_stream_event")
     everything = routed.subscribe(loop, None)
-    assert len(fake._subscribers) == 52 and routed.keyed_subscriptions() == 50
+    assert routed.subscriptions() == 52 and routed.keyed_subscriptions() == 50
     # A stream whose handle is not known yet takes every stream event (as the SDK's filter does).
     routed.put(event(audio_stream_event__stream_handle=7))
     assert {q for q, _ in loop.got} == {*queues, everything}
@@ -179,10 +179,10 @@ def test_the_router_hands_hot_events_to_their_own_subscription_only() -> None:
     routed.put(event(capture_audio_frame__async_id=5))
     routed.put(event(capture_audio_frame__async_id=6))
     assert [q for q, _ in loop.got] == [everything, capture, everything]
-    # Unsubscribing keeps the SDK's list in step, from each table.
+    # Unsubscribing, from each table.
     for q in (capture, queues[0], room, everything):
         routed.unsubscribe(q)
-    assert len(fake._subscribers) == 49 and routed.keyed_subscriptions() == 49
+    assert routed.subscriptions() == 49 and routed.keyed_subscriptions() == 49
     loop.got.clear()
     routed.put(event(audio_stream_event__stream_handle=100))
     routed.put(event(capture_audio_frame__async_id=6))
@@ -196,7 +196,7 @@ def test_the_router_takes_over_the_subscriptions_already_there() -> None:
     q1: Any = asyncio.Queue()
     fake._subscribers.append((q1, loop, stream.filter))
     routed = EventRouter(fake)
-    assert routed.keyed_subscriptions() == 1
+    assert routed.keyed_subscriptions() == 1 and fake._subscribers == []  # the router holds it now
     routed.put(event(audio_stream_event__stream_handle=9))
     routed.put(event(audio_stream_event__stream_handle=8))
     assert [q for q, _ in loop.got] == [q1]

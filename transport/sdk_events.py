@@ -21,16 +21,17 @@ stream's and capture's filter: the cost per room grows with N. Two changes, both
   is known not to take the two hot kinds. So a caller frame or a capture costs the same at 1 room and at 50.
 
 This uses ``FfiClient.instance.queue`` and its ``_lock`` and ``_subscribers`` (a list of ``(queue, loop,
-filter)``, kept up to date for anyone who reads it), ``Room._ffi_queue`` and ``_ffi_handle``,
-``LocalParticipant._ffi_handle``, and the SDK's two filter lambdas (recognised by their qualified name and
-closure variable). It is used only on the SDK line it was read on (``livekit-rtc`` 1.2.x) and when those
-shapes are as expected; otherwise the SDK's own queue is kept, one warning says so, and
-``tests/test_sdk_events.py`` fails. A filter it does not recognise is simply offered every event (correct,
-only slower).
+filter)``, which only the queue's own three methods read: the router takes it over and empties it),
+``Room._ffi_queue`` and ``_ffi_handle``, ``LocalParticipant._ffi_handle``, and the SDK's two filter lambdas
+(recognised by their qualified name and closure variable). It is used only on the SDK line it was read on
+(``livekit-rtc`` 1.2.x) and when those shapes are as expected; otherwise the SDK's own queue is kept, one
+warning says so, and ``tests/test_sdk_events.py`` fails. A filter it does not recognise is simply offered
+every event (correct, only slower).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -98,6 +99,10 @@ def narrow_room_events(room: rtc.Room) -> bool:
         if handle is None:
             raise LookupError("the room has not joined")
         keep = room_filter(handle.handle, room.local_participant._ffi_handle.handle)
+        if _router is not None:  # the router holds the subscriptions
+            if _router.set_filter(target, keep, rejects=_HOT):
+                return True
+            raise LookupError("the room's subscription was not found")
         queue = _queue()
         lock: threading.RLock = queue._lock
         with lock:
@@ -105,8 +110,6 @@ def narrow_room_events(room: rtc.Room) -> bool:
             for i, (q, loop, _old) in enumerate(subscribers):
                 if q is target:
                     subscribers[i] = (q, loop, keep)
-                    if _router is not None:
-                        _router.set_filter(q, keep, rejects=_HOT)
                     return True
         raise LookupError("the room's subscription was not found")
     except (LookupError, AttributeError, TypeError) as exc:
@@ -139,46 +142,43 @@ class _Table:
 class EventRouter:
     """``FfiQueue``'s put/subscribe/unsubscribe, routing the hot kinds by key (see the module notes).
 
+    It takes over the SDK's subscriber list (emptied: the router holds every subscription from then on).
     ``put`` runs on the SDK's callback thread; everything is under the queue's own lock, as in the SDK.
     ``offered`` counts filter calls and direct deliveries (what ``put`` did per event, for the benchmarks)."""
 
     def __init__(self, queue: Any) -> None:
-        self._queue = queue
+        from livekit.rtc._utils import Queue  # the queue class the SDK's subscribers read from
+
+        self._new_queue = Queue
         self._lock: threading.RLock = queue._lock
-        self._subscribers: list[tuple[Any, Any, Any]] = queue._subscribers  # the SDK's list, kept in step
-        self._subs: dict[int, _Sub] = {}
-        self._general: list[_Sub] = []
+        self._subs: dict[int, _Sub] = {}  # by id of the subscriber's queue
+        self._general: list[_Sub] = []  # not keyed: offered every event through their filter
+        # Per hot kind, the general subscriptions that may take it (not known to refuse it).
+        self._general_for: dict[str, list[_Sub]] = {kind: [] for kind in _KEYED}
         self._tables = {kind: _Table(key) for kind, (_name, _var, key) in _KEYED.items()}
         self.offered = 0
         self.events = 0
         with self._lock:
-            for q, loop, fn in self._subscribers:
+            for q, loop, fn in queue._subscribers:
                 self._add(_Sub(q, loop, fn))
+            queue._subscribers.clear()
 
     # -- the SDK's contract
-    def subscribe(self, loop: Any = None, filter_fn: Callable[[Any], bool] | None = None) -> Any:
-        import asyncio
-
-        from livekit.rtc._utils import Queue
-
+    def subscribe(self, loop: asyncio.AbstractEventLoop | None = None,
+                  filter_fn: Callable[[Any], bool] | None = None) -> Any:
         with self._lock:
-            queue: Any = Queue()
-            loop = loop or asyncio.get_event_loop()
-            self._subscribers.append((queue, loop, filter_fn))
-            self._add(_Sub(queue, loop, filter_fn))
+            queue: Any = self._new_queue()
+            self._add(_Sub(queue, loop or asyncio.get_event_loop(), filter_fn))
             return queue
 
     def unsubscribe(self, queue: Any) -> None:
         with self._lock:
-            for i, (q, _loop, _fn) in enumerate(self._subscribers):
-                if q is queue:
-                    self._subscribers.pop(i)
-                    break
             sub = self._subs.pop(id(queue), None)
             if sub is None:
                 return
             if sub.kind is None:
                 self._general.remove(sub)
+                self._sort_general()
                 return
             table = self._tables[sub.kind]
             if sub.key is None:
@@ -194,6 +194,7 @@ class EventRouter:
             self.events += 1
             which = item.WhichOneof("message")
             table = self._tables.get(which)
+            general = self._general
             if table is not None:
                 if table.pending:
                     self._promote(table)
@@ -202,9 +203,8 @@ class EventRouter:
                     self._deliver(sub, item)
                 for sub in table.pending:  # key not known yet: every event of the kind, as the SDK's filter
                     self._deliver(sub, item)
-            for sub in self._general:
-                if which in sub.rejects:
-                    continue
+                general = self._general_for[which]
+            for sub in general:
                 fn = sub.filter
                 if fn is not None:
                     self.offered += 1
@@ -216,12 +216,25 @@ class EventRouter:
                 self._deliver(sub, item)
 
     # -- ours
-    def set_filter(self, queue: Any, fn: Callable[[Any], bool], *, rejects: tuple[str, ...] = ()) -> None:
-        """A general subscription's new filter, and the hot kinds it refuses (not offered to it)."""
+    def set_filter(self, queue: Any, fn: Callable[[Any], bool], *, rejects: tuple[str, ...] = ()) -> bool:
+        """A general subscription's new filter, and the hot kinds it refuses (not offered to it). False if
+        ``queue`` is no general subscription of this router."""
         with self._lock:
             sub = self._subs.get(id(queue))
-            if sub is not None and sub.kind is None:
-                sub.filter, sub.rejects = fn, rejects
+            if sub is None or sub.kind is not None:
+                return False
+            sub.filter, sub.rejects = fn, rejects
+            self._sort_general()
+            return True
+
+    def filter_of(self, queue: Any) -> Callable[[Any], bool] | None:
+        with self._lock:
+            sub = self._subs.get(id(queue))
+            return None if sub is None else sub.filter
+
+    def subscriptions(self) -> int:
+        with self._lock:
+            return len(self._subs)
 
     def keyed_subscriptions(self) -> int:
         with self._lock:
@@ -239,11 +252,18 @@ class EventRouter:
         kind, cell = _keyed(sub.filter)
         if kind is None:
             self._general.append(sub)
+            self._sort_general()
             return
         sub.kind, sub.cell = kind, cell
         table = self._tables[kind]
         table.pending.append(sub)
         self._promote(table)
+
+    def _sort_general(self) -> None:
+        """Which general subscriptions each hot kind is offered to (rebuilt when one comes, goes or narrows:
+        per room and per rare request, never per frame)."""
+        for kind, subs in self._general_for.items():
+            subs[:] = [sub for sub in self._general if kind not in sub.rejects]
 
     @staticmethod
     def _promote(table: _Table) -> None:
